@@ -1,0 +1,59 @@
+# Entry points of the Isotropic3D training stack. Every target installs what it needs on first use.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+# --- rendering (make render-objaverse) ---
+SOURCE ?= objaverse
+COUNT ?= 100
+OUT ?=
+RES ?= 256
+WORKERS ?= 1
+CONFIG ?=
+ARGS ?=
+
+# --- fine-tuning (make finetune) ---
+STAGE ?= 1
+NODES ?= 1
+GPUS ?=
+DATA ?=
+INIT ?=
+
+# --- evaluation (make eval) ---
+IMAGES ?=
+MODEL ?=
+STEPS ?=
+
+.PHONY: setup test lint format clean
+
+setup: $(STAMP)
+
+# torch first (from the local wheel cache, CPU here / CUDA on GPU machines), then deepspeed without
+# build isolation (its setup.py imports torch), then the project itself.
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Python 3.11 is required: bpy 4.2 is built for it)"; exit 1; }
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup lint
+	$(BIN)/pytest -q $(ARGS)
+
+-include mk/*.mk
+
+clean:
+	rm -rf outputs .pytest_cache

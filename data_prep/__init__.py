@@ -1,0 +1,1 @@
+"""Blender rendering of Objaverse and local meshes into sharded multi-view WebDatasets."""

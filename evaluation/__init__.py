@@ -1,0 +1,1 @@
+"""SDS image-to-3D and CLIP-similarity evaluation."""

@@ -1,0 +1,1 @@
+"""Multi-view diffusion model: UNet, conditioning, VAE, schedules, checkpoint import, sampling."""

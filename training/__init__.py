@@ -1,0 +1,1 @@
+"""Two-stage fine-tuning on Lightning (DeepSpeed on GPUs, DDP on gloo on CPU)."""
