@@ -1,0 +1,216 @@
+"""The model bundle (UNet + camera MLP, VAE, image encoder, schedules) and our on-disk format.
+
+Format: a folder with ``model.json`` (format tag, the preset sections that rebuild every module,
+the camera flag, provenance) and fp32 ``unet.safetensors``, ``vae.safetensors`` and, when the
+weights are ours, ``image_encoder.safetensors``; otherwise ``model.json`` names the open_clip
+model and pretrained tag and :func:`load_model` fetches them (local file or hub).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from diffusers import DDIMScheduler
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.cameras import camera_embedding, camera_to_world
+from models.image_encoder import ImageEncoder, load_pretrained_weights
+from models.schedule import ddim_scheduler, noise_scheduler
+from models.unet import MultiViewUNet, build_unet
+from models.vae import LatentVAE
+
+FORMAT = "isotropic3d-multiview"
+FORMAT_VERSION = 1
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+PRESET_SECTIONS = ("unet", "vae", "image_encoder", "schedule", "sampling", "cameras")
+IMAGE_ENCODER_FILE = "image_encoder.safetensors"
+
+
+def load_preset(name_or_path: str | Path) -> dict[str, Any]:
+    """A preset by name (``configs/model_<name>.yaml``) or YAML path, checked for its sections."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"model_{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("model_") for p in CONFIG_DIR.glob("model_*.yaml"))
+        raise FileNotFoundError(f"model preset {name_or_path!r} not found (known: {known})")
+    return check_preset(yaml.safe_load(path.read_text()), str(path))
+
+
+def check_preset(preset: dict[str, Any], where: str = "preset") -> dict[str, Any]:
+    missing = [k for k in PRESET_SECTIONS if k not in preset]
+    unknown = [k for k in preset if k not in PRESET_SECTIONS]
+    if missing or unknown:
+        raise ValueError(f"{where}: missing sections {missing}, unknown sections {unknown}")
+    encoder, unet = preset["image_encoder"], preset["unet"]
+    if not encoder.get("model_name") and encoder.get("embed_dim") != unet["cross_attention_dim"]:
+        raise ValueError(f"{where}: image_encoder.embed_dim must equal unet.cross_attention_dim")
+    return copy.deepcopy(preset)
+
+
+class MultiViewDiffusion(nn.Module):
+    """``unet``, ``vae``, ``image_encoder`` (may be None), ``noise_scheduler``, ``ddim_scheduler()``."""
+
+    def __init__(
+        self,
+        preset: dict[str, Any],
+        unet: MultiViewUNet,
+        vae: LatentVAE,
+        image_encoder: ImageEncoder | None,
+        source: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.preset = check_preset(preset)
+        self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
+        self.noise_scheduler = noise_scheduler(self.preset["schedule"])
+        self.source = dict(source or {})
+        vae.requires_grad_(False)
+
+    @property
+    def legacy_double_radians(self) -> bool:
+        return bool(self.preset["cameras"].get("legacy_double_radians", False))
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    @property
+    def latent_downsample(self) -> int:
+        return self.vae.downsample
+
+    def ddim_scheduler(self) -> DDIMScheduler:
+        return ddim_scheduler(self.preset["schedule"])
+
+    def cameras(
+        self,
+        elevation_deg: torch.Tensor | float,
+        azimuth_deg: torch.Tensor | float,
+        distance: torch.Tensor | float = 1.0,
+    ) -> torch.Tensor:
+        """Camera inputs [..., 16] with this checkpoint's camera convention (legacy flag)."""
+        c2w = camera_to_world(elevation_deg, azimuth_deg, distance, self.legacy_double_radians)
+        return camera_embedding(c2w)
+
+
+def _build(preset: dict[str, Any], image_encoder: bool = True) -> dict[str, nn.Module | None]:
+    return {
+        "unet": build_unet(preset["unet"]),
+        "vae": LatentVAE.from_section(preset["vae"]),
+        "image_encoder": ImageEncoder(preset["image_encoder"]) if image_encoder else None,
+    }
+
+
+def build_model(
+    name_or_path: str | Path = "tiny",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    with_image_encoder: bool = True,
+) -> MultiViewDiffusion:
+    """Random-init fp32 model of a preset (``device="meta"`` builds shapes only)."""
+    preset = load_preset(name_or_path)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        parts = _build(preset, with_image_encoder)
+    return MultiViewDiffusion(preset, **parts, source={"init": "random", "seed": seed})
+
+
+def save_model(
+    model: MultiViewDiffusion,
+    folder: str | Path,
+    unet_state_dict: dict[str, torch.Tensor] | None = None,
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write our format; ``unet_state_dict`` (e.g. EMA weights) replaces the UNet's own."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unet_state = unet_state_dict if unet_state_dict is not None else model.unet.state_dict()
+    expected = set(model.unet.state_dict())
+    if set(unet_state) != expected:
+        bad = sorted(set(unet_state) ^ expected)[:5]
+        raise ValueError(f"unet_state_dict keys do not match the UNet (e.g. {bad})")
+    _save_tensors(unet_state, folder / "unet.safetensors")
+    _save_tensors(model.vae.model.state_dict(), folder / "vae.safetensors")
+    encoder = model.image_encoder
+    encoder_file = folder / IMAGE_ENCODER_FILE
+    has_encoder_weights = encoder is not None and not encoder.section.get("pretrained")
+    if has_encoder_weights:
+        _save_tensors(encoder.visual.state_dict(), encoder_file)
+    elif encoder_file.exists():
+        encoder_file.unlink()  # stale weights from an earlier save would shadow the tag
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "preset": model.preset,
+        "image_encoder_weights": IMAGE_ENCODER_FILE if has_encoder_weights else None,
+        "source": {**model.source, **(source or {})},
+    }
+    (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    # fp32, contiguous, unshared copies: safetensors refuses aliased storage.
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()
+    }
+    save_file(tensors, str(path), metadata={"format": FORMAT})
+
+
+def read_model_meta(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "model.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder (no model.json)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format {meta.get('format')!r} v{meta.get('version')} unsupported"
+        )
+    return meta
+
+
+def load_model(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    load_image_encoder: bool = True,
+    image_encoder_checkpoint: str | Path | None = None,
+) -> MultiViewDiffusion:
+    """Load our format. Without saved encoder weights, the open_clip weights come from
+    ``image_encoder_checkpoint``, $ISOTROPIC3D_OPENCLIP_CHECKPOINT or the hub (clear error offline)."""
+    folder = Path(folder)
+    meta = read_model_meta(folder)
+    preset = check_preset(meta["preset"], str(folder / "model.json"))
+    with torch.device("meta"):  # no random init of weights that are overwritten anyway
+        parts = _build(preset, load_image_encoder)
+    _assign(parts["unet"], load_file(str(folder / "unet.safetensors")), "unet")
+    _assign(parts["vae"].model, load_file(str(folder / "vae.safetensors")), "vae")
+    encoder = parts["image_encoder"]
+    if encoder is not None:
+        if meta.get("image_encoder_weights"):
+            state = load_file(str(folder / meta["image_encoder_weights"]))
+            _assign(encoder.visual, state, "image_encoder")
+        else:
+            section = preset["image_encoder"]
+            pretrained = str(image_encoder_checkpoint or section["pretrained"])
+            load_pretrained_weights(encoder, section["model_name"], pretrained)
+        encoder.requires_grad_(False)
+    model = MultiViewDiffusion(preset, **parts, source=meta.get("source"))
+    return model.to(device=device, dtype=dtype)
+
+
+def _assign(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    result = module.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{name}: weights do not match the config (missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]})"
+        )
+    leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if leftover:
+        raise ValueError(f"{name}: tensors left uninitialised: {leftover[:5]}")

@@ -1,0 +1,64 @@
+"""The latent autoencoder: diffusers ``AutoencoderKL`` behind an encode/decode pair that speaks
+[-1, 1] images and latents already multiplied by the SD scale factor (0.18215)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+VAE_KEYS = ("block_out_channels", "layers_per_block", "norm_num_groups", "sample_size")
+
+
+def vae_config(section: dict[str, Any]) -> dict[str, Any]:
+    """Full diffusers config from a preset's ``vae`` section (SD VAE layout otherwise)."""
+    unknown = [k for k in section if k not in (*VAE_KEYS, "scaling_factor")]
+    missing = [k for k in VAE_KEYS if k not in section]
+    if missing or unknown:
+        raise ValueError(f"vae config: missing keys {missing}, unknown keys {unknown}")
+    levels = len(section["block_out_channels"])
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": list(section["block_out_channels"]),
+        "layers_per_block": int(section["layers_per_block"]),
+        "norm_num_groups": int(section["norm_num_groups"]),
+        "sample_size": int(section["sample_size"]),
+        "scaling_factor": float(section.get("scaling_factor", 0.18215)),
+    }
+
+
+class LatentVAE(nn.Module):
+    """Frozen-by-default wrapper; ``model`` is the diffusers ``AutoencoderKL``."""
+
+    def __init__(self, model: AutoencoderKL):
+        super().__init__()
+        self.model = model
+        self.scaling_factor = float(model.config.scaling_factor)
+        self.downsample = 2 ** (len(model.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any]) -> LatentVAE:
+        return cls(AutoencoderKL.from_config(vae_config(section)))
+
+    def encode(
+        self,
+        images_m11: torch.Tensor,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> scaled latents [B,4,H/f,W/f]. ``sample=True`` draws from the
+        posterior (what LDM/MVDream training does); ``False`` takes its mean."""
+        dist = self.model.encode(images_m11.to(self.model.dtype)).latent_dist
+        latents = dist.sample(generator) if sample else dist.mode()
+        return latents * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in about [-1,1] (not clamped)."""
+        latents = latents.to(self.model.dtype) / self.scaling_factor
+        return self.model.decode(latents, return_dict=False)[0]
