@@ -117,7 +117,7 @@ def assemble_ema_frames(
 
     return EMAFrames(
         latents=join(noisy_latents, reference_latent.unsqueeze(1).to(noisy_latents)),
-        timesteps=join(target_t, ref_t),
+        timesteps=join(timesteps.reshape(frames), ref_t),
         cameras=join(cameras, ref_cam),
         context=context.repeat_interleave(num_views + 1, dim=0),
         target=join(target, torch.zeros_like(reference_latent, dtype=target.dtype).unsqueeze(1)),

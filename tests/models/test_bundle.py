@@ -1,0 +1,133 @@
+"""Model bundle: presets, our format round trip, image encoder, VAE, schedules."""
+
+import json
+
+import pytest
+import torch
+
+from models.bundle import build_model, load_model, load_preset, save_model
+from models.image_encoder import ENV_CHECKPOINT, ImageEncoder, resolve_pretrained_file
+
+
+def _state(model):
+    return {k: v for k, v in model.state_dict().items()}
+
+
+def test_save_load_round_trip_is_exact(tiny_model_dir):
+    model = build_model("tiny", seed=0)
+    loaded = load_model(tiny_model_dir)
+    original, restored = _state(model), _state(loaded)
+    assert original.keys() == restored.keys()
+    for key, value in original.items():
+        assert restored[key].dtype == torch.float32
+        assert torch.equal(value, restored[key]), key
+    meta = json.loads((tiny_model_dir / "model.json").read_text())
+    assert meta["image_encoder_weights"] == "image_encoder.safetensors"
+    assert meta["preset"]["cameras"]["legacy_double_radians"] is False
+
+
+def test_seed_controls_init():
+    a, b, c = (build_model("tiny", seed=s).unet.conv_in.weight for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_save_with_replacement_unet_weights(tmp_path):
+    model = build_model("tiny", seed=0)
+    ema = {k: torch.full_like(v, 0.5) for k, v in model.unet.state_dict().items()}
+    loaded = load_model(save_model(model, tmp_path / "m", unet_state_dict=ema))
+    assert all(torch.all(v == 0.5) for v in loaded.unet.state_dict().values())
+    with pytest.raises(ValueError, match="unet_state_dict keys"):
+        save_model(model, tmp_path / "bad", unet_state_dict={"x": torch.zeros(1)})
+
+
+def test_bad_preset_names_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="known"):
+        load_preset("nope")
+    text = (load_preset.__globals__["CONFIG_DIR"] / "model_tiny.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("norm_num_groups: 8   ", "norm_groupz: 8   ", 1))
+    with pytest.raises(ValueError, match="norm_groupz"):
+        build_model(bad)
+
+
+def test_sd21_base_shapes_on_meta():
+    model = build_model("sd21-base", device="meta")
+    unet_params = sum(p.numel() for p in model.unet.parameters())
+    # The fixture README: SD-2.1 UNet 865,910,724 + camera MLP 1,661,440.
+    assert unet_params == 867_572_164
+    assert model.unet.class_embedding.linear_1.weight.shape == (1280, 16)
+    assert sum(p.numel() for p in model.vae.parameters()) == 83_653_863
+    assert sum(p.numel() for p in model.image_encoder.parameters()) == 632_076_800
+    assert model.image_encoder.embed_dim == model.context_dim == 1024
+
+
+def test_image_encoder_preprocessing_and_uncond():
+    encoder = build_model("tiny").image_encoder
+    rgba = torch.rand(2, 4, 48, 64)
+    rgba[:, 3] = 0.0  # fully transparent: must become white
+    pixels = encoder.preprocess(rgba)
+    assert pixels.shape == (2, 3, 32, 32)
+    white = (1 - encoder.mean) / encoder.std
+    torch.testing.assert_close(pixels, white.expand_as(pixels))
+    assert encoder.encode(rgba).shape == (2, 1, 32)
+    assert torch.count_nonzero(encoder.unconditional(3)) == 0
+    assert encoder.unconditional(3).shape == (3, 1, 32)
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not encoder.training
+
+
+def test_image_encoder_offline_error_is_clear(monkeypatch):
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    monkeypatch.delenv(ENV_CHECKPOINT, raising=False)
+    with pytest.raises(RuntimeError, match=ENV_CHECKPOINT):
+        resolve_pretrained_file("ViT-H-14", "laion2b_s32b_b79k")
+
+
+def test_image_encoder_loads_a_local_open_clip_file(tmp_path, monkeypatch):
+    section = load_preset("tiny")["image_encoder"]
+    source = ImageEncoder(section)
+    full = {f"visual.{k}": v for k, v in source.visual.state_dict().items()}
+    full["text_projection"] = torch.zeros(4, 4)  # a full open_clip file also has the text tower
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(full, path)
+    from models.image_encoder import load_pretrained_weights
+
+    target = ImageEncoder(section)
+    load_pretrained_weights(target, "ViT-H-14", str(path))
+    for key, value in source.visual.state_dict().items():
+        assert torch.equal(target.visual.state_dict()[key], value)
+
+
+def test_vae_round_trip_shapes_and_scale():
+    model = build_model("tiny")
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    latents = model.vae.encode(images, sample=False)
+    assert latents.shape == (3, 4, 16, 16)
+    raw = model.vae.model.encode(images).latent_dist.mode()
+    torch.testing.assert_close(latents, raw * 0.18215)
+    assert model.vae.decode(latents).shape == images.shape
+
+
+def test_schedule_is_mvdream():
+    model = build_model("tiny")
+    sched = model.noise_scheduler
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    torch.testing.assert_close(sched.betas.double(), betas, rtol=1e-6, atol=1e-9)
+    assert sched.config.prediction_type == "epsilon"
+    ddim = model.ddim_scheduler()
+    ddim.set_timesteps(50)
+    assert len(ddim.timesteps) == 50 and int(ddim.timesteps[0]) == 981
+
+
+def test_legacy_camera_flag_changes_camera_inputs():
+    model = build_model("tiny")
+    normal = model.cameras(torch.tensor([0.0]), torch.tensor([90.0]))
+    model.preset["cameras"]["legacy_double_radians"] = True
+    legacy = model.cameras(torch.tensor([0.0]), torch.tensor([90.0]))
+    assert normal.shape == (1, 16) and not torch.allclose(normal, legacy)
