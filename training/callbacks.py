@@ -1,0 +1,148 @@
+"""Callbacks: throughput / MFU / memory / skipped-sample logging, a plain JSONL metrics log, and
+sample grids (generated views beside ground truth) for a fixed validation batch."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Dense bf16 peak TFLOP/s per GPU, for the MFU estimate (log.peak_tflops overrides).
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "4090": 165.0,
+}
+
+
+def peak_tflops(configured: float) -> float:
+    if configured > 0:
+        return configured
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, value in PEAK_TFLOPS.items():
+            if key in name:
+                return value
+    return 0.0
+
+
+def unet_train_flops_per_image(module: Any, num_views: int = 4) -> float:
+    """Forward FLOPs of one ``num_views``-view object counted by torch, times 3 for the backward,
+    per image. Stage 2 counts its extra reference frame."""
+    unet = module.unet
+    side = unet.config.sample_size
+    frames = num_views + (1 if module.config.stage == 2 else 0)
+    param = next(unet.parameters())
+    x = torch.zeros(
+        frames, unet.config.in_channels, side, side, device=param.device, dtype=param.dtype
+    )
+    context = torch.zeros(
+        frames, 1, unet.config.cross_attention_dim, device=param.device, dtype=param.dtype
+    )
+    camera = torch.zeros(frames, 16, device=param.device, dtype=param.dtype)
+    t = torch.zeros(frames, device=param.device, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        unet(x, t, context, camera, num_views=frames)
+    return 3.0 * counter.get_total_flops() / num_views
+
+
+class Throughput(pl.Callback):
+    """images/s (all ranks), MFU, peak GPU memory and the count of skipped corrupt samples."""
+
+    def __init__(self, every_n_steps: int, peak: float, data_resolution: int) -> None:
+        self.every = max(every_n_steps, 1)
+        self.peak = peak
+        self.resolution = data_resolution
+        self._t0 = 0.0
+        self._images0 = 0
+
+    def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
+        try:
+            module.flops_per_image = unet_train_flops_per_image(module)
+        except Exception:  # ZeRO-3 partitions weights: no stand-alone forward; MFU stays 0
+            module.flops_per_image = 0.0
+        self._t0, self._images0 = time.perf_counter(), module.images_seen
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step % self.every:
+            return
+        now = time.perf_counter()
+        elapsed = max(now - self._t0, 1e-9)
+        local = torch.tensor(
+            [module.images_seen - self._images0, module.skipped],
+            dtype=torch.float64,
+            device=module.device,
+        )
+        total = trainer.strategy.reduce(local, reduce_op="sum")
+        images_per_s = float(total[0]) / elapsed
+        metrics = {"perf/images_per_s": images_per_s, "data/skipped": float(total[1])}
+        peak = peak_tflops(self.peak)
+        if peak and module.flops_per_image:
+            achieved = images_per_s / trainer.world_size * module.flops_per_image
+            metrics["perf/mfu"] = achieved / (peak * 1e12)
+        if torch.cuda.is_available():
+            metrics["perf/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        module.log_dict(metrics, rank_zero_only=True, batch_size=1)
+        module.last_perf = metrics
+        self._t0, self._images0 = now, module.images_seen
+
+
+class MetricsFile(pl.Callback):
+    """One JSON line per step on rank 0 (step, loss, branch): easy to diff across runs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_rank != 0:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        record = {
+            "step": trainer.global_step,
+            "loss": float(loss.detach()),
+            "multiview": module.multiview_step(trainer.global_step - 1),
+            "keys": list(batch["key"]),
+            "skipped_local": module.skipped,
+        }
+        record.update(getattr(module, "last_perf", {}) or {})
+        module.last_perf = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+
+class SampleGrids(pl.Callback):
+    """Every N steps: sample views for a fixed validation batch and log [reference | ground truth
+    | generated] rows to TensorBoard. All ranks sample (ZeRO-3 needs every rank in the forward)."""
+
+    def __init__(self, every_n_steps: int, batch: dict, steps: int, guidance: float) -> None:
+        self.every, self.batch, self.steps, self.guidance = every_n_steps, batch, steps, guidance
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.every <= 0 or trainer.global_step % self.every:
+            return
+        from training.evaluate import generate_views, grid
+
+        views = generate_views(module, self.batch, self.steps, self.guidance, seed=0)
+        if trainer.global_rank == 0 and trainer.logger is not None:
+            image = grid(self.batch, views)
+            experiment = trainer.logger.experiment
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("samples", image, trainer.global_step)

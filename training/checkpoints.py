@@ -1,0 +1,204 @@
+"""Reading training checkpoints (DDP ``.ckpt`` files and DeepSpeed ZeRO directories), resolving
+``model.init`` and ``checkpoint.resume``, and exporting to the model folder format."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
+
+PRESETS = ("tiny", "sd21-base")
+BASE_MODEL = "base_model"  # run folder: frozen parts + initial UNet, written once at start
+CHECKPOINTS = "checkpoints"
+DS_TAG = "checkpoint"  # the tag Lightning's DeepSpeed strategy saves under
+
+
+@dataclass
+class TrainingCheckpoint:
+    unet: dict[str, torch.Tensor]  # fp32 UNet weights
+    ema: dict[str, torch.Tensor] | None  # fp32 weight EMA (trainable tensors only)
+    run_config: dict
+    step: int
+    path: Path
+
+
+def is_deepspeed_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / DS_TAG / "mp_rank_00_model_states.pt").exists()
+
+
+def _unet_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prefix = "unet."
+    return {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
+    """UNet weights, EMA and run config of a DDP checkpoint file or a DeepSpeed ZeRO directory
+    (stage 1-3: the fp32 master weights are gathered from the per-rank optimizer shards)."""
+    path = Path(path)
+    if is_deepspeed_checkpoint(path):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        client = torch.load(
+            path / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
+    elif path.is_file():
+        client = torch.load(path, map_location="cpu", weights_only=True)
+        state = client["state_dict"]
+    else:
+        raise FileNotFoundError(
+            f"{path} is neither a checkpoint file nor a DeepSpeed checkpoint folder"
+        )
+    if "run_config" not in client:
+        raise ValueError(f"{path} is not a checkpoint of this training stack (no run_config)")
+    ema = client.get("weight_ema")
+    return TrainingCheckpoint(
+        unet=_unet_only(state),
+        ema=None if ema is None else {k: v.float() for k, v in ema["shadow"].items()},
+        run_config=client["run_config"],
+        step=int(client.get("global_step", 0)),
+        path=path,
+    )
+
+
+def run_folder(checkpoint: TrainingCheckpoint) -> Path:
+    """The run folder of a checkpoint: next to its checkpoints/ folder, else the recorded out."""
+    for parent in checkpoint.path.parents:
+        if (parent / BASE_MODEL).is_dir():
+            return parent
+    return Path(checkpoint.run_config["out"])
+
+
+def model_from_checkpoint(
+    checkpoint: TrainingCheckpoint, use_ema: bool, base: str | Path | None = None
+) -> MultiViewDiffusion:
+    """The run's base model (frozen VAE/encoder) with the checkpoint's UNet (EMA or raw)."""
+    model = load_model(base or run_folder(checkpoint) / BASE_MODEL)
+    unet_state = model.unet.state_dict()
+    weights = checkpoint.ema if use_ema and checkpoint.ema is not None else checkpoint.unet
+    merged = {
+        k: weights.get(k, v).float() for k, v in unet_state.items()
+    }  # frozen UNet buffers kept
+    missing = set(checkpoint.unet) - set(unet_state)
+    if missing:
+        raise ValueError(
+            f"checkpoint UNet tensors unknown to the base model: {sorted(missing)[:5]}"
+        )
+    model.unet.load_state_dict(merged)
+    return model
+
+
+def resolve_init(init: str, seed: int, use_ema: bool = True) -> MultiViewDiffusion:
+    """``model.init``: a preset name (random init), our model folder, a training checkpoint of
+    this stack (e.g. stage 1 for stage 2), or an MVDream / Isotropic3D checkpoint file."""
+    if init in PRESETS or init.endswith((".yaml", ".yml")):
+        return build_model(init, seed=seed)
+    path = Path(init)
+    if (path / "model.json").is_file():
+        return load_model(path)
+    if path.is_dir() and not is_deepspeed_checkpoint(path):  # a run or checkpoints folder: newest
+        latest = latest_checkpoint(path.parent if path.name == CHECKPOINTS else path)
+        if latest is None:
+            raise FileNotFoundError(f"model.init: no checkpoint found under {path}")
+        path = latest
+    if is_deepspeed_checkpoint(path) or (
+        path.is_file() and path.suffix == ".ckpt" and _is_ours(path)
+    ):
+        return model_from_checkpoint(read_checkpoint(path), use_ema)
+    if path.is_file():
+        try:
+            from models.convert import import_checkpoint  # MVDream .pt / Isotropic3D .ckpt
+        except ImportError as error:
+            raise ValueError(f"model.init: no importer for {path} in models/") from error
+        return import_checkpoint(path)
+    raise FileNotFoundError(
+        f"model.init: {init!r} is not a preset ({', '.join(PRESETS)}), a model folder or a checkpoint"
+    )
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        return "run_config" in torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a foreign checkpoint format: leave it to the importers
+        return False
+
+
+def step_of(path: Path) -> int:
+    match = re.search(r"step=?(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    folder = Path(folder) / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    found = [
+        p
+        for p in folder.iterdir()
+        if step_of(p) >= 0 and (p.is_file() or is_deepspeed_checkpoint(p))
+    ]
+    return max(found, key=step_of) if found else None
+
+
+def resolve_resume(resume: str, out: str | Path) -> str | None:
+    if resume == "none":
+        return None
+    if resume == "auto":
+        latest = latest_checkpoint(out)
+        return str(latest) if latest else None
+    if not Path(resume).exists():
+        raise FileNotFoundError(f"checkpoint.resume: {resume} does not exist")
+    return resume
+
+
+def export(
+    checkpoint_path: str | Path, out: str | Path, base: str | Path | None = None
+) -> dict[str, Path]:
+    """Write ``out/fp32`` (trained weights) and ``out/ema`` (weight EMA, if kept) model folders."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    out = Path(out)
+    source = {
+        "training_checkpoint": str(checkpoint.path),
+        "step": checkpoint.step,
+        "stage": checkpoint.run_config["stage"],
+    }
+    written = {
+        "fp32": save_model(
+            model_from_checkpoint(checkpoint, False, base), out / "fp32", source=source
+        )
+    }
+    if checkpoint.ema is not None:
+        model = model_from_checkpoint(checkpoint, True, base)
+        written["ema"] = save_model(model, out / "ema", source={**source, "weights": "ema"})
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Export a training checkpoint to model folders.")
+    parser.add_argument(
+        "checkpoint", help="a .ckpt file, a DeepSpeed checkpoint folder or a run folder (latest)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="destination; gets fp32/ and ema/ model folders"
+    )
+    parser.add_argument(
+        "--base", default=None, help="base model folder (default: the run's base_model)"
+    )
+    args = parser.parse_args(argv)
+    path = Path(args.checkpoint)
+    if path.is_dir() and not is_deepspeed_checkpoint(path):
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise SystemExit(f"no checkpoint under {path / CHECKPOINTS}")
+        path = latest
+    for kind, folder in export(path, args.out, args.base).items():
+        print(f"{kind}: {folder}")
+
+
+if __name__ == "__main__":
+    main()

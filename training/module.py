@@ -1,0 +1,235 @@
+"""Stage-1 and stage-2 LightningModules.
+
+Stage 1: the CLIP image embedding of the reference view is the only condition (one context token);
+classifier-free dropout swaps it for the zero embedding. Steps alternate between the 4-view branch
+(joint multi-view attention) and the single-view branch (every view its own object, V=1) with a
+configurable ratio; the branch is a function of (seed, step), so all ranks take the same branch.
+Stage 2 appends the clean reference latent as one extra frame (models.ema_frames).
+
+Only the UNet is a registered submodule: the frozen VAE and image encoder are held outside it, so
+they are out of the optimizer, out of every checkpoint and never wrapped, cast or partitioned by
+DeepSpeed. The fp32 weight EMA is kept outside the engine as well (training.ema).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from webdataset.utils import make_seed
+
+from models.bundle import MultiViewDiffusion
+from models.ema_frames import EMAFramePolicy, assemble_ema_frames, masked_mse
+from training.config import RunConfig, to_dict
+from training.ema import WeightEMA
+
+
+class Frozen:
+    """Holder that keeps frozen networks out of ``nn.Module`` registration."""
+
+    def __init__(self, model: MultiViewDiffusion) -> None:
+        self.model = model
+        self.vae = model.vae.requires_grad_(False).eval()
+        self.image_encoder = model.image_encoder
+        if self.image_encoder is not None:
+            self.image_encoder.requires_grad_(False).eval()
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.vae.to(device=device, dtype=dtype)
+        if self.image_encoder is not None:
+            self.image_encoder.to(device=device, dtype=dtype)
+
+
+def lr_lambda(config: RunConfig):
+    """Linear warmup, then constant / cosine / linear decay to ``min_lr_ratio`` at max_steps."""
+    train = config.train
+
+    def factor(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / max(train.warmup_steps, 1)
+        if train.schedule == "constant":
+            return 1.0
+        span = max(train.max_steps - train.warmup_steps, 1)
+        progress = min((step - train.warmup_steps) / span, 1.0)
+        shape = (
+            0.5 * (1 + math.cos(math.pi * progress)) if train.schedule == "cosine" else 1 - progress
+        )
+        return train.min_lr_ratio + (1 - train.min_lr_ratio) * shape
+
+    return factor
+
+
+class FineTuneModule(pl.LightningModule):
+    def __init__(self, config: RunConfig, model: MultiViewDiffusion) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = model.unet
+        self.frozen = Frozen(model)
+        self.noise_scheduler = model.noise_scheduler
+        self.policy = EMAFramePolicy(
+            reference_timestep=config.stage2.ref_timestep,
+            reference_camera=config.stage2.ref_camera,
+            reference_among_targets=config.stage2.ref_in_targets,
+            reference_in_loss=config.stage2.ref_in_loss,
+        )
+        if config.model.grad_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.weight_ema = (
+            WeightEMA(self.unet, config.ema.decay, config.ema.start_step)
+            if config.ema.enabled
+            else None
+        )
+        self.skipped = 0  # corrupt samples skipped by this rank's loader workers
+        self.images_seen = 0  # target views trained on by this rank
+        self.flops_per_image = 0.0  # measured once (training.callbacks.Throughput)
+        self._unet_call = self.unet
+        self._ema_restored = False
+
+    # --- set-up -------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.config.model.compile and not isinstance(
+            self._unet_call, torch._dynamo.OptimizedModule
+        ):
+            self._unet_call = torch.compile(self.unet)
+
+    def on_fit_start(self) -> None:
+        dtype = torch.bfloat16 if "bf16" in self.trainer.precision else torch.float32
+        self.frozen.to(self.device, dtype)
+        if self.weight_ema is not None:
+            self.weight_ema.to(self.device)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        train = self.config.train
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        kwargs = dict(
+            lr=train.lr, betas=tuple(train.betas), eps=train.eps, weight_decay=train.weight_decay
+        )
+        if self.config.strategy.offload_optimizer:  # ZeRO-Offload wants DeepSpeed's CPU Adam
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+        else:
+            optimizer = torch.optim.AdamW(params, fused=self.device.type == "cuda", **kwargs)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.config))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- one step -----------------------------------------------------------------------------
+    def step_generator(self) -> torch.Generator:
+        """Noise, timesteps and dropout are a function of (seed, step, rank): exact on resume."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(make_seed(self.config.train.seed, self.global_step, self.global_rank))
+        return generator
+
+    def multiview_step(self, step: int) -> bool:
+        return (
+            random.Random(make_seed(self.config.train.seed, step, 7)).random()
+            < self.config.train.multiview_ratio
+        )
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Latents [B,V,4,h,w], condition [B,1,D], reference latent [B,4,h,w] (frozen encoders,
+        or the latent cache)."""
+        if "latents" in batch:
+            latents, ref_latent, cond = (
+                batch["latents"],
+                batch["ref_latent"],
+                batch["ref_embedding"],
+            )
+            cond = cond.reshape(cond.shape[0], 1, -1)
+        else:
+            views = batch["views"]
+            b, v = views.shape[:2]
+            images = torch.cat([views.flatten(0, 1), batch["ref_image"]])
+            encoded = self.frozen.vae.encode(images, generator=generator).float()
+            latents, ref_latent = encoded[: b * v].unflatten(0, (b, v)), encoded[b * v :]
+            cond = self.frozen.image_encoder.encode(batch["ref_clip"])
+        return latents.float(), cond.float(), ref_latent.float()
+
+    def loss_for(
+        self, batch: dict, step: int, sample_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, bool]:
+        generator = self.step_generator()
+        latents, cond, ref_latent = self.encode_batch(batch, generator)
+        cameras = batch["cameras"].float()
+        b, v = latents.shape[:2]
+        drop = (
+            torch.rand(b, generator=generator, device=self.device) < self.config.train.cfg_dropout
+        )
+        cond = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
+        multiview = self.multiview_step(step)
+        if not multiview:  # single-view branch: every view becomes its own object
+            ref_latent = ref_latent.repeat_interleave(v, 0)
+            cond, b, v = cond.repeat_interleave(v, 0), b * v, 1
+        x0 = latents.reshape(b * v, *latents.shape[2:])
+        cameras = cameras.reshape(b * v, -1)
+        t = torch.randint(
+            0,
+            self.noise_scheduler.config.num_train_timesteps,
+            (b,),
+            generator=generator,
+            device=self.device,
+        )
+        t = t.repeat_interleave(v)  # one timestep per object, shared by its views
+        noise = torch.randn(x0.shape, generator=generator, device=self.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        target = noise
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(x0, noise, t)
+        if self.config.stage == 2:
+            ref_camera = batch["ref_camera"].float()
+            if not multiview:
+                ref_camera = ref_camera.repeat_interleave(latents.shape[1], 0)
+            frames = assemble_ema_frames(
+                noisy,
+                t,
+                cameras,
+                ref_latent,
+                cond,
+                v,
+                self.policy,
+                noise=target,
+                reference_camera=ref_camera,
+            )
+            pred = self._unet_call(
+                frames.latents,
+                frames.timesteps,
+                frames.context,
+                frames.cameras,
+                num_views=frames.num_views,
+            )
+            return masked_mse(pred, frames), multiview
+        context = cond.repeat_interleave(v, 0)
+        pred = self._unet_call(noisy, t, context, cameras, num_views=v)
+        return F.mse_loss(pred.float(), target.float()), multiview
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, multiview = self.loss_for(batch, self.global_step)
+        self.skipped += int(batch["skipped"])
+        self.images_seen += batch["cameras"].shape[0] * batch["cameras"].shape[1]
+        branch = "multiview" if multiview else "single"
+        self.log(f"loss/{branch}", loss, prog_bar=True, batch_size=batch["cameras"].shape[0])
+        self.log("loss/all", loss, batch_size=batch["cameras"].shape[0])
+        self.log("global_step", float(self.global_step), batch_size=1)  # drives keep-last-N
+        return loss
+
+    # --- weight EMA ---------------------------------------------------------------------------
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.global_step  # already counts the optimizer step just taken
+        if self.weight_ema is not None and step % self.config.ema.update_every == 0:
+            self.weight_ema.update(self.unet, step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.weight_ema is not None:
+            checkpoint["weight_ema"] = self.weight_ema.state_dict()
+        checkpoint["run_config"] = to_dict(self.config)
+        checkpoint["data_skipped"] = self.skipped
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.weight_ema is not None and "weight_ema" in checkpoint:
+            self.weight_ema.load_state_dict(checkpoint["weight_ema"])
+        self.skipped = int(checkpoint.get("data_skipped", 0))

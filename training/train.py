@@ -1,0 +1,134 @@
+"""Fine-tuning entry point: ``python -m training.train --config configs/stage1-tiny.yaml key=value``.
+
+The same code runs single-process on a CPU, under torchrun, and under SLURM's srun: Lightning
+reads the launcher's environment (training.launch builds those commands)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from models.bundle import save_model
+from training.callbacks import MetricsFile, SampleGrids, Throughput
+from training.checkpoints import BASE_MODEL, CHECKPOINTS, resolve_init, resolve_resume
+from training.config import RunConfig, load_config, save_config
+from training.datamodule import ShardDataModule
+from training.module import FineTuneModule
+from training.strategy import build_launch
+
+
+def global_rank_from_env() -> int:
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def make_logger(config: RunConfig, out: Path):
+    if config.log.logger == "tensorboard":
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(str(out), name="tensorboard", version="")
+    if config.log.logger == "wandb":
+        from pytorch_lightning.loggers import WandbLogger  # needs `pip install wandb`
+
+        return WandbLogger(project="isotropic3d", save_dir=str(out), name=out.name)
+    return False
+
+
+def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
+    out = Path(config.out)
+    launch = build_launch(config)
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=out / CHECKPOINTS,
+            filename="step={step:08d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=config.checkpoint.every_n_steps,
+            save_top_k=config.checkpoint.keep_last,
+            monitor="global_step",
+            mode="max",
+            save_on_train_epoch_end=False,
+        ),
+        Throughput(config.log.every_n_steps, config.log.peak_tflops, config.data.resolution),
+        MetricsFile(out / "metrics.jsonl"),
+    ]
+    if config.log.sample_every_n_steps > 0 and config.log.logger != "none":
+        batch = data.fixed_batch(config.log.sample_objects)
+        callbacks.append(
+            SampleGrids(
+                config.log.sample_every_n_steps,
+                batch,
+                config.log.sample_steps,
+                config.log.guidance_scale,
+            )
+        )
+    if config.log.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    return pl.Trainer(
+        accelerator=launch.accelerator,
+        devices=launch.devices,
+        num_nodes=launch.num_nodes,
+        strategy=launch.strategy,
+        precision=launch.precision,
+        max_steps=config.train.max_steps,
+        max_epochs=-1,
+        gradient_clip_val=config.train.grad_clip or None,
+        gradient_clip_algorithm="norm",
+        log_every_n_steps=config.log.every_n_steps,
+        callbacks=callbacks,
+        logger=make_logger(config, out),
+        enable_progress_bar=config.log.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # webdataset splits by node itself
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(out),
+        deterministic=False,
+    )
+
+
+def run(config: RunConfig) -> pl.Trainer:
+    out = Path(config.out)
+    pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    model = resolve_init(config.model.init, config.model.seed, config.model.init_ema)
+    if global_rank_from_env() == 0:
+        save_config(config, out / "config.yaml")
+        if not (
+            out / BASE_MODEL / "model.json"
+        ).exists():  # frozen parts + start weights, for export
+            save_model(model, out / BASE_MODEL, source={"init": config.model.init})
+    module = FineTuneModule(config, model)
+    data = ShardDataModule(
+        config.data,
+        ref_in_targets=config.stage == 2 and config.stage2.ref_in_targets,
+        exact_resume=config.data.exact_resume,
+    )
+    trainer = build_trainer(config, data)
+    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(config.checkpoint.resume, out))
+    return trainer
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="YAML run config (configs/stage*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=1e-5")
+    args = parser.parse_args(argv)
+    return args, args.overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, overrides = parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    run(load_config(args.config, overrides))
+
+
+if __name__ == "__main__":
+    main()
