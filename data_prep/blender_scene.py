@@ -1,0 +1,271 @@
+"""Scene building inside the Blender worker: import one mesh file, normalise it into the unit
+sphere, make its materials render faithfully, light it and set up Cycles.
+
+Runs only in the worker process (imports ``bpy``; no torch). Failures raise :class:`RenderFailure`
+with a short machine-readable reason that ends up in the run manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+
+class RenderFailure(Exception):
+    """An object that cannot be rendered; ``reason`` is one of the manifest's failure reasons."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def reset_scene() -> None:
+    """Empty factory scene (one ``import bpy`` per process; reset between objects)."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    # Untrusted files must never run embedded Python.
+    bpy.context.preferences.filepaths.use_scripts_auto_execute = False
+
+
+def read_gltf_json(path: Path) -> dict:
+    """The JSON part of a .gltf or .glb file (header only: cheap even for large files)."""
+    with open(path, "rb") as handle:
+        head = handle.read(20)
+        if path.suffix.lower() == ".gltf":
+            return json.loads(head + handle.read())
+        if len(head) < 20 or head[:4] != b"glTF":
+            raise RenderFailure("corrupt_file", "not a GLB file (bad magic)")
+        chunk_length, chunk_type = struct.unpack("<II", head[12:20])
+        if chunk_type != 0x4E4F534A:  # "JSON"
+            raise RenderFailure("corrupt_file", "GLB without a JSON chunk")
+        try:
+            return json.loads(handle.read(chunk_length))
+        except ValueError as error:
+            raise RenderFailure("corrupt_file", f"GLB JSON unreadable: {error}") from None
+
+
+def import_mesh(path: Path) -> dict:
+    """Import ``path`` by extension; returns the glTF JSON (or {}) for later material fixes."""
+    if not path.is_file() or path.stat().st_size == 0:
+        raise RenderFailure("corrupt_file", f"missing or empty file {path.name}")
+    suffix = path.suffix.lower()
+    gltf: dict = {}
+    if suffix in (".glb", ".gltf"):
+        try:
+            gltf = read_gltf_json(path)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise RenderFailure("corrupt_file", f"glTF JSON unreadable: {error}") from None
+        used = set(gltf.get("extensionsUsed", [])) | set(gltf.get("extensionsRequired", []))
+        if "KHR_draco_mesh_compression" in used:
+            # The bpy wheel ships no Draco decoder: fail with the reason instead of a crash.
+            raise RenderFailure("draco", "Draco-compressed glTF (bpy wheel has no Draco decoder)")
+    importers = {
+        ".glb": lambda: bpy.ops.import_scene.gltf(filepath=str(path)),
+        ".gltf": lambda: bpy.ops.import_scene.gltf(filepath=str(path)),
+        ".obj": lambda: bpy.ops.wm.obj_import(filepath=str(path)),
+        ".fbx": lambda: bpy.ops.import_scene.fbx(filepath=str(path)),
+        ".ply": lambda: bpy.ops.wm.ply_import(filepath=str(path)),
+        ".stl": lambda: bpy.ops.wm.stl_import(filepath=str(path)),
+    }
+    if suffix not in importers:
+        raise RenderFailure("unsupported_format", suffix)
+    try:
+        importers[suffix]()
+    except (RuntimeError, ValueError, KeyError, IndexError, struct.error) as error:
+        raise RenderFailure("corrupt_file", str(error).strip().splitlines()[-1][:300]) from None
+    return gltf
+
+
+def mesh_objects() -> list:
+    return [o for o in bpy.context.scene.objects if o.type == "MESH"]
+
+
+def world_vertices(objects: list) -> np.ndarray:
+    """All evaluated (modifiers, armatures) vertices in world coordinates, ``[N, 3]``."""
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    chunks = []
+    for obj in objects:
+        evaluated = obj.evaluated_get(depsgraph)
+        mesh = evaluated.to_mesh()
+        coords = np.empty(len(mesh.vertices) * 3, dtype=np.float64)
+        mesh.vertices.foreach_get("co", coords)
+        coords = coords.reshape(-1, 3)
+        matrix = np.array(evaluated.matrix_world, dtype=np.float64)
+        chunks.append(coords @ matrix[:3, :3].T + matrix[:3, 3])
+        evaluated.to_mesh_clear()
+    return np.concatenate(chunks) if chunks else np.zeros((0, 3))
+
+
+def normalise_into_unit_sphere() -> dict:
+    """Move the bounding-box centre to the origin and scale so every vertex lies within radius 1.
+
+    Returns the applied ``scale`` and ``offset`` (world = (original + offset) * scale)."""
+    objects = mesh_objects()
+    vertices = world_vertices(objects)
+    if len(vertices) == 0:
+        raise RenderFailure("no_mesh", "file contains no mesh geometry")
+    if not np.isfinite(vertices).all():
+        raise RenderFailure("degenerate_bounds", "non-finite vertex coordinates")
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    radius = float(np.linalg.norm(vertices - centre, axis=1).max())
+    if not radius > 1e-9 or not math.isfinite(radius):
+        raise RenderFailure("degenerate_bounds", f"bounding radius {radius:g}")
+    scale = 1.0 / radius
+    transform = Matrix.Scale(scale, 4) @ Matrix.Translation(-centre)
+    for obj in bpy.context.scene.objects:
+        if obj.parent is None:  # children follow their parents
+            obj.matrix_world = transform @ obj.matrix_world
+    bpy.context.view_layer.update()
+    return {"scale": scale, "offset": (-centre).tolist(), "num_vertices": int(len(vertices))}
+
+
+def _principled_nodes(material) -> list:
+    if not material or not material.use_nodes:
+        return []
+    return [n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED"]
+
+
+def _plain_material(name: str, colour_attribute: str | None):
+    material = bpy.data.materials.new(name)
+    material.use_nodes = True
+    bsdf = _principled_nodes(material)[0]
+    bsdf.inputs["Metallic"].default_value = 0.0
+    bsdf.inputs["Roughness"].default_value = 0.6
+    if colour_attribute:
+        node = material.node_tree.nodes.new("ShaderNodeVertexColor")
+        node.layer_name = colour_attribute
+        material.node_tree.links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
+    return material
+
+
+def fix_materials(gltf: dict, missing_metallic_as: float | None) -> list[str]:
+    """Make materials render their true colours; returns warnings for the manifest.
+
+    - meshes without material but with vertex colours (PLY, OBJ, glTF COLOR_0 without material)
+      get a material that shows those colours;
+    - glTF materials that omit ``metallicFactor`` import as full metal (the spec default 1.0),
+      which renders dark: they get ``missing_metallic_as`` unless it is None;
+    - image textures whose file is missing are unplugged so the base colour factor shows,
+      instead of Cycles' magenta.
+    """
+    warnings = []
+    for obj in mesh_objects():
+        if any(slot.material for slot in obj.material_slots):
+            continue
+        attrs = obj.data.color_attributes
+        name = (
+            attrs.active_color.name
+            if attrs.active_color
+            else (attrs[0].name if len(attrs) else None)
+        )
+        obj.data.materials.clear()
+        obj.data.materials.append(_plain_material(f"auto_{obj.name}", name))
+    if missing_metallic_as is not None:
+        for index, spec in enumerate(gltf.get("materials", [])):
+            pbr = spec.get("pbrMetallicRoughness", {})
+            if "metallicFactor" in pbr or "metallicRoughnessTexture" in pbr:
+                continue
+            name = spec.get("name") or f"Material_{index}"
+            for material in bpy.data.materials:
+                if material.name == name or material.name.startswith(name + "."):
+                    for bsdf in _principled_nodes(material):
+                        socket = bsdf.inputs["Metallic"]
+                        if not socket.is_linked:
+                            socket.default_value = missing_metallic_as
+    for image in bpy.data.images:
+        if image.source != "FILE" or image.packed_file is not None:
+            continue
+        if os.path.exists(bpy.path.abspath(image.filepath)) and image.has_data:
+            continue
+        warnings.append(f"missing_texture: {os.path.basename(image.filepath) or image.name}")
+        for material in bpy.data.materials:
+            if not material.use_nodes:
+                continue
+            tree = material.node_tree
+            for node in tree.nodes:
+                if node.type == "TEX_IMAGE" and node.image == image:
+                    for link in list(tree.links):
+                        if link.from_node == node:
+                            tree.links.remove(link)
+    return warnings
+
+
+def setup_lighting(ambient: float, key: float) -> None:
+    """Uniform white environment (a diffuse surface of albedo c renders as c) plus one soft
+    key light from above-front-left for shape cues; the background stays transparent."""
+    world = bpy.data.worlds.new("world")
+    world.use_nodes = True
+    background = world.node_tree.nodes["Background"]
+    background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+    background.inputs["Strength"].default_value = ambient
+    bpy.context.scene.world = world
+    if key > 0:
+        light = bpy.data.lights.new("key", type="SUN")
+        light.energy = key
+        light.angle = math.radians(30)  # soft shadows
+        obj = bpy.data.objects.new("key", light)
+        obj.rotation_euler = (math.radians(45), 0.0, math.radians(-35))
+        bpy.context.scene.collection.objects.link(obj)
+
+
+def setup_cycles(settings: dict) -> str:
+    """Cycles at the requested resolution/samples on GPU (OptiX, then CUDA) when asked and
+    present, else CPU. Returns the device actually used."""
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.render.resolution_x = scene.render.resolution_y = int(settings["res"])
+    scene.render.resolution_percentage = 100
+    scene.render.film_transparent = True
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGBA"
+    scene.render.image_settings.color_depth = "8"
+    scene.view_settings.view_transform = "Standard"  # AgX/Filmic would shift colours
+    scene.view_settings.look = "None"
+    scene.cycles.samples = int(settings["samples"])
+    scene.cycles.use_adaptive_sampling = True
+    scene.cycles.use_denoising = bool(settings["denoise"])
+    scene.cycles.max_bounces = int(settings.get("max_bounces", 4))
+    if settings.get("threads"):
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = int(settings["threads"])
+    device = "CPU"
+    if settings.get("device", "auto") != "cpu":
+        prefs = bpy.context.preferences.addons["cycles"].preferences
+        wanted = {"auto": ["OPTIX", "CUDA"], "optix": ["OPTIX"], "cuda": ["CUDA"]}
+        for kind in wanted.get(settings["device"], []):
+            try:
+                prefs.compute_device_type = kind
+            except TypeError:
+                continue
+            prefs.get_devices()
+            gpus = [d for d in prefs.devices if d.type == kind]
+            if gpus:
+                for d in prefs.devices:
+                    d.use = d.type == kind
+                device = kind
+                break
+    scene.cycles.device = "GPU" if device != "CPU" else "CPU"
+    return device
+
+
+def add_camera():
+    data = bpy.data.cameras.new("camera")
+    data.sensor_fit = "AUTO"  # square image: the angle is the full fov both ways
+    camera = bpy.data.objects.new("camera", data)
+    bpy.context.scene.collection.objects.link(camera)
+    bpy.context.scene.camera = camera
+    return camera
+
+
+def place_camera(camera, c2w: list, fov_deg: float) -> None:
+    """OpenGL camera axes (look down -Z, +Y up) are Blender's, so c2w is the object matrix."""
+    camera.matrix_world = Matrix(c2w)
+    camera.data.angle = math.radians(fov_deg)
+    camera.data.clip_start = 0.01
+    camera.data.clip_end = 1000.0

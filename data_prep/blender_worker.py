@@ -1,0 +1,132 @@
+"""The Blender render worker: a long-lived process that renders one object per job.
+
+Started by :mod:`data_prep.pool` as ``python -m data_prep.blender_worker --result-fd N``. Jobs
+arrive as JSON lines on stdin; each result goes back as one JSON line on the result pipe (stdout
+and stderr carry Blender's own chatter and go to a log file). The parent enforces the hard
+per-object timeout by killing this process, so nothing here needs to guard against hangs.
+Cameras arrive as ready-made camera-to-world matrices, so this process never imports torch.
+
+Job: ``{"id", "path", "out_dir", "views": [{"c2w": 4x4, "fov_deg"}], "settings": {...}}``.
+Result: ``{"id", "ok", "reason", "detail", "warnings", "normalisation", "device", "timing"}``;
+on success ``out_dir`` holds ``000.png``... and optionally ``depth.npy`` / ``normal.npy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from data_prep import blender_scene as bs
+
+
+def _setup_passes(out_dir: Path, depth: bool, normal: bool):
+    """Compositor File Output of the depth / normal passes as 32-bit EXR (read back below)."""
+    if not (depth or normal):
+        return None
+    scene = bpy.context.scene
+    layer = scene.view_layers[0]
+    layer.use_pass_z, layer.use_pass_normal = depth, normal
+    scene.use_nodes = True
+    tree = scene.node_tree
+    tree.nodes.clear()
+    render_layers = tree.nodes.new("CompositorNodeRLayers")
+    composite = tree.nodes.new("CompositorNodeComposite")
+    tree.links.new(render_layers.outputs["Image"], composite.inputs["Image"])
+    output = tree.nodes.new("CompositorNodeOutputFile")
+    output.base_path = str(out_dir / "passes")
+    output.format.file_format = "OPEN_EXR"
+    output.format.color_depth = "32"
+    output.file_slots.clear()
+    for name, enabled, socket in (("depth", depth, "Depth"), ("normal", normal, "Normal")):
+        if enabled:
+            output.file_slots.new(f"{name}_")
+            tree.links.new(render_layers.outputs[socket], output.inputs[f"{name}_"])
+    return output
+
+
+def _read_exr(path: Path, channels: int) -> np.ndarray:
+    image = bpy.data.images.load(str(path))
+    width, height = image.size
+    pixels = np.empty(width * height * 4, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    bpy.data.images.remove(image)
+    # Blender stores rows bottom-up.
+    return pixels.reshape(height, width, 4)[::-1, :, :channels].copy()
+
+
+def render_job(job: dict) -> dict:
+    settings = job["settings"]
+    out_dir = Path(job["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
+    bs.reset_scene()
+    gltf = bs.import_mesh(Path(job["path"]))
+    timing["import"] = time.perf_counter() - start
+    normalisation = bs.normalise_into_unit_sphere()
+    warnings = bs.fix_materials(gltf, settings.get("missing_metallic_as", 0.0))
+    bs.setup_lighting(float(settings["ambient"]), float(settings["key_light"]))
+    device = bs.setup_cycles(settings)
+    camera = bs.add_camera()
+    passes = _setup_passes(out_dir, bool(settings.get("depth")), bool(settings.get("normal")))
+    timing["setup"] = time.perf_counter() - start - timing["import"]
+    depths, normals = [], []
+    render_start = time.perf_counter()
+    for index, view in enumerate(job["views"]):
+        bs.place_camera(camera, view["c2w"], view["fov_deg"])
+        bpy.context.scene.render.filepath = str(out_dir / f"{index:03d}.png")
+        bpy.context.scene.frame_set(index + 1)  # distinct pass file names per view
+        bpy.ops.render.render(write_still=True)
+        if passes is not None:
+            stamp = f"{index + 1:04d}.exr"
+            if settings.get("depth"):
+                depth = _read_exr(out_dir / "passes" / f"depth_{stamp}", 1)[..., 0]
+                depths.append(np.where(depth > 1e9, 0.0, depth))  # background -> 0
+            if settings.get("normal"):
+                normals.append(_read_exr(out_dir / "passes" / f"normal_{stamp}", 3))
+    timing["render"] = time.perf_counter() - render_start
+    if depths:
+        np.save(out_dir / "depth.npy", np.stack(depths).astype(np.float16))
+    if normals:
+        np.save(out_dir / "normal.npy", np.stack(normals).astype(np.float16))
+    return {
+        "ok": True,
+        "warnings": warnings,
+        "normalisation": normalisation,
+        "device": device,
+        "blender": bpy.app.version_string,
+        "timing": timing,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--result-fd", type=int, required=True)
+    args = parser.parse_args()
+    results = os.fdopen(args.result_fd, "w", buffering=1)
+    results.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        try:
+            result = render_job(job)
+        except bs.RenderFailure as failure:
+            result = {"ok": False, "reason": failure.reason, "detail": failure.detail}
+        except Exception as error:  # anything else: report it, keep serving jobs
+            traceback.print_exc()
+            result = {"ok": False, "reason": "render_error", "detail": repr(error)[:500]}
+        result["id"] = job["id"]
+        results.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Render run settings: one dataclass, loaded from ``configs/render*.yaml`` and overridden by CLI
+flags generated from the same fields (so the YAML, the flags and the API never drift apart).
+Every key is documented in ``configs/render.yaml``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+OBJAVERSE_HUB = "https://huggingface.co/datasets/allenai/objaverse/resolve/main"
+
+
+@dataclass
+class ObjaverseOptions:
+    uids: list[str] = field(default_factory=list)
+    uid_file: str | None = None
+    lvis_categories: list[str] = field(default_factory=list)
+    licenses: list[str] = field(default_factory=list)
+    exclude_licenses: list[str] = field(default_factory=list)
+    download_workers: int = 8
+    download_timeout_s: float = 60.0
+    download_retries: int = 3
+    connect_timeout_s: float = 5.0
+    base_url: str = OBJAVERSE_HUB
+    cache_dir: str | None = None
+
+
+@dataclass
+class RenderConfig:
+    source: str = "objaverse"
+    out: str = "outputs/render"
+    count: int | None = None
+    seed: int = 0
+    res: int = 256
+    num_quads: int = 2
+    num_refs: int = 2
+    elevation_deg: tuple[float, float] = (0.0, 30.0)
+    fov_deg: tuple[float, float] = (15.0, 60.0)
+    relative_radius: tuple[float, float] = (0.9, 1.1)
+    ref_elevation_deg: tuple[float, float] = (-10.0, 40.0)
+    azimuth_start_deg: float | None = None
+    samples: int = 32
+    denoise: bool = True
+    max_bounces: int = 4
+    device: str = "auto"
+    threads: int = 0
+    ambient: float = 0.75
+    key_light: float = 1.0
+    missing_metallic_as: float | None = 0.0
+    depth: bool = False
+    normal: bool = False
+    workers: int = 1
+    timeout_s: float = 300.0
+    crash_retries: int = 1
+    shard_size: int = 64
+    retry_failed: bool = False
+    part_index: int | None = None
+    part_count: int | None = None
+    progress: bool = True
+    objaverse: ObjaverseOptions = field(default_factory=ObjaverseOptions)
+
+    def validate(self) -> RenderConfig:
+        checks = {
+            "res": self.res >= 8,
+            "num_quads": self.num_quads >= 0,
+            "num_refs": self.num_refs >= 0,
+            "samples": self.samples >= 1,
+            "workers": self.workers >= 1,
+            "timeout_s": self.timeout_s > 0,
+            "shard_size": self.shard_size >= 1,
+            "device": self.device in ("auto", "cpu", "cuda", "optix"),
+            "count": self.count is None or self.count >= 0,
+            "crash_retries": self.crash_retries >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"render config: bad value for {key!r}: {getattr(self, key)!r}")
+        if self.num_quads + self.num_refs == 0:
+            raise ValueError("render config: num_quads + num_refs must be at least 1")
+        for key in ("elevation_deg", "fov_deg", "relative_radius", "ref_elevation_deg"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"render config: {key!r} range is reversed: {[low, high]}")
+        if not (0 < self.fov_deg[0] and self.fov_deg[1] < 180):
+            raise ValueError(f"render config: 'fov_deg' must lie in (0, 180): {self.fov_deg}")
+        return self
+
+    def worker_settings(self) -> dict:
+        """The subset the Blender worker needs (also stored as ``renderer`` in meta.json)."""
+        keys = ("res", "samples", "denoise", "max_bounces", "device", "threads", "ambient")
+        keys += ("key_light", "missing_metallic_as", "depth", "normal")
+        return {key: getattr(self, key) for key in keys}
+
+
+def _from_dict(cls, data: dict, where: str):
+    """Build dataclass ``cls`` from ``data``, naming any unknown key."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in (data or {}).items():
+        if key not in known:
+            raise KeyError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+        if cls is RenderConfig and key == "objaverse":
+            value = _from_dict(ObjaverseOptions, value, f"{where}.objaverse")
+        elif isinstance(value, list) and _is_tuple(known[key].type):
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)
+
+
+def _is_tuple(annotation) -> bool:
+    return str(annotation).startswith("tuple")
+
+
+def load_config(path: str | Path | None = None, **overrides) -> RenderConfig:
+    """The config at ``path`` (or the defaults) with keyword overrides applied."""
+    data = {}
+    if path:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    config = _from_dict(RenderConfig, data, str(path or "render config"))
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: RenderConfig, overrides: dict) -> RenderConfig:
+    objaverse_fields = {f.name for f in dataclasses.fields(ObjaverseOptions)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in objaverse_fields:
+            setattr(config.objaverse, key, value)
+        elif hasattr(config, key):
+            is_range = isinstance(value, list) and _is_tuple(RenderConfig.__annotations__[key])
+            setattr(config, key, tuple(value) if is_range else value)
+        else:
+            raise KeyError(f"render config: unknown key {key!r}")
+    return config.validate()
+
+
+def _argument(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    annotation = str(f.type)
+    help_text = "see configs/render.yaml"
+    if annotation == "bool":
+        parser.add_argument(
+            flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+    elif annotation.startswith("tuple"):
+        parser.add_argument(
+            flag, type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help=help_text
+        )
+    elif annotation.startswith("list"):
+        parser.add_argument(flag, nargs="+", default=None, help=help_text)
+    else:
+        kind = int if "int" in annotation else float if "float" in annotation else str
+        parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config key (``--num-quads``, ``--lvis-categories``...) plus ``--config``."""
+    parser.add_argument(
+        "--config", default=None, help="YAML file under configs/ (flags override it)"
+    )
+    for f in dataclasses.fields(RenderConfig):
+        if f.name != "objaverse":
+            _argument(parser, f)
+    group = parser.add_argument_group("objaverse source")
+    for f in dataclasses.fields(ObjaverseOptions):
+        _argument(group, f)
+
+
+def config_from_args(args: argparse.Namespace) -> RenderConfig:
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    names = {f.name for f in dataclasses.fields(RenderConfig)} | {
+        f.name for f in dataclasses.fields(ObjaverseOptions)
+    }
+    return load_config(args.config, **{k: v for k, v in overrides.items() if k in names})

@@ -1,0 +1,240 @@
+"""Render a source of 3D objects into sharded multi-view WebDatasets (``make render-objaverse``).
+
+    python -m data_prep.render --source samples|objaverse|<folder> --out DIR --count N \
+        --res 256 --workers 2 [--config configs/render.yaml] [more flags: --help]
+
+Python API: ``render(load_config(..., source="samples", out="..."))`` returns a :class:`RunSummary`.
+Rerunning the same command resumes: done objects are skipped, failed ones are retried only with
+``--retry-failed``. Partitions (SLURM arrays, RANK/WORLD_SIZE, ``--part-index/--part-count``)
+render disjoint slices of one object list into one folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep.config import RenderConfig, add_config_arguments, config_from_args
+from data_prep.manifest import Manifest
+from data_prep.partition import partition_from_env, take_partition
+from data_prep.pool import WorkerPool
+from data_prep.shards import ShardWriter, build_sample
+from data_prep.sources import ObjectRef, choose, make_source
+from data_prep.views import ViewPlan, plan_views
+
+FETCH_CHUNK = 32  # objects fetched (downloaded) ahead of the renderer at a time
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    part: tuple[int, int]
+    listed: int = 0
+    skipped: int = 0
+    rendered: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    shards: list[str] = field(default_factory=list)
+    views: int = 0
+    seconds: float = 0.0
+    worker_pids: list[int] = field(default_factory=list)
+
+
+def resume_settings(config: RenderConfig) -> dict:
+    """Settings that must not change between a run and its resume (they change the data)."""
+    keep = ("source", "seed", "res", "num_quads", "num_refs", "elevation_deg", "fov_deg")
+    keep += ("relative_radius", "ref_elevation_deg", "azimuth_start_deg", "samples", "depth")
+    keep += ("normal", "count")
+    return {key: list(v) if isinstance(v := getattr(config, key), tuple) else v for key in keep}
+
+
+def worker_envs(config: RenderConfig) -> list[dict[str, str]]:
+    """One environment per worker: a GPU each when GPUs exist, else a share of the CPU cores."""
+    gpus = 0
+    if config.device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    envs = []
+    for index in range(config.workers):
+        env = {"CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus else {}
+        envs.append(env)
+    if not gpus and not config.threads:
+        config.threads = max(1, (os.cpu_count() or 1) // config.workers)
+    return envs
+
+
+def _stale_work_dirs(work_root: Path) -> None:
+    """Remove scratch folders of runs on this host whose process is gone."""
+    host = socket.gethostname()
+    for folder in work_root.glob(f"{host}-*"):
+        try:
+            os.kill(int(folder.name.rsplit("-", 1)[1]), 0)
+        except (ProcessLookupError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _read_views(out_dir: Path, count: int) -> tuple[list[bytes], dict]:
+    pngs = [(out_dir / f"{i:03d}.png").read_bytes() for i in range(count)]
+    extra = {
+        name: (out_dir / name).read_bytes()
+        for name in ("depth.npy", "normal.npy")
+        if (out_dir / name).exists()
+    }
+    return pngs, extra
+
+
+def _meta(ref: ObjectRef, plan: ViewPlan, config: RenderConfig, result: dict) -> dict:
+    renderer = config.worker_settings() | {
+        "engine": "cycles",
+        "device": result.get("device"),
+        "blender": result.get("blender"),
+    }
+    return {
+        "id": ref.id,
+        "source": ref.source,
+        "license": ref.license,
+        "resolution": config.res,
+        **plan.meta(),
+        "renderer": renderer,
+        "normalisation": result.get("normalisation", {}),
+        "warnings": result.get("warnings", []),
+        **({"extra": ref.extra} if ref.extra else {}),
+    }
+
+
+def render(config: RenderConfig) -> RunSummary:
+    """Render ``config.source`` into ``config.out``; resumes from the folder's manifest."""
+    config.validate()
+    started = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    part = partition_from_env(config.part_index, config.part_count)
+    summary = RunSummary(out=out, part=part)
+    source = make_source(config)
+    refs = take_partition(choose(source.list(), config.count, config.seed), *part)
+    summary.listed = len(refs)
+    manifest = Manifest(out, part[0], part[1], resume_settings(config))
+    todo = [
+        ref
+        for ref in refs
+        if ref.id not in manifest.done and (config.retry_failed or ref.id not in manifest.failed)
+    ]
+    summary.skipped = len(refs) - len(todo)
+    manifest.save(listed=len(refs))
+    if not todo:
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    work_root = out / ".work"
+    _stale_work_dirs(work_root)
+    work = work_root / f"{socket.gethostname()}-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    envs = worker_envs(config)
+    settings = config.worker_settings()
+    by_id = {ref.id: ref for ref in todo}
+    plans: dict[str, ViewPlan] = {}
+    bar = tqdm(total=len(todo), unit="obj", disable=not config.progress, dynamic_ncols=True)
+
+    def fail(object_id: str, reason: str, detail: str) -> None:
+        manifest.add_failure(object_id, reason, detail)
+        summary.failed[object_id] = reason
+        bar.update(1)
+        bar.set_postfix(failed=len(summary.failed))
+
+    def jobs():
+        chunks = [todo[i : i + FETCH_CHUNK] for i in range(0, len(todo), FETCH_CHUNK)]
+        with ThreadPoolExecutor(1) as prefetch:  # download chunk k+1 while chunk k renders
+            pending = prefetch.submit(source.fetch, chunks[0])
+            for k in range(len(chunks)):
+                paths = pending.result()
+                if k + 1 < len(chunks):
+                    pending = prefetch.submit(source.fetch, chunks[k + 1])
+                for ref in chunks[k]:
+                    path = paths.get(ref.id)
+                    if not isinstance(path, Path):
+                        fail(ref.id, "download_failed", str(path))
+                        continue
+                    plans[ref.id] = plan = plan_views(ref.id, config)
+                    yield {
+                        "id": ref.id,
+                        "path": str(path),
+                        "out_dir": str(work / ref.key),
+                        "views": plan.worker_views(),
+                        "settings": settings,
+                    }
+
+    writer = ShardWriter(out, part[0], config.shard_size, manifest.next_shard_index())
+
+    def finish_shard(done) -> None:
+        if done:
+            manifest.add_shard(*done)
+            summary.shards.append(done[0])
+
+    try:
+        with WorkerPool(envs, out / "logs", config.timeout_s, config.crash_retries) as pool:
+            summary.worker_pids = pool.pids
+            for job, result in pool.run(jobs()):
+                ref, out_dir = by_id[job["id"]], Path(job["out_dir"])
+                if result.get("ok"):
+                    plan = plans.pop(ref.id)
+                    pngs, extra = _read_views(out_dir, len(plan.fov_deg))
+                    meta = _meta(ref, plan, config, result)
+                    sample = build_sample(ref.key, pngs, plan.c2w, meta, extra)
+                    manifest.add_warnings(ref.id, result.get("warnings", []))
+                    finish_shard(writer.add(sample, ref.id))
+                    summary.rendered += 1
+                    summary.views += len(pngs)
+                    bar.update(1)
+                else:
+                    plans.pop(ref.id, None)
+                    fail(ref.id, result.get("reason", "unknown"), result.get("detail", ""))
+                shutil.rmtree(out_dir, ignore_errors=True)
+                summary.worker_pids = pool.pids
+    finally:
+        finish_shard(writer.close())  # objects in the open shard are complete: keep them
+        manifest.save()
+        bar.close()
+        shutil.rmtree(work, ignore_errors=True)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.render",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        summary = render(config)
+    except (KeyError, ValueError, FileNotFoundError, ConnectionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    index, count = summary.part
+    rate = summary.rendered / summary.seconds if summary.seconds else 0.0
+    print(
+        f"partition {index}/{count}: {summary.listed} objects, {summary.skipped} already done or "
+        f"failed before, {summary.rendered} rendered ({summary.views} views, {rate:.2f} obj/s), "
+        f"{len(summary.failed)} failed, {len(summary.shards)} new shards in {summary.out}"
+    )
+    for object_id, reason in sorted(summary.failed.items()):
+        print(f"  failed {object_id}: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

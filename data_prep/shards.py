@@ -1,0 +1,115 @@
+"""Atomic WebDataset shard writing and reading back (schema: docs/ARCHITECTURE.md "Shards").
+
+A shard is written as ``shard-PPP-NNNNNN.tar.tmp`` and renamed to ``.tar`` only once complete and
+flushed to disk, so a reader never sees a partial shard: a run killed mid-shard leaves a ``.tmp``
+that the next run deletes (its objects were never marked done, so they render again).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import webdataset as wds
+
+SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{6})\.tar$")
+
+
+def shard_name(part: int, index: int) -> str:
+    return f"shard-{part:03d}-{index:06d}.tar"
+
+
+def list_shards(folder: str | Path, part: int | None = None) -> list[Path]:
+    """Complete shards in ``folder`` (of one partition when ``part`` is given), sorted."""
+    shards = []
+    for path in sorted(Path(folder).glob("shard-*.tar")):
+        match = SHARD_RE.match(path.name)
+        if match and (part is None or int(match.group(1)) == part):
+            shards.append(path)
+    return shards
+
+
+def shard_ids(path: str | Path) -> list[str]:
+    """Object ids of the samples in one shard (from each sample's meta.json)."""
+    ids = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.name.endswith(".meta.json"):
+                ids.append(json.load(tar.extractfile(member))["id"])
+    return ids
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ShardWriter:
+    """Collects samples into shards of ``shard_size`` objects; :meth:`add` and :meth:`close`
+    return ``(shard file name, [object ids])`` whenever a shard has been completed."""
+
+    def __init__(self, folder: str | Path, part: int, shard_size: int, start_index: int = 0):
+        self.folder, self.part, self.shard_size = Path(folder), part, shard_size
+        self.index = start_index
+        self._tar: wds.TarWriter | None = None
+        self._file = None
+        self._ids: list[str] = []
+
+    def _tmp_path(self) -> Path:
+        return self.folder / (shard_name(self.part, self.index) + ".tmp")
+
+    def add(self, sample: dict, object_id: str) -> tuple[str, list[str]] | None:
+        if self._tar is None:
+            self._file = open(self._tmp_path(), "wb")
+            self._tar = wds.TarWriter(self._file)
+        self._tar.write(sample)
+        self._ids.append(object_id)
+        return self.close() if len(self._ids) >= self.shard_size else None
+
+    def close(self) -> tuple[str, list[str]] | None:
+        """Finish the open shard (if any): flush, fsync, rename into place."""
+        if self._tar is None:
+            return None
+        self._tar.close()  # closes the stream too
+        tmp = self._tmp_path()
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        final = self.folder / shard_name(self.part, self.index)
+        os.rename(tmp, final)
+        _fsync_dir(self.folder)
+        done = (final.name, self._ids)
+        self._tar, self._file, self._ids = None, None, []
+        self.index += 1
+        return done
+
+    def discard(self) -> None:
+        """Drop the open shard (used on errors): its objects were never marked done."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tmp_path().unlink(missing_ok=True)
+            self._tar, self._file, self._ids = None, None, []
+
+
+def build_sample(key: str, view_pngs: list[bytes], cameras, meta: dict, extra: dict) -> dict:
+    """One WebDataset sample: ``000.png``..., ``cameras.npy``, ``meta.json`` and optional
+    ``depth.npy`` / ``normal.npy`` (raw .npy bytes from the worker)."""
+    sample = {"__key__": key, "cameras.npy": cameras, "meta.json": meta}
+    for index, png in enumerate(view_pngs):
+        sample[f"{index:03d}.png"] = png
+    sample.update(extra)
+    return sample
+
+
+def npy_bytes(array) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

@@ -1,0 +1,116 @@
+"""Object sources behind one interface: each yields :class:`ObjectRef` (id, file, licence).
+
+``samples`` (the built-in set), a local folder of meshes, or ``objaverse`` (see
+:mod:`data_prep.objaverse_source`). Listing is cheap and deterministic; fetching files
+(downloads) happens in :meth:`Source.fetch`, only for the objects this run will render.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.config import RenderConfig
+from data_prep.samples import SAMPLES, write_samples
+
+MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".fbx", ".ply", ".stl")
+
+
+def sample_key(object_id: str) -> str:
+    """WebDataset ``__key__``: the id without dots (a dot would split the sample) or slashes."""
+    return re.sub(r"[./\\\s]", "_", object_id)
+
+
+@dataclass
+class ObjectRef:
+    id: str
+    source: str
+    license: str = "unknown"
+    path: Path | None = None  # None until fetched
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.id)
+
+
+class Source:
+    """List objects (:meth:`list`), then fetch the chosen ones (:meth:`fetch`)."""
+
+    name = "source"
+
+    def list(self) -> list[ObjectRef]:
+        raise NotImplementedError
+
+    def fetch(self, refs: list[ObjectRef]) -> dict[str, Path | Exception]:
+        """Local file per object id, or the exception that stopped its fetch."""
+        return {ref.id: ref.path for ref in refs}
+
+
+class SampleSource(Source):
+    """The built-in procedural sample set (no network)."""
+
+    name = "samples"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def list(self) -> list[ObjectRef]:
+        return [ObjectRef(id=name, source="samples", license="CC0-1.0") for name in SAMPLES]
+
+    def fetch(self, refs: list[ObjectRef]) -> dict[str, Path | Exception]:
+        paths = write_samples(self.folder, [ref.id for ref in refs])
+        return {ref.id: paths[ref.id] for ref in refs}
+
+
+class FolderSource(Source):
+    """Every mesh file under a folder (recursively). Ids are paths relative to the folder without
+    suffix; the suffix stays where two files would otherwise share an id."""
+
+    name = "folder"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"source folder {self.folder} does not exist")
+
+    def list(self) -> list[ObjectRef]:
+        files = sorted(
+            p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES
+        )
+        stems: dict[str, int] = {}
+        for path in files:
+            stem = path.relative_to(self.folder).with_suffix("").as_posix()
+            stems[stem] = stems.get(stem, 0) + 1
+        refs = []
+        for path in files:
+            relative = path.relative_to(self.folder)
+            stem = relative.with_suffix("").as_posix()
+            object_id = stem if stems[stem] == 1 else relative.as_posix()
+            refs.append(ObjectRef(id=object_id, source=f"folder:{self.folder.name}", path=path))
+        return refs
+
+
+def choose(refs: list[ObjectRef], count: int | None, seed: int) -> list[ObjectRef]:
+    """A seeded random subset of ``count`` objects (all when None), in a stable order."""
+    refs = sorted(refs, key=lambda ref: ref.id)
+    if count is None or count >= len(refs):
+        return refs
+    chosen = random.Random(seed).sample(refs, count)
+    return sorted(chosen, key=lambda ref: ref.id)
+
+
+def make_source(config: RenderConfig) -> Source:
+    if config.source == "samples":
+        return SampleSource(Path(config.out) / "_samples")
+    if config.source == "objaverse":
+        from data_prep.objaverse_source import ObjaverseSource
+
+        return ObjaverseSource(config.objaverse)
+    if Path(config.source).is_dir():
+        return FolderSource(config.source)
+    raise ValueError(
+        f"source {config.source!r} is neither 'objaverse', 'samples' nor an existing folder"
+    )

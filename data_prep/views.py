@@ -1,0 +1,63 @@
+"""Per-object view plan: azimuth-orthogonal quadruples plus reference views, from models.cameras.
+
+Computed in the parent (which has torch) and handed to the Blender worker as plain matrices. The
+random stream is seeded by (run seed, object id), so an object gets the same cameras whichever
+machine, partition or rerun renders it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data_prep.config import RenderConfig
+from models.cameras import OrbitRanges, random_pose, sample_orbit_group
+
+
+@dataclass
+class ViewPlan:
+    c2w: np.ndarray  # [V, 4, 4] float32, true distance
+    fov_deg: list[float]
+    elevation_deg: list[float]
+    azimuth_deg: list[float]
+    distance: list[float]
+    relative_radius: list[float]
+    quads: list[list[int]]
+    refs: list[int]
+
+    def worker_views(self) -> list[dict]:
+        return [
+            {"c2w": self.c2w[i].astype(float).tolist(), "fov_deg": self.fov_deg[i]}
+            for i in range(len(self.fov_deg))
+        ]
+
+    def meta(self) -> dict:
+        keys = ("fov_deg", "elevation_deg", "azimuth_deg", "distance", "relative_radius")
+        return {key: getattr(self, key) for key in keys} | {"quads": self.quads, "refs": self.refs}
+
+
+def object_seed(seed: int, object_id: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{object_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def plan_views(object_id: str, config: RenderConfig) -> ViewPlan:
+    generator = torch.Generator().manual_seed(object_seed(config.seed, object_id))
+    quad_ranges = OrbitRanges(config.elevation_deg, config.fov_deg, config.relative_radius)
+    ref_ranges = OrbitRanges(config.ref_elevation_deg, config.fov_deg, config.relative_radius)
+    start = config.azimuth_start_deg
+    groups = [sample_orbit_group(generator, 4, quad_ranges, start) for _ in range(config.num_quads)]
+    groups += [random_pose(generator, ref_ranges) for _ in range(config.num_refs)]
+    c2w = torch.cat([group.c2w() for group in groups]).numpy().astype(np.float32)
+    cat = {
+        name: torch.cat([getattr(group, name) for group in groups]).tolist()
+        for name in ("fov_deg", "elevation_deg", "azimuth_deg", "distance")
+    }
+    half_fov = np.radians(np.asarray(cat["fov_deg"])) / 2
+    relative = (np.asarray(cat["distance"]) * np.tan(half_fov)).tolist()
+    quads = [list(range(4 * q, 4 * q + 4)) for q in range(config.num_quads)]
+    refs = list(range(4 * config.num_quads, 4 * config.num_quads + config.num_refs))
+    return ViewPlan(c2w=c2w, relative_radius=relative, quads=quads, refs=refs, **cat)
