@@ -1,0 +1,114 @@
+"""Look at a render output folder: a summary, a contact sheet, and manifest merge/validation.
+
+python -m data_prep.summary summary OUT [--sheet OUT/contact_sheet.png] [--objects 8]
+python -m data_prep.summary merge OUT [--deep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from data_prep.manifest import merge
+from data_prep.shards import list_shards
+
+
+def iter_samples(folder: str | Path):
+    """Decoded samples (``rgba8`` images) of every complete shard in ``folder``."""
+    urls = [str(p) for p in list_shards(folder)]
+    if not urls:
+        return iter(())
+    return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgba8"))
+
+
+def summarise(folder: str | Path) -> dict:
+    folder = Path(folder)
+    views, objects, warnings = Counter(), 0, 0
+    for sample in iter_samples(folder):
+        objects += 1
+        views[len(sample["meta.json"]["fov_deg"])] += 1
+        warnings += bool(sample["meta.json"].get("warnings"))
+    failures = Counter()
+    failed_ids = set()
+    for path in sorted(folder.glob("manifest-[0-9][0-9][0-9].json")):
+        for object_id, info in json.loads(path.read_text())["failed"].items():
+            failures[info["reason"]] += 1
+            failed_ids.add(object_id)
+    shards = list_shards(folder)
+    return {
+        "shards": len(shards),
+        "bytes": sum(p.stat().st_size for p in shards),
+        "objects": objects,
+        "views": sum(v * n for v, n in views.items()),
+        "views_per_object": dict(sorted(views.items())),
+        "objects_with_warnings": warnings,
+        "failed": len(failed_ids),
+        "failures_by_reason": dict(failures.most_common()),
+    }
+
+
+def contact_sheet(
+    folder: str | Path, out_png: str | Path, objects: int = 8, background: int = 160
+) -> Path:
+    """A grid PNG: one row per object (first ``objects`` samples), one column per view,
+    composited on a grey background so white and black objects both show."""
+    rows = []
+    for sample in iter_samples(folder):
+        count = len(sample["meta.json"]["fov_deg"])
+        views = [sample[f"{i:03d}.png"].astype(np.float32) / 255 for i in range(count)]
+        row = [v[..., :3] * v[..., 3:] + background / 255 * (1 - v[..., 3:]) for v in views]
+        rows.append(np.concatenate(row, axis=1))
+        if len(rows) >= objects:
+            break
+    if not rows:
+        raise FileNotFoundError(f"no complete shards in {folder}")
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
+    sheet = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+    out_png = Path(out_png)
+    Image.fromarray(sheet).save(out_png)
+    return out_png
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.summary", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("summary", help="print a shard summary, write a contact sheet")
+    show.add_argument("folder")
+    show.add_argument("--sheet", default=None, help="PNG path (default FOLDER/contact_sheet.png)")
+    show.add_argument("--objects", type=int, default=8, help="rows of the contact sheet")
+    check = commands.add_parser("merge", help="merge/validate the partitions' manifests")
+    check.add_argument("folder")
+    check.add_argument("--deep", action="store_true", help="also open every shard")
+    args = parser.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        print(f"error: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    if args.command == "summary":
+        print(json.dumps(summarise(args.folder), indent=1))
+        sheet = args.sheet or Path(args.folder) / "contact_sheet.png"
+        try:
+            print(f"contact sheet: {contact_sheet(args.folder, sheet, args.objects)}")
+        except FileNotFoundError as error:
+            print(f"no contact sheet: {error}")
+        return 0
+    merged, problems = merge(args.folder, deep=args.deep)
+    print(
+        f"{len(merged['parts'])} partition manifests: {len(merged['done'])} done, "
+        f"{len(merged['failed'])} failed, {len(merged['shards'])} shards -> "
+        f"{Path(args.folder) / 'manifest.json'}"
+    )
+    for problem in problems:
+        print(f"problem: {problem}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
