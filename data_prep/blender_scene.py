@@ -228,7 +228,10 @@ def setup_cycles(settings: dict) -> str:
     scene.view_settings.view_transform = "Standard"  # AgX/Filmic would shift colours
     scene.view_settings.look = "None"
     scene.cycles.samples = int(settings["samples"])
-    scene.cycles.use_adaptive_sampling = True
+    threshold = float(settings.get("adaptive_threshold", 0.01))
+    scene.cycles.use_adaptive_sampling = threshold > 0  # stop early where the image converged
+    if threshold > 0:
+        scene.cycles.adaptive_threshold = threshold
     scene.cycles.use_denoising = bool(settings["denoise"])
     scene.cycles.max_bounces = int(settings.get("max_bounces", 4))
     if settings.get("threads"):

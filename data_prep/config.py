@@ -44,6 +44,7 @@ class RenderConfig:
     ref_elevation_deg: tuple[float, float] = (-10.0, 40.0)
     azimuth_start_deg: float | None = None
     samples: int = 32
+    adaptive_threshold: float = 0.01
     denoise: bool = True
     max_bounces: int = 4
     device: str = "auto"
@@ -91,7 +92,8 @@ class RenderConfig:
 
     def worker_settings(self) -> dict:
         """The subset the Blender worker needs (also stored as ``renderer`` in meta.json)."""
-        keys = ("res", "samples", "denoise", "max_bounces", "device", "threads", "ambient")
+        keys = ("res", "samples", "adaptive_threshold", "denoise", "max_bounces", "device")
+        keys += ("threads", "ambient")
         keys += ("key_light", "missing_metallic_as", "depth", "normal")
         return {key: getattr(self, key) for key in keys}
 

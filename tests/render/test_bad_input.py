@@ -1,0 +1,141 @@
+"""Bad input is recorded (or handled) with a reason while the other objects render."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+
+import numpy as np
+import pytest
+import trimesh
+
+from data_prep.config import load_config
+from data_prep.render import render
+from data_prep.samples import sample_glb_bytes, write_samples
+from data_prep.summary import iter_samples
+
+
+def _glb_with_json(glb: bytes, edit) -> bytes:
+    """Rewrite a GLB's JSON chunk with ``edit(json_dict)`` (keeps the binary chunk)."""
+    length = struct.unpack("<I", glb[12:16])[0]
+    data = json.loads(glb[20 : 20 + length])
+    edit(data)
+    text = json.dumps(data).encode()
+    text += b" " * (-len(text) % 4)
+    rest = glb[20 + length :]
+    body = struct.pack("<II", len(text), 0x4E4F534A) + text + rest
+    return b"glTF" + struct.pack("<II", 2, 12 + len(body)) + body
+
+
+def _draco(data: dict) -> None:
+    data["extensionsUsed"] = ["KHR_draco_mesh_compression"]
+    data["extensionsRequired"] = ["KHR_draco_mesh_compression"]
+
+
+def _make_bad_folder(folder):
+    write_samples(folder, ["front_marker", "mug"])
+    (folder / "corrupt.glb").write_bytes(b"glTF" + b"\x02\x00\x00\x00" + bytes(range(256)) * 4)
+    (folder / "garbage.obj").write_bytes(b"\x00\xff" * 300)
+    empty = {"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{}]}
+    (folder / "no_mesh.gltf").write_text(json.dumps(empty))
+    (folder / "draco.glb").write_bytes(_glb_with_json(sample_glb_bytes("car"), _draco))
+    far = trimesh.creation.box((3e4, 1e4, 2e4))
+    far.apply_translation((5e6, -2e6, 7e5))
+    far.export(folder / "far_huge.stl")
+    # a glTF whose texture image file is missing (the image points at an absent file)
+    files = trimesh.load(_crate(folder.parent)).export(file_type="gltf")
+    data = json.loads(files.pop("model.gltf"))
+    data["images"] = [{"uri": "missing.png"} for _ in data["images"]]
+    (folder / "missing_texture.gltf").write_text(json.dumps(data))
+    for name, payload in files.items():
+        (folder / name).write_bytes(payload)
+
+
+def _crate(folder):
+    path = folder / "crate.glb"
+    path.write_bytes(sample_glb_bytes("textured_crate"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "src").mkdir()
+    _make_bad_folder(root / "src")
+    config = load_config(
+        source=str(root / "src"),
+        out=str(root / "out"),
+        res=32,
+        samples=4,
+        denoise=False,
+        num_quads=1,
+        num_refs=0,
+        workers=2,
+        progress=False,
+    )
+    return render(config), root / "out"
+
+
+def test_bad_files_fail_with_their_reason_while_the_rest_renders(bad_run):
+    summary, out = bad_run
+    assert summary.failed == {
+        "corrupt": "corrupt_file",
+        "garbage": "no_mesh",  # the OBJ importer reads garbage as an empty model
+        "no_mesh": "no_mesh",
+        "draco": "draco",
+    }
+    manifest = json.loads((out / "manifest-000.json").read_text())
+    assert set(manifest["done"]) == {"front_marker", "mug", "far_huge", "missing_texture"}
+    assert manifest["failed"]["draco"]["detail"].startswith("Draco-compressed")
+    assert all(info["detail"] for info in manifest["failed"].values())
+
+
+def test_far_huge_mesh_is_normalised_into_view(bad_run):
+    _, out = bad_run
+    sample = next(s for s in iter_samples(out) if s["__key__"] == "far_huge")
+    assert sample["meta.json"]["normalisation"]["scale"] < 1e-3
+    for i in range(4):
+        alpha = sample[f"{i:03d}.png"][..., 3] > 127
+        ys, xs = np.nonzero(alpha)
+        assert 0.1 < alpha.mean() < 0.95
+        assert (
+            abs((xs.min() + xs.max() + 1) / 2 - 16) <= 2
+            and abs((ys.min() + ys.max() + 1) / 2 - 16) <= 2
+        )
+
+
+def test_missing_texture_is_handled_and_reported(bad_run):
+    _, out = bad_run
+    sample = next(s for s in iter_samples(out) if s["__key__"] == "missing_texture")
+    warnings = sample["meta.json"]["warnings"]
+    assert warnings and warnings[0].startswith("missing_texture")
+    manifest = json.loads((out / "manifest-000.json").read_text())
+    assert manifest["warnings"]["missing_texture"] == warnings
+    image = sample["000.png"]
+    rgb = image[..., :3][image[..., 3] == 255].astype(int)
+    magenta = (rgb[:, 0] > 200) & (rgb[:, 1] < 60) & (rgb[:, 2] > 200)
+    assert magenta.mean() < 0.01  # not Cycles' missing-texture magenta
+
+
+def test_an_object_over_the_timeout_is_killed_and_recorded(tmp_path):
+    write_samples(tmp_path / "src", ["rainbow_blob"])
+    config = load_config(
+        source=str(tmp_path / "src"),
+        out=str(tmp_path / "out"),
+        res=256,
+        samples=100000,
+        adaptive_threshold=0.0,
+        denoise=False,
+        num_quads=1,
+        num_refs=0,
+        timeout_s=2.0,
+        threads=1,
+        progress=False,
+    )
+    started = time.monotonic()
+    summary = render(config)
+    assert summary.failed == {"rainbow_blob": "timeout"}
+    assert time.monotonic() - started < 20
+    manifest = json.loads((tmp_path / "out" / "manifest-000.json").read_text())
+    assert manifest["failed"]["rainbow_blob"]["reason"] == "timeout"
