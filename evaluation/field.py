@@ -1,0 +1,205 @@
+"""The 3D field optimised by SDS: a multi-resolution hash grid + two small MLPs, in plain PyTorch.
+
+Density ``sigma(x) = softplus(mlp_d(enc(x)) + blob(x))`` with the Magic3D blob bias (a dense ball
+at start-up so SDS has something to shape), albedo ``sigmoid(mlp_c(enc(x)))``. Normals come from
+the density gradient (central finite differences by default; autograd as an option). Points are in
+world units inside the cube ``[-radius, radius]^3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Instant-NGP's spatial hash primes (the first is 1 so that x stays coherent in memory).
+_PRIMES = (1, 2654435761, 805459861)
+
+
+class HashGrid(nn.Module):
+    """Multi-resolution grid encoding, all levels in one vectorised gather.
+
+    Coarse levels whose ``(res + 1)^3`` vertices fit the table are indexed densely (no collisions);
+    fine levels use the spatial hash. Trilinear interpolation makes it differentiable in both the
+    table entries and the input points (second order for analytic normals).
+    """
+
+    def __init__(
+        self,
+        levels: int = 16,
+        features_per_level: int = 2,
+        log2_hashmap_size: int = 19,
+        base_resolution: int = 16,
+        per_level_scale: float = 1.447269237440378,
+        init_std: float = 1e-4,
+    ):
+        super().__init__()
+        resolutions = [int(base_resolution * per_level_scale**level) for level in range(levels)]
+        max_size = 2**log2_hashmap_size
+        sizes = [min((res + 1) ** 3, max_size) for res in resolutions]
+        dense = [(res + 1) ** 3 <= max_size for res in resolutions]
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        self.levels, self.features_per_level = levels, features_per_level
+        self.output_dim = levels * features_per_level
+        self.register_buffer("resolution", torch.tensor(resolutions, dtype=torch.long), False)
+        self.register_buffer("dense", torch.tensor(dense), False)
+        # int32 views of the primes (wrapped to two's complement) and per-level dense strides
+        primes32 = [p - 2**32 if p >= 2**31 else p for p in _PRIMES]
+        self.register_buffer("primes32", torch.tensor(primes32, dtype=torch.int32), False)
+        strides = [[1, res + 1, (res + 1) ** 2] for res in resolutions]
+        self.register_buffer("dense_mul", torch.tensor(strides, dtype=torch.int32), False)
+        self.register_buffer("mask", torch.tensor([s - 1 for s in sizes], dtype=torch.int32), False)
+        self.register_buffer("offset32", torch.tensor(offsets[:-1], dtype=torch.int32), False)
+        self.register_buffer("step", torch.tensor([0, 1], dtype=torch.int32), False)
+        # Instant-NGP initialises the table uniformly in [-1e-4, 1e-4].
+        self.table = nn.Parameter(torch.empty(offsets[-1], features_per_level))
+        nn.init.uniform_(self.table, -init_std, init_std)
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """``x01`` ``[N, 3]`` in ``[0, 1]`` -> features ``[N, levels * features_per_level]``."""
+        res = self.resolution.to(x01.dtype)  # [L]
+        pos = x01.clamp(0.0, 1.0)[:, None, :] * res[None, :, None]  # [N, L, 3]
+        base = pos.detach().floor().clamp_max(res[None, :, None] - 1)
+        frac = pos - base  # differentiable in x (for analytic normals)
+        # Per axis, the two vertex coordinates (base, base + 1) already multiplied by the axis'
+        # stride (dense levels) or prime (hashed levels); the 8 corners are then one broadcast
+        # add / xor of the three axes. int32 arithmetic wraps like tiny-cuda-nn's uint32 hash,
+        # and the low bits that the power-of-two mask keeps are the same.
+        coord = base.to(torch.int32)[..., None] + self.step[None, None, None]  # [N, L, 3, 2]
+        dense = coord * self.dense_mul[None, :, :, None]
+        hashed = coord * self.primes32[None, None, :, None]
+        dense_index = dense[:, :, 0, :, None, None] + dense[:, :, 1, None, :, None]
+        dense_index = dense_index + dense[:, :, 2, None, None, :]
+        hashed_index = hashed[:, :, 0, :, None, None] ^ hashed[:, :, 1, None, :, None]
+        hashed_index = (hashed_index ^ hashed[:, :, 2, None, None, :]) & self.mask.view(
+            1, -1, 1, 1, 1
+        )
+        index = torch.where(self.dense.view(1, -1, 1, 1, 1), dense_index, hashed_index)
+        index = (index + self.offset32.view(1, -1, 1, 1, 1)).flatten(2).long()  # [N, L, 8]
+        feats = self.table[index]  # [N, L, 8, F]
+        w = torch.stack([1 - frac, frac], dim=-1)  # [N, L, 3, 2]
+        weights = w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]
+        return (feats * weights.flatten(2)[..., None]).sum(2).flatten(1)
+
+
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
+    """``layers`` hidden ReLU layers of width ``hidden`` (no biases, as tiny-cuda-nn's FullyFused)."""
+    mods: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(dim, hidden, bias=False), nn.ReLU(inplace=True)]
+        dim = hidden
+    mods.append(nn.Linear(dim, out_dim, bias=False))
+    return nn.Sequential(*mods)
+
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softplus": F.softplus,
+    "exp": lambda x: torch.exp(x.clamp_max(15.0)),  # clamp keeps the backward finite
+    "relu": F.relu,
+}
+
+
+class Field(nn.Module):
+    """Density + albedo field; ``density`` is all the renderer needs for alpha and skipping."""
+
+    def __init__(self, cfg) -> None:  # cfg: the ``field`` section of the eval config
+        super().__init__()
+        if cfg.density_activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"config key 'field.density_activation': {cfg.density_activation!r} is not one "
+                f"of {sorted(_ACTIVATIONS)}"
+            )
+        grid = cfg.grid
+        self.encoding = HashGrid(
+            grid.levels,
+            grid.features_per_level,
+            grid.log2_hashmap_size,
+            grid.base_resolution,
+            grid.per_level_scale,
+            grid.init_std,
+        )
+        dim = self.encoding.output_dim
+        self.density_net = mlp(dim, cfg.mlp.hidden, cfg.mlp.density_layers, 1)
+        self.feature_net = mlp(dim, cfg.mlp.hidden, cfg.mlp.color_layers, 3)
+        self.radius = float(cfg.radius)
+        self.blob_scale, self.blob_std = float(cfg.blob_scale), float(cfg.blob_std)
+        self.activation = _ACTIVATIONS[cfg.density_activation]
+        self.normal_mode, self.normal_eps = cfg.normal, float(cfg.normal_eps)
+
+    def param_groups(self, lr_grid: float, lr_mlp: float) -> list[dict]:
+        """The recipe's two learning rates: the grid table learns 10x faster than the MLPs."""
+        mlps = list(self.density_net.parameters()) + list(self.feature_net.parameters())
+        return [
+            {"params": [self.encoding.table], "lr": lr_grid, "name": "encoding"},
+            {"params": mlps, "lr": lr_mlp, "name": "mlps"},
+        ]
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoding((x / self.radius + 1.0) * 0.5)
+
+    def blob(self, x: torch.Tensor) -> torch.Tensor:
+        """Magic3D's density bias: positive inside a ball of radius ``blob_std``."""
+        return self.blob_scale * (1.0 - x.norm(dim=-1) / self.blob_std)
+
+    def _density_from(self, x: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.density_net(enc)[:, 0] + self.blob(x))
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, 3]`` world points -> density ``[N]``."""
+        return self._density_from(x, self._encode(x))
+
+    def normals(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Outward unit normals ``-grad(sigma) / |grad(sigma)|``, ``[N, 3]``."""
+        if self.normal_mode == "analytic":
+            create = torch.is_grad_enabled()  # second order only when training
+            with torch.enable_grad():
+                if sigma is None or not x.requires_grad or not sigma.requires_grad:
+                    x = x.detach().requires_grad_(True)
+                    sigma = self.density(x)
+                (grad,) = torch.autograd.grad(sigma.sum(), x, create_graph=create)
+        else:
+            eps = self.normal_eps
+            offsets = torch.eye(3, dtype=x.dtype, device=x.device) * eps
+            probe = torch.cat([x[:, None] + offsets, x[:, None] - offsets], dim=1)  # [N, 6, 3]
+            dens = self.density(probe.reshape(-1, 3)).reshape(-1, 6)
+            grad = (dens[:, :3] - dens[:, 3:]) / (2 * eps)
+        return -F.normalize(grad, dim=-1, eps=1e-8)
+
+    def forward(self, x: torch.Tensor, with_normals: bool = False) -> dict[str, torch.Tensor]:
+        if with_normals and self.normal_mode == "analytic":
+            x = x if x.requires_grad else x.detach().requires_grad_(True)
+        enc = self._encode(x)
+        out = {
+            "density": self._density_from(x, enc),
+            "albedo": torch.sigmoid(self.feature_net(enc)),
+        }
+        if with_normals:
+            out["normal"] = self.normals(x, out["density"])
+        return out
+
+
+def shade(
+    albedo: torch.Tensor,
+    normal: torch.Tensor | None,
+    points: torch.Tensor,
+    light_position: torch.Tensor | None,
+    mode: str,
+    ambient: float,
+) -> torch.Tensor:
+    """Per-sample colour: ``albedo`` as is, or Lambertian ``albedo * (ambient + diffuse * n.l)``
+    with a point light (``textureless`` uses a white albedo so only geometry is judged)."""
+    if mode == "albedo":
+        return albedo
+    if normal is None or light_position is None:
+        raise ValueError(f"shading mode {mode!r} needs normals and a light position")
+    light_dir = F.normalize(light_position - points, dim=-1)
+    lambert = (normal * light_dir).sum(-1, keepdim=True).clamp_min(0.0)
+    base = torch.ones_like(albedo) if mode == "textureless" else albedo
+    if mode not in ("diffuse", "textureless"):
+        raise ValueError(f"unknown shading mode {mode!r} (albedo, diffuse, textureless)")
+    return base * (ambient + (1.0 - ambient) * lambert)

@@ -1,0 +1,126 @@
+"""Multi-view score distillation from the frozen camera-conditioned model (MVDream's guidance).
+
+Per step: renders are resized to ``image_size``, encoded by the VAE (with gradient into the
+renders), noised at one timestep shared by the batch, and denoised by the UNet twice (the CLIP
+image embedding and the zero embedding) for classifier-free guidance. Two losses:
+
+- ``x0_recon`` (the released recipe): the guided x0 estimate, its std rescaled towards the
+  unguided estimate's per object by ``recon_std_rescale``, is the (detached) regression target
+  of the latents: ``0.5 * ||z - x0||^2 / B``.
+- ``sds``: classic SDS, gradient ``w(t) (eps_hat - eps)`` with ``w = 1 - alpha_bar_t``.
+
+The UNet runs under ``no_grad`` and every model parameter is frozen: only the field learns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def annealed_fraction(step: int, start: float, end: float, anneal_steps: int) -> float:
+    """Linear interpolation from ``start`` at step 0 to ``end`` at ``anneal_steps``, then flat."""
+    ramp = min(max(step / max(anneal_steps, 1), 0.0), 1.0)
+    return start + (end - start) * ramp
+
+
+class MultiViewGuidance:
+    """SDS guidance for ``num_views``-view groups; ``cfg`` is the ``sds`` config section."""
+
+    def __init__(self, model, cfg, num_views: int, device: torch.device, autocast_dtype=None):
+        self.model, self.cfg, self.num_views = model, cfg, num_views
+        self.device, self.autocast_dtype = device, autocast_dtype
+        model.requires_grad_(False)
+        model.eval()
+        scheduler = model.noise_scheduler
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+
+    def timestep_range(self, step: int) -> tuple[int, int]:
+        """(min, max) integer timesteps at ``step``: both start at ``t_start`` and anneal
+        linearly to ``t_end`` over ``t_anneal_steps``."""
+        cfg = self.cfg
+        low = annealed_fraction(step, cfg.t_start, cfg.t_end[0], cfg.t_anneal_steps)
+        high = annealed_fraction(step, cfg.t_start, cfg.t_end[1], cfg.t_anneal_steps)
+        n = self.num_train_timesteps
+        return int(n * low), max(int(n * high), int(n * low))
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def encode(self, rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[B,H,W,3]`` renders in [0,1] -> latents drawn from the VAE posterior, as MVDream
+        does (gradient flows to the renders)."""
+        images = rgb.permute(0, 3, 1, 2)
+        size = self.cfg.image_size
+        if images.shape[-1] != size:
+            images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
+        with self._autocast():
+            latents = self.model.vae.encode(images * 2.0 - 1.0, generator=generator)
+        return latents.float()
+
+    @torch.no_grad()
+    def predict_noise(
+        self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, camera: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided, conditional-only) noise predictions; ``cond`` ``[B,1,D]``."""
+        batch = noisy.shape[0]
+        uncond = torch.zeros_like(cond)  # the unconditional input is the all-zeros embedding
+        with self._autocast():
+            eps = self.model.unet(
+                torch.cat([noisy, noisy]),
+                torch.cat([t, t]),
+                torch.cat([cond, uncond]),
+                torch.cat([camera, camera]),
+                num_views=self.num_views,
+            )
+        eps_cond, eps_uncond = eps.float().split(batch)
+        return eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond), eps_cond
+
+    def _x0(self, noisy: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        return (noisy - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+    def __call__(
+        self,
+        rgb: torch.Tensor,
+        camera: torch.Tensor,
+        cond: torch.Tensor,
+        step: int,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Loss for renders ``[B,H,W,3]`` with model camera inputs ``[B,16]`` and the CLIP
+        embedding ``[1,1,D]`` (or ``[B,1,D]``)."""
+        batch = rgb.shape[0]
+        if batch % self.num_views:
+            raise ValueError(f"batch of {batch} views is not a multiple of {self.num_views}")
+        latents = self.encode(rgb, generator)
+        t_min, t_max = self.timestep_range(step)
+        t_one = torch.randint(t_min, t_max + 1, (1,), generator=generator)
+        t = t_one.to(self.device).expand(batch)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = alpha_bar.sqrt() * latents.detach() + (1 - alpha_bar).sqrt() * noise
+        cond = cond.to(self.device, latents.dtype).expand(batch, -1, -1)
+        eps, eps_cond = self.predict_noise(noisy, t, cond, camera.to(self.device, latents.dtype))
+        if self.cfg.loss == "x0_recon":
+            target = self._x0(noisy, eps, alpha_bar)
+            rescale = self.cfg.recon_std_rescale
+            if rescale > 0:
+                # Per object (all its views together): match the guided x0's std to the
+                # unguided one's, which curbs the over-saturation of high guidance scales.
+                shape = (-1, self.num_views, *target.shape[1:])
+                guided = target.reshape(shape)
+                plain = self._x0(noisy, eps_cond, alpha_bar).reshape(shape)
+                dims = list(range(1, guided.dim()))
+                factor = (plain.std(dims, keepdim=True) + 1e-8) / (
+                    guided.std(dims, keepdim=True) + 1e-8
+                )
+                adjusted = (guided * factor).reshape(target.shape)
+                target = rescale * adjusted + (1 - rescale) * target
+        else:
+            grad = (1 - alpha_bar) * (eps - noise)
+            target = latents.detach() - torch.nan_to_num(grad)
+        loss = 0.5 * F.mse_loss(latents, target.detach(), reduction="sum") / batch
+        return {"loss": loss, "t": t_one.float(), "latents": latents.detach()}

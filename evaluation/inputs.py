@@ -1,0 +1,188 @@
+"""Objects to evaluate: a folder of reference images, or held-out shards (docs/ARCHITECTURE.md).
+
+A shard object gives its reference view (the first of ``refs``, else the first view) with its
+known pose, and its first azimuth-orthogonal quadruple as ground truth for the 2D multi-view score.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class EvalObject:
+    id: str
+    reference: torch.Tensor  # [4,H,W] RGBA in [0,1] (alpha 1 for RGB inputs)
+    reference_pose: dict | None = None  # elevation_deg, azimuth_deg, fov_deg, distance
+    gt_views: torch.Tensor | None = None  # [4,4,H,W] RGBA of one quad
+    gt_pose: dict | None = None  # lists per view: elevation_deg, azimuth_deg, fov_deg, distance
+    source: dict = field(default_factory=dict)
+
+
+@dataclass
+class ObjectRef:
+    """A cheap handle (id + loader) so partitioning never decodes what another rank evaluates."""
+
+    id: str
+    load: Callable[[], EvalObject]
+
+
+def to_rgba_tensor(image: Image.Image) -> torch.Tensor:
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    return torch.from_numpy(rgba).permute(2, 0, 1).contiguous()
+
+
+def save_rgba(tensor: torch.Tensor, path: Path) -> None:
+    """``[3|4,H,W]`` in [0,1] -> PNG."""
+    array = (tensor.clamp(0, 1).permute(1, 2, 0) * 255 + 0.5).to(torch.uint8).numpy()
+    Image.fromarray(array, "RGBA" if tensor.shape[0] == 4 else "RGB").save(path)
+
+
+def on_background(rgba: torch.Tensor, background=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """``[...,4,H,W]`` straight-alpha RGBA -> ``[...,3,H,W]`` composited on ``background``."""
+    bg = torch.tensor(background, dtype=rgba.dtype).view(3, 1, 1)
+    alpha = rgba[..., 3:, :, :]
+    return rgba[..., :3, :, :] * alpha + bg * (1 - alpha)
+
+
+def resize_rgba(rgba: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize premultiplied (so edges do not bleed the hidden colour), then un-premultiply."""
+    batched = rgba if rgba.dim() == 4 else rgba[None]
+    premult = torch.cat([batched[:, :3] * batched[:, 3:], batched[:, 3:]], 1)
+    out = F.interpolate(premult, (size, size), mode="bicubic", antialias=True).clamp(0, 1)
+    alpha = out[:, 3:]
+    out = torch.cat([out[:, :3] / alpha.clamp_min(1e-6) * (alpha > 0), alpha], 1).clamp(0, 1)
+    return out if rgba.dim() == 4 else out[0]
+
+
+def recenter(rgba: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Crop to the alpha bounding box and pad to a square where the object spans ``ratio``."""
+    mask = rgba[3] > 0.5
+    if not mask.any() or bool(mask.all()):
+        return rgba
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    crop = rgba[:, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    height, width = crop.shape[1:]
+    side = int(max(height, width) / ratio)
+    out = torch.zeros(4, side, side, dtype=rgba.dtype)
+    top, left = (side - height) // 2, (side - width) // 2
+    out[:, top : top + height, left : left + width] = crop
+    return out
+
+
+def _image_object(path: Path, inputs_cfg) -> EvalObject:
+    rgba = to_rgba_tensor(Image.open(path))
+    if inputs_cfg.recenter and bool((rgba[3] < 1).any()):
+        rgba = recenter(rgba, inputs_cfg.foreground_ratio)
+    pose = None
+    if inputs_cfg.reference_pose is not None:
+        from models.cameras import distance_for_fov
+
+        pose = dict(inputs_cfg.reference_pose)
+        pose["distance"] = float(distance_for_fov(pose["fov_deg"], pose.pop("relative_radius")))
+    return EvalObject(
+        id=object_id(path.stem),
+        reference=resize_rgba(rgba, inputs_cfg.size),
+        reference_pose=pose,
+        source={"path": str(path)},
+    )
+
+
+def object_id(name: str) -> str:
+    return name.replace(".", "_").replace("/", "_")
+
+
+def _shard_keys(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        names = [Path(n).name for n in tar.getnames()]
+    return sorted({n.split(".", 1)[0] for n in names if "." in n})
+
+
+def _shard_members(path: Path, key: str) -> dict[str, bytes]:
+    """The members of one sample (``key.ext`` -> bytes); keys have no dots (WebDataset)."""
+    members: dict[str, bytes] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            name = Path(member.name).name
+            if member.isfile() and name.startswith(f"{key}."):
+                data = tar.extractfile(member)
+                members[name.split(".", 1)[1]] = data.read() if data else b""
+    return members
+
+
+def _pose(meta: dict, index: int) -> dict:
+    return {
+        k: float(meta[k][index]) for k in ("elevation_deg", "azimuth_deg", "fov_deg", "distance")
+    }
+
+
+def _shard_object(key: str, members: dict[str, bytes], shard: Path, inputs_cfg) -> EvalObject:
+    meta = json.loads(members["meta.json"])
+
+    def view(index: int) -> torch.Tensor:
+        image = Image.open(io.BytesIO(members[f"{index:03d}.png"]))
+        return resize_rgba(to_rgba_tensor(image), inputs_cfg.size)
+
+    refs, quads = meta.get("refs") or [], meta.get("quads") or []
+    ref_index = refs[0] if refs else (quads[0][0] if quads else 0)
+    gt_views = gt_pose = None
+    if quads:
+        quad = quads[0]
+        gt_views = torch.stack([view(i) for i in quad])
+        poses = [_pose(meta, i) for i in quad]
+        gt_pose = {k: [p[k] for p in poses] for k in poses[0]}
+    return EvalObject(
+        id=key,
+        reference=view(ref_index),
+        reference_pose=_pose(meta, ref_index),
+        gt_views=gt_views,
+        gt_pose=gt_pose,
+        source={"shard": str(shard), "license": meta.get("license"), "origin": meta.get("source")},
+    )
+
+
+def _detect_kind(root: Path) -> str:
+    if root.is_file():
+        return "shards" if root.suffix == ".tar" else "images"
+    return "shards" if any(root.rglob("*.tar")) else "images"
+
+
+def list_objects(inputs_cfg) -> list[ObjectRef]:
+    """Objects of ``inputs.path`` sorted by id (the order every rank partitions identically)."""
+    if not inputs_cfg.path:
+        raise ValueError("config key 'inputs.path': no input folder given (make eval IMAGES=...)")
+    root = Path(inputs_cfg.path)
+    if not root.exists():
+        raise FileNotFoundError(f"inputs.path: {root} does not exist")
+    kind = _detect_kind(root) if inputs_cfg.kind == "auto" else inputs_cfg.kind
+    refs: list[ObjectRef] = []
+    if kind == "images":
+        files = [root] if root.is_file() else sorted(root.rglob("*"))
+        for path in files:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                load = lambda p=path: _image_object(p, inputs_cfg)  # noqa: E731
+                refs.append(ObjectRef(object_id(path.stem), load))
+    else:
+        shards = [root] if root.is_file() else sorted(root.rglob("*.tar"))
+        for shard in shards:
+            for key in _shard_keys(shard):
+                load = lambda s=shard, k=key: _shard_object(k, _shard_members(s, k), s, inputs_cfg)  # noqa: E731
+                refs.append(ObjectRef(key, load))
+    ids = [r.id for r in refs]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"inputs.path: duplicate object ids {dupes} (rename the files)")
+    refs.sort(key=lambda r: r.id)
+    return refs[: inputs_cfg.limit] if inputs_cfg.limit else refs
