@@ -12,6 +12,8 @@ render disjoint slices of one object list into one folder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -20,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -29,7 +32,9 @@ from data_prep.partition import partition_from_env, take_partition
 from data_prep.pool import WorkerPool
 from data_prep.shards import ShardWriter, build_sample
 from data_prep.sources import ObjectRef, choose, make_source
-from data_prep.views import ViewPlan, plan_views
+
+if TYPE_CHECKING:  # views imports torch: loaded lazily, while the Blender workers start up
+    from data_prep.views import ViewPlan
 
 FETCH_CHUNK = 32  # objects fetched (downloaded) ahead of the renderer at a time
 
@@ -46,6 +51,7 @@ class RunSummary:
     views: int = 0
     seconds: float = 0.0
     worker_pids: list[int] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)  # summed worker import/setup/render s
 
 
 def resume_settings(config: RenderConfig) -> dict:
@@ -56,16 +62,21 @@ def resume_settings(config: RenderConfig) -> dict:
     return {key: list(v) if isinstance(v := getattr(config, key), tuple) else v for key in keep}
 
 
+def visible_gpus() -> list[str]:
+    """NVIDIA GPUs this process may use, without importing torch (CUDA_VISIBLE_DEVICES wins)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip() and gpu.strip() != "-1"]
+    driver = Path("/proc/driver/nvidia/gpus")
+    return [str(i) for i in range(len(list(driver.iterdir())))] if driver.is_dir() else []
+
+
 def worker_envs(config: RenderConfig) -> list[dict[str, str]]:
     """One environment per worker: a GPU each when GPUs exist, else a share of the CPU cores."""
-    gpus = 0
-    if config.device != "cpu":
-        import torch
-
-        gpus = torch.cuda.device_count()
+    gpus = visible_gpus() if config.device != "cpu" else []
     envs = []
     for index in range(config.workers):
-        env = {"CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus else {}
+        env = {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {}
         envs.append(env)
     if not gpus and not config.threads:
         config.threads = max(1, (os.cpu_count() or 1) // config.workers)
@@ -153,6 +164,8 @@ def render(config: RenderConfig) -> RunSummary:
         bar.set_postfix(failed=len(summary.failed))
 
     def jobs():
+        from data_prep.views import plan_views
+
         chunks = [todo[i : i + FETCH_CHUNK] for i in range(0, len(todo), FETCH_CHUNK)]
         with ThreadPoolExecutor(1) as prefetch:  # download chunk k+1 while chunk k renders
             pending = prefetch.submit(source.fetch, chunks[0])
@@ -195,6 +208,8 @@ def render(config: RenderConfig) -> RunSummary:
                     finish_shard(writer.add(sample, ref.id))
                     summary.rendered += 1
                     summary.views += len(pngs)
+                    for stage, seconds in result.get("timing", {}).items():
+                        summary.timing[stage] = summary.timing.get(stage, 0.0) + seconds
                     bar.update(1)
                 else:
                     plans.pop(ref.id, None)
@@ -217,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser)
+    parser.add_argument("--summary-json", default=None, help="also write the run summary here")
     args = parser.parse_args(argv)
+    summary_json = args.__dict__.pop("summary_json")
     try:
         config = config_from_args(args)
         summary = render(config)
@@ -233,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for object_id, reason in sorted(summary.failed.items()):
         print(f"  failed {object_id}: {reason}")
+    if summary_json:
+        Path(summary_json).write_text(
+            json.dumps(dataclasses.asdict(summary), default=str, indent=1)
+        )
     return 0
 
 

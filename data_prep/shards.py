@@ -14,8 +14,6 @@ import re
 import tarfile
 from pathlib import Path
 
-import webdataset as wds
-
 SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{6})\.tar$")
 
 
@@ -58,7 +56,7 @@ class ShardWriter:
     def __init__(self, folder: str | Path, part: int, shard_size: int, start_index: int = 0):
         self.folder, self.part, self.shard_size = Path(folder), part, shard_size
         self.index = start_index
-        self._tar: wds.TarWriter | None = None
+        self._tar = None  # webdataset.TarWriter (imported on first use: it imports torch)
         self._file = None
         self._ids: list[str] = []
 
@@ -67,6 +65,8 @@ class ShardWriter:
 
     def add(self, sample: dict, object_id: str) -> tuple[str, list[str]] | None:
         if self._tar is None:
+            import webdataset as wds
+
             self._file = open(self._tmp_path(), "wb")
             self._tar = wds.TarWriter(self._file)
         self._tar.write(sample)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.config import RenderConfig
-from data_prep.samples import SAMPLES, write_samples
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".fbx", ".ply", ".stl")
 
@@ -58,9 +57,13 @@ class SampleSource(Source):
         self.folder = Path(folder)
 
     def list(self) -> list[ObjectRef]:
+        from data_prep.samples import SAMPLES  # trimesh: imported only for this source
+
         return [ObjectRef(id=name, source="samples", license="CC0-1.0") for name in SAMPLES]
 
     def fetch(self, refs: list[ObjectRef]) -> dict[str, Path | Exception]:
+        from data_prep.samples import write_samples
+
         paths = write_samples(self.folder, [ref.id for ref in refs])
         return {ref.id: paths[ref.id] for ref in refs}
 

@@ -1,0 +1,186 @@
+"""Render benchmark (``make bench-render``): seconds per view, per-object overhead, objects/hour,
+and the whole pipeline (worker processes, shards, manifest) against a plain single-process
+Blender loop rendering the same meshes with the same cameras and settings, in one run.
+
+    python scripts/bench_render.py [--objects 8] [--res 256] [--samples 32] [--num-quads 2]
+                                   [--num-refs 2] [--workers 1] [--device auto]
+
+Targets (issue 2): per-object overhead <= 0.5 s, pipeline <= 1.25 x the plain loop. Prints figures;
+not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def plain_loop(jobs_file: str) -> None:
+    """The baseline: one process, ``import bpy`` once, the worker's own render code per object,
+    no isolation, no timeout, no shards, no manifest."""
+    started = time.perf_counter()
+    from data_prep.blender_worker import render_job  # imports bpy
+
+    jobs = json.loads(Path(jobs_file).read_text())
+    render_seconds = 0.0
+    for job in jobs:
+        render_seconds += render_job(job)["timing"]["render"]
+    wall = time.perf_counter() - started
+    print(json.dumps({"wall": wall, "render": render_seconds}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--objects", type=int, default=8, help="objects (built-in samples, cycled)")
+    parser.add_argument("--res", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--num-quads", type=int, default=2)
+    parser.add_argument("--num-refs", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="pipeline workers (1 = same compute as the loop)"
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--out", default="outputs/bench-render")
+    parser.add_argument("--plain-loop", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_loop:
+        plain_loop(args.plain_loop)
+        return
+
+    from data_prep.config import load_config
+    from data_prep.samples import SAMPLES, write_samples
+    from data_prep.views import plan_views
+
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    meshes = out / "meshes"
+    names = list(SAMPLES)
+    originals = write_samples(out / "originals")
+    meshes.mkdir(parents=True)
+    for i in range(args.objects):  # more objects than samples: copies under new names
+        shutil.copy(
+            originals[names[i % len(names)]], meshes / f"{names[i % len(names)]}_{i:03d}.glb"
+        )
+    settings = dict(
+        res=args.res,
+        samples=args.samples,
+        num_quads=args.num_quads,
+        num_refs=args.num_refs,
+        denoise=args.denoise,
+        device=args.device,
+    )
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if not isinstance(v, bool)]
+    flags.append("--denoise" if args.denoise else "--no-denoise")
+
+    # 1) the pipeline, as a user runs it (fresh process: imports, pool, shards, manifest), on
+    #    one object and on all: the difference separates the once-per-run start-up from the
+    #    per-object overhead.
+    def pipeline(source: Path, name: str) -> tuple[float, dict]:
+        summary_file = out / f"{name}.json"
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "data_prep.render",
+                "--source",
+                str(source),
+                "--out",
+                str(out / name),
+                "--workers",
+                str(args.workers),
+                "--no-progress",
+                "--summary-json",
+                str(summary_file),
+                *flags,
+            ],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - started, json.loads(summary_file.read_text())
+
+    single = out / "single"
+    single.mkdir()
+    first = sorted(meshes.glob("*.glb"))[0]
+    shutil.copy(first, single / first.name)
+    single_wall, single_summary = pipeline(single, "shards-single")
+    pipeline_wall, summary = pipeline(meshes, "shards")
+
+    # 2) the plain loop on the same meshes, cameras and settings
+    config = load_config(source=str(meshes), out=str(out / "plain"), workers=1, **settings)
+    from data_prep.render import worker_envs
+
+    worker_envs(config)  # same thread count rule as the pipeline
+    jobs = []
+    for path in sorted(meshes.glob("*.glb")):
+        plan = plan_views(path.stem, config)
+        jobs.append(
+            {
+                "id": path.stem,
+                "path": str(path),
+                "out_dir": str(out / "plain" / path.stem),
+                "views": plan.worker_views(),
+                "settings": config.worker_settings(),
+            }
+        )
+    (out / "jobs.json").write_text(json.dumps(jobs))
+    started = time.perf_counter()
+    reply = subprocess.run(
+        [sys.executable, __file__, "--plain-loop", str(out / "jobs.json")],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    plain_wall = time.perf_counter() - started
+    plain = json.loads(reply.stdout.strip().splitlines()[-1])
+
+    objects, views = summary["rendered"], summary["views"]
+    render_s = summary["timing"].get("render", 0.0)
+    beyond_render_n = pipeline_wall - render_s
+    beyond_render_1 = single_wall - single_summary["timing"].get("render", 0.0)
+    overhead = (beyond_render_n - beyond_render_1) / max(objects - 1, 1)
+    startup = beyond_render_1 - overhead
+    per_object = render_s / max(objects, 1) + overhead
+    figures = {
+        "objects": objects,
+        "views": views,
+        "settings": settings | {"workers": args.workers},
+        "seconds_per_view": render_s / max(views, 1),
+        "per_object_overhead_s": overhead,
+        "startup_once_per_run_s": startup,
+        "objects_per_hour_steady": 3600 / per_object * args.workers,
+        "objects_per_hour_this_run": objects / pipeline_wall * 3600,
+        "pipeline_wall_s": pipeline_wall,
+        "plain_loop_wall_s": plain_wall,
+        "plain_loop_seconds_per_view": plain["render"] / max(views, 1),
+        "plain_loop_beyond_render_per_object_s": (plain_wall - plain["render"]) / max(objects, 1),
+        "pipeline_over_plain": pipeline_wall / plain_wall,
+    }
+    print(json.dumps(figures, indent=1))
+    print(
+        f"\n{objects} objects x {views // max(objects, 1)} views at {args.res}px, "
+        f"{args.samples} samples, {args.workers} worker(s): {figures['seconds_per_view']:.3f} s/view; "
+        f"per-object overhead {overhead:.3f} s (target <= 0.5) plus {startup:.2f} s start-up per "
+        f"run; {figures['objects_per_hour_steady']:.0f} objects/hour steady "
+        f"({figures['objects_per_hour_this_run']:.0f} in this short run); pipeline "
+        f"{pipeline_wall:.1f} s vs plain loop {plain_wall:.1f} s = "
+        f"{figures['pipeline_over_plain']:.2f}x (target <= 1.25)"
+    )
+    (out / "figures.json").write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
