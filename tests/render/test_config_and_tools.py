@@ -1,0 +1,82 @@
+"""Config loading (every key documented, bad keys named), resume guards, summary and sheet."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from data_prep.config import (
+    ObjaverseOptions,
+    RenderConfig,
+    add_config_arguments,
+    config_from_args,
+    load_config,
+)
+from data_prep.manifest import Manifest
+from data_prep.summary import contact_sheet, main, summarise
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_render_yaml_documents_every_key_with_the_code_defaults():
+    data = yaml.safe_load((CONFIGS / "render.yaml").read_text())
+    assert set(data) == {f.name for f in dataclasses.fields(RenderConfig)}
+    assert set(data["objaverse"]) == {f.name for f in dataclasses.fields(ObjaverseOptions)}
+    loaded, defaults = load_config(CONFIGS / "render.yaml"), RenderConfig()
+    loaded.out = defaults.out  # the only key whose value differs on purpose
+    assert loaded == defaults
+    for line in (CONFIGS / "render.yaml").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and not line.endswith(":"):
+            assert "#" in line, f"undocumented key: {line}"
+    preview = load_config(CONFIGS / "render-preview.yaml")
+    assert preview.source == "samples" and preview.res == 128
+
+
+def test_bad_keys_and_values_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resolution: 64\n")
+    with pytest.raises(KeyError, match="'resolution'"):
+        load_config(bad)
+    bad.write_text("objaverse:\n  lvis: [mug]\n")
+    with pytest.raises(KeyError, match=r"objaverse: unknown key 'lvis'"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="'res'"):
+        load_config(res=2)
+    with pytest.raises(ValueError, match="'fov_deg'"):
+        load_config(fov_deg=(40.0, 20.0))
+
+
+def test_command_line_flags_override_the_config():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(
+        ["--config", str(CONFIGS / "render-preview.yaml"), "--res", "64", "--no-denoise"]
+        + ["--elevation-deg", "5", "10", "--lvis-categories", "mug", "chair", "--count", "3"]
+    )
+    config = config_from_args(args)
+    assert (config.res, config.denoise, config.count) == (64, False, 3)
+    assert config.elevation_deg == (5.0, 10.0) and config.num_quads == 1  # from the file
+    assert config.objaverse.lvis_categories == ["mug", "chair"]
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    Manifest(tmp_path, 0, 1, {"res": 32, "seed": 0}).save()
+    Manifest(tmp_path, 0, 1, {"res": 32, "seed": 0})  # same settings: fine
+    with pytest.raises(ValueError, match="res=32"):
+        Manifest(tmp_path, 0, 1, {"res": 64, "seed": 0})
+
+
+def test_summary_and_contact_sheet(rendered_shards, tmp_path, capsys):
+    summary = summarise(rendered_shards)
+    assert summary["objects"] == 10 and summary["views"] == 50 and summary["shards"] == 3
+    assert summary["views_per_object"] == {5: 10} and summary["failed"] == 0
+    sheet = contact_sheet(rendered_shards, tmp_path / "sheet.png", objects=3)
+    assert Image.open(sheet).size == (5 * 32, 3 * 32)
+    assert main(["summary", str(rendered_shards), "--sheet", str(tmp_path / "s.png")]) == 0
+    assert '"objects": 10' in capsys.readouterr().out
+    assert main(["merge", str(rendered_shards), "--deep"]) == 0
