@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from data_prep.config import RenderConfig, add_config_arguments, config_from_args
-from data_prep.manifest import Manifest
+from data_prep.manifest import Manifest, manifest_path
 from data_prep.partition import partition_from_env, take_partition
 from data_prep.pool import WorkerPool
 from data_prep.shards import ShardWriter, build_sample
@@ -58,7 +58,7 @@ def resume_settings(config: RenderConfig) -> dict:
     """Settings that must not change between a run and its resume (they change the data)."""
     keep = ("source", "seed", "res", "num_quads", "num_refs", "elevation_deg", "fov_deg")
     keep += ("relative_radius", "ref_elevation_deg", "azimuth_start_deg", "samples", "depth")
-    keep += ("normal", "count")
+    keep += ("normal",)
     return {key: list(v) if isinstance(v := getattr(config, key), tuple) else v for key in keep}
 
 
@@ -81,6 +81,16 @@ def worker_envs(config: RenderConfig) -> list[dict[str, str]]:
     if not gpus and not config.threads:
         config.threads = max(1, (os.cpu_count() or 1) // config.workers)
     return envs
+
+
+def done_in_other_partitions(out: Path, part: int) -> set[str]:
+    """Objects other partitions' manifests list as done (a grown COUNT moves objects between
+    partitions; they must not render twice)."""
+    done = set()
+    for path in out.glob("manifest-[0-9][0-9][0-9].json"):
+        if path != manifest_path(out, part):
+            done |= set(json.loads(path.read_text())["done"])
+    return done
 
 
 def _stale_work_dirs(work_root: Path) -> None:
@@ -136,10 +146,11 @@ def render(config: RenderConfig) -> RunSummary:
     refs = take_partition(choose(source.list(), config.count, config.seed), *part)
     summary.listed = len(refs)
     manifest = Manifest(out, part[0], part[1], resume_settings(config))
+    done = set(manifest.done) | done_in_other_partitions(out, part[0])
     todo = [
         ref
         for ref in refs
-        if ref.id not in manifest.done and (config.retry_failed or ref.id not in manifest.failed)
+        if ref.id not in done and (config.retry_failed or ref.id not in manifest.failed)
     ]
     summary.skipped = len(refs) - len(todo)
     manifest.save(listed=len(refs))

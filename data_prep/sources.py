@@ -97,12 +97,13 @@ class FolderSource(Source):
 
 
 def choose(refs: list[ObjectRef], count: int | None, seed: int) -> list[ObjectRef]:
-    """A seeded random subset of ``count`` objects (all when None), in a stable order."""
+    """A seeded random subset of ``count`` objects (all when None), sorted by id. The choice is a
+    prefix of one seeded shuffle, so a larger ``count`` extends a smaller one (runs can grow)."""
     refs = sorted(refs, key=lambda ref: ref.id)
     if count is None or count >= len(refs):
         return refs
-    chosen = random.Random(seed).sample(refs, count)
-    return sorted(chosen, key=lambda ref: ref.id)
+    random.Random(seed).shuffle(refs)
+    return sorted(refs[:count], key=lambda ref: ref.id)
 
 
 def make_source(config: RenderConfig) -> Source:

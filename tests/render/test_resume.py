@@ -147,3 +147,13 @@ def test_two_partitions_render_disjoint_sets_whose_union_is_the_list(tmp_path, m
     merged, problems = merge(tmp_path / "out", deep=True)
     assert problems == [] and sorted(merged["done"]) == sorted(chosen)
     assert (tmp_path / "out" / "manifest.json").exists()
+    # COUNT grows: the old choice is a prefix of the new one, objects now assigned to another
+    # partition are not rendered twice, and both partitions together cover the new list.
+    grown = [r.id for r in choose(SampleSource(tmp_path / "s").list(), 9, seed=3)]
+    assert set(chosen) < set(grown)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        config.count = 9
+        render(config)
+    merged, problems = merge(tmp_path / "out", deep=True)
+    assert problems == [] and sorted(merged["done"]) == sorted(grown)
