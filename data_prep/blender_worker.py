@@ -26,6 +26,8 @@ import numpy as np
 
 from data_prep import blender_scene as bs
 
+JOB_LOG = "blender.log"  # per-job log inside the job's out_dir
+
 
 def _setup_passes(out_dir: Path, depth: bool, normal: bool):
     """Compositor File Output of the depth / normal passes as 32-bit EXR (read back below)."""
@@ -113,17 +115,27 @@ def main() -> None:
     args = parser.parse_args()
     results = os.fdopen(args.result_fd, "w", buffering=1)
     results.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    saved = os.dup(1), os.dup(2)
     for line in sys.stdin:
         if not line.strip():
             continue
         job = json.loads(line)
-        try:
-            result = render_job(job)
-        except bs.RenderFailure as failure:
-            result = {"ok": False, "reason": failure.reason, "detail": failure.detail}
-        except Exception as error:  # anything else: report it, keep serving jobs
-            traceback.print_exc()
-            result = {"ok": False, "reason": "render_error", "detail": repr(error)[:500]}
+        Path(job["out_dir"]).mkdir(parents=True, exist_ok=True)
+        # Blender's chatter goes to a per-job log: the parent keeps its tail only on failure,
+        # so logs stay small over millions of objects.
+        with open(Path(job["out_dir"]) / JOB_LOG, "wb") as log:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+            try:
+                result = render_job(job)
+            except bs.RenderFailure as failure:
+                result = {"ok": False, "reason": failure.reason, "detail": failure.detail}
+            except Exception as error:  # anything else: report it, keep serving jobs
+                traceback.print_exc()
+                result = {"ok": False, "reason": "render_error", "detail": repr(error)[:500]}
+            finally:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.dup2(saved[0], 1), os.dup2(saved[1], 2)
         result["id"] = job["id"]
         results.write(json.dumps(result) + "\n")
 

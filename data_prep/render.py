@@ -115,6 +115,15 @@ def _read_views(out_dir: Path, count: int) -> tuple[list[bytes], dict]:
     return pngs, extra
 
 
+def _keep_log_tail(log: Path, object_id: str, result: dict, out_dir: Path, lines: int = 40):
+    """Append the end of a failed object's Blender log to ``logs/failures.log``."""
+    job_log = out_dir / "blender.log"
+    tail = job_log.read_text(errors="replace").splitlines()[-lines:] if job_log.exists() else []
+    with open(log, "a") as handle:
+        handle.write(f"=== {object_id}: {result.get('reason')}: {result.get('detail', '')}\n")
+        handle.writelines(line + "\n" for line in tail)
+
+
 def _meta(ref: ObjectRef, plan: ViewPlan, config: RenderConfig, result: dict) -> dict:
     renderer = config.worker_settings() | {
         "engine": "cycles",
@@ -225,6 +234,7 @@ def render(config: RenderConfig) -> RunSummary:
                 else:
                     plans.pop(ref.id, None)
                     fail(ref.id, result.get("reason", "unknown"), result.get("detail", ""))
+                    _keep_log_tail(out / "logs" / "failures.log", ref.id, result, out_dir)
                 shutil.rmtree(out_dir, ignore_errors=True)
                 summary.worker_pids = pool.pids
     finally:

@@ -89,6 +89,10 @@ def test_bad_files_fail_with_their_reason_while_the_rest_renders(bad_run):
     assert set(manifest["done"]) == {"front_marker", "mug", "far_huge", "missing_texture"}
     assert manifest["failed"]["draco"]["detail"].startswith("Draco-compressed")
     assert all(info["detail"] for info in manifest["failed"].values())
+    failures_log = (out / "logs" / "failures.log").read_text()
+    assert "=== draco: draco" in failures_log and "=== corrupt: corrupt_file" in failures_log
+    # Blender's per-render chatter is not kept for objects that rendered fine
+    assert sum(p.stat().st_size for p in (out / "logs").glob("worker-*.log")) < 20_000
 
 
 def test_far_huge_mesh_is_normalised_into_view(bad_run):
