@@ -101,28 +101,30 @@ class Throughput(pl.Callback):
 
 
 class MetricsFile(pl.Callback):
-    """One JSON line per step on rank 0 (step, loss, branch): easy to diff across runs."""
+    """One JSON line per step (step, loss, branch, the objects and views seen): ``metrics.jsonl``
+    on rank 0, ``metrics.rank<R>.jsonl`` on the others. Easy to diff across runs and ranks."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_rank != 0:
-            return
+        rank = trainer.global_rank
+        path = self.folder / ("metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl")
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         record = {
             "step": trainer.global_step,
             "loss": float(loss.detach()),
             "multiview": module.multiview_step(trainer.global_step - 1),
             "keys": list(batch["key"]),
+            "views": batch["choice"].tolist(),
             "skipped_local": module.skipped,
         }
         record.update(getattr(module, "last_perf", {}) or {})
         module.last_perf = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as stream:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as stream:
             stream.write(json.dumps(record) + "\n")
 
 

@@ -149,7 +149,7 @@ RANGES: dict[str, tuple[float, float]] = {
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
+        return _build(hint, value, f"{key}.")
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, str):  # one URL / pattern given as a plain string
@@ -172,6 +172,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
@@ -229,7 +234,10 @@ def apply_override(tree: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:  # e.g. a brace pattern: take it as the plain string it is
+        value = raw
     node[parts[-1]] = value
 
 

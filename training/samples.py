@@ -47,6 +47,12 @@ def read_meta(sample: dict) -> dict:
         raise CorruptSample(f"{sample.get('__key__')}: no valid quadruple in meta.json")
     if any(not 0 <= int(i) < views for i in meta.get("refs", [])):
         raise CorruptSample(f"{sample.get('__key__')}: reference index out of range")
+    try:  # the angles, for samplers that take (elevation, azimuth) rather than matrices
+        meta["_angles"] = torch.tensor(
+            [meta["elevation_deg"], meta["azimuth_deg"]], dtype=torch.float32
+        ).T.reshape(views, 2)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CorruptSample(f"{sample.get('__key__')}: bad elevation/azimuth lists") from error
     meta["_cameras"] = torch.from_numpy(cameras.astype(np.float32))
     meta["_quads"] = quads
     return meta
@@ -111,6 +117,7 @@ def image_sample(
         "ref_image": composite(ref, colour) * 2 - 1,
         "ref_clip": composite(ref, BACKGROUNDS["white"]),
         "ref_camera": cameras[choice.ref],
+        "angles": meta["_angles"][choice.quad],
         "choice": torch.tensor(choice.quad + [choice.ref]),
     }
 
@@ -136,6 +143,7 @@ def cached_sample(sample: dict, rng: random.Random, ref_in_targets: bool) -> dic
         "ref_latent": latents[choice.ref],
         "ref_embedding": embeds[choice.ref],
         "ref_camera": cameras[choice.ref],
+        "angles": meta["_angles"][choice.quad],
         "choice": torch.tensor(choice.quad + [choice.ref]),
     }
 

@@ -56,7 +56,7 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
             save_on_train_epoch_end=False,
         ),
         Throughput(config.log.every_n_steps, config.log.peak_tflops, config.data.resolution),
-        MetricsFile(out / "metrics.jsonl"),
+        MetricsFile(out),
     ]
     if config.log.sample_every_n_steps > 0 and config.log.logger != "none":
         batch = data.fixed_batch(config.log.sample_objects)

@@ -1,0 +1,83 @@
+"""Generate views for a batch of the data module with the project's sampler (models.sample) and
+compare them with the ground truth: sample grids during training, and the learning check."""
+
+from __future__ import annotations
+
+import torch
+
+from models.bundle import MultiViewDiffusion
+from models.ema_frames import EMAFramePolicy
+from models.sample import sample_views
+
+
+def _model_and_policy(model_or_module) -> tuple[MultiViewDiffusion, EMAFramePolicy | None]:
+    if isinstance(model_or_module, MultiViewDiffusion):
+        return model_or_module, None
+    policy = model_or_module.policy if model_or_module.config.stage == 2 else None
+    return model_or_module.frozen.model, policy
+
+
+@torch.no_grad()
+def generate_views(
+    model_or_module,
+    batch: dict,
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    scramble_cameras: bool = False,
+    reference_frame: bool | None = None,
+) -> torch.Tensor:
+    """Views ``[B,V,3,H,W]`` in [0,1] for each object's reference at its ground-truth cameras.
+    ``scramble_cameras`` rolls the azimuths by one view (each view is asked for its neighbour's
+    camera), the control of the learning check. The stage-2 reference frame is used when the
+    module is a stage-2 one (override with ``reference_frame``)."""
+    model, policy = _model_and_policy(model_or_module)
+    use_ref = policy is not None if reference_frame is None else reference_frame
+    was_training = model.unet.training
+    model.unet.eval()
+    size = batch["ref_clip"].shape[-1]
+    outputs = []
+    try:
+        for index in range(batch["ref_clip"].shape[0]):
+            elevation = float(batch["angles"][index, 0, 0])
+            azimuths = batch["angles"][index, :, 1]
+            if scramble_cameras:
+                azimuths = azimuths.roll(1)
+            result = sample_views(
+                model,
+                batch["ref_clip"][index].float().cpu(),
+                elevation_deg=elevation,
+                azimuths_deg=azimuths,
+                image_size=size,
+                seed=seed + index,
+                guidance_scale=guidance,
+                steps=steps,
+                use_reference_frame=use_ref,
+                policy=policy or EMAFramePolicy(),
+                progress=False,
+            )
+            outputs.append(result.images.float())
+    finally:
+        model.unet.train(was_training)
+    return torch.stack(outputs)
+
+
+def ground_truth(batch: dict) -> torch.Tensor:
+    """Target views of a raw-image batch in [0,1], ``[B,V,3,H,W]``."""
+    return (batch["views"].float().cpu() + 1) / 2
+
+
+def view_mse(generated: torch.Tensor, batch: dict) -> float:
+    return float((generated - ground_truth(batch)).pow(2).mean())
+
+
+def grid(batch: dict, generated: torch.Tensor) -> torch.Tensor:
+    """``[3, 2B*H, (V+1)*W]``: per object a row [reference | ground truth views] and a row
+    [blank | generated views]."""
+    truth = ground_truth(batch)
+    ref = batch["ref_clip"].float().cpu()
+    rows = []
+    for index in range(truth.shape[0]):
+        rows.append(torch.cat([ref[index], *truth[index]], dim=-1))
+        rows.append(torch.cat([torch.ones_like(ref[index]), *generated[index].cpu()], dim=-1))
+    return torch.cat(rows, dim=-2).clamp(0, 1)
