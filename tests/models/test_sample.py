@@ -20,18 +20,18 @@ def reference():
 
 
 def _sample(model, image, **kwargs):
-    return sample_views(model, image, steps=3, progress=False, **kwargs)
+    return sample_views(model, image, steps=2, image_size=16, progress=False, **kwargs)
 
 
 def test_same_seed_same_images_different_seed_different(tiny, reference):
     first = _sample(tiny, reference, seed=1)
     again = _sample(tiny, reference, seed=1)
     other = _sample(tiny, reference, seed=2)
-    assert first.images.shape == (4, 3, 32, 32)
+    assert first.images.shape == (4, 3, 16, 16)
     assert 0 <= first.images.min() and first.images.max() <= 1
     assert torch.equal(first.images, again.images)
     assert (first.images - other.images).abs().max() > 1e-3
-    assert first.grid.size == (32 * 5, 32)  # reference + 4 views
+    assert first.grid.size == (16 * 5, 16)  # reference + 4 views
 
 
 def test_reference_frame_option_runs_with_other_view_counts(tiny, reference):
@@ -49,6 +49,18 @@ def test_cli_writes_grid_and_views(tiny_model_dir, reference, tmp_path):
     Image.fromarray(array, "RGBA").save(image)
     out = tmp_path / "grid.png"
     argv = ["--image", str(image), "--model", str(tiny_model_dir), "--out", str(out)]
-    main([*argv, "--steps", "2", "--views-dir", str(tmp_path / "views"), "--device", "cpu"])
-    assert Image.open(out).size == (160, 32)
+    main(
+        [
+            *argv,
+            "--steps",
+            "2",
+            "--image-size",
+            "16",
+            "--views-dir",
+            str(tmp_path / "views"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert Image.open(out).size == (80, 16)
     assert sorted(p.name for p in (tmp_path / "views").iterdir())[0] == "view_0.png"
