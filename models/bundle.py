@@ -43,11 +43,24 @@ def load_preset(name_or_path: str | Path) -> dict[str, Any]:
     return check_preset(yaml.safe_load(path.read_text()), str(path))
 
 
+# Keys of the sections not checked by their module builders (unet, vae, schedule are).
+SECTION_KEYS = {
+    "image_encoder": ("model_name", "pretrained", "embed_dim", "vision"),
+    "sampling": ("image_size", "num_views", "steps", "guidance_scale"),
+    "cameras": ("legacy_double_radians",),
+}
+
+
 def check_preset(preset: dict[str, Any], where: str = "preset") -> dict[str, Any]:
     missing = [k for k in PRESET_SECTIONS if k not in preset]
     unknown = [k for k in preset if k not in PRESET_SECTIONS]
     if missing or unknown:
         raise ValueError(f"{where}: missing sections {missing}, unknown sections {unknown}")
+    for section, keys in SECTION_KEYS.items():
+        missing = [f"{section}.{k}" for k in keys if k not in preset[section]]
+        unknown = [f"{section}.{k}" for k in preset[section] if k not in keys]
+        if missing or unknown:
+            raise ValueError(f"{where}: missing keys {missing}, unknown keys {unknown}")
     encoder, unet = preset["image_encoder"], preset["unet"]
     if not encoder.get("model_name") and encoder.get("embed_dim") != unet["cross_attention_dim"]:
         raise ValueError(f"{where}: image_encoder.embed_dim must equal unet.cross_attention_dim")

@@ -102,11 +102,12 @@ def sample_views(
     scheduler.set_timesteps(steps, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     latent_side = size // model.latent_downsample
+    # The DDIM update runs in fp32 whatever the UNet's dtype.
     latents = torch.randn((views, 4, latent_side, latent_side), generator=generator,
-                          device=device, dtype=dtype) * scheduler.init_noise_sigma  # fmt: skip
+                          device=device) * scheduler.init_noise_sigma  # fmt: skip
 
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
-        x = scheduler.scale_model_input(latents, t).repeat(2, 1, 1, 1)  # cond group, uncond group
+        x = scheduler.scale_model_input(latents, t).to(dtype).repeat(2, 1, 1, 1)  # cond, uncond
         ts = t.reshape(1).expand(2 * views).to(device)
         cams = cameras.repeat(2, 1)
         ctx = context.repeat_interleave(views, dim=0)
@@ -119,10 +120,10 @@ def sample_views(
             frames_per_object = frames.num_views
         eps = model.unet(x, ts, ctx, cams, num_views=frames_per_object)
         eps = eps.reshape(2, frames_per_object, *eps.shape[1:])[:, :views]  # drop the reference
-        eps = eps[1] + scale * (eps[0] - eps[1])
+        eps = eps[1].float() + scale * (eps[0].float() - eps[1].float())
         latents = scheduler.step(eps, t, latents).prev_sample
 
-    images = ((model.vae.decode(latents).float() + 1) / 2).clamp(0, 1).cpu()
+    images = ((model.vae.decode(latents.to(dtype)).float() + 1) / 2).clamp(0, 1).cpu()
     grid = make_grid([on_white(reference).cpu(), *images], size)
     return SampleResult(images=images, grid=grid, cameras=cameras.float().cpu())
 

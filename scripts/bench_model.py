@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="bf16" if cuda else "fp32", choices=["bf16", "fp32"])
     parser.add_argument("--modes", default="eager,compiled", help="comma list of eager,compiled")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--threads", type=int, help="CPU threads (1 is steadier on a busy CPU)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32

@@ -48,6 +48,9 @@ def test_bad_preset_names_the_key(tmp_path):
     bad.write_text(text.replace("norm_num_groups: 8   ", "norm_groupz: 8   ", 1))
     with pytest.raises(ValueError, match="norm_groupz"):
         build_model(bad)
+    bad.write_text(text.replace("  steps: 10 ", "  stepz: 10 ", 1))
+    with pytest.raises(ValueError, match="sampling.stepz"):
+        build_model(bad)
 
 
 def test_sd21_base_shapes_on_meta():
