@@ -66,7 +66,7 @@ class ImageEncoder(nn.Module):
         """[B,3|4,H,W] in [0,1] -> normalised [B,3,S,S] (RGBA composited on white)."""
         if images.ndim != 4 or images.shape[1] not in (3, 4):
             raise ValueError(f"expected [B,3|4,H,W] images, got {tuple(images.shape)}")
-        images = images.to(self.mean.dtype)
+        images = images.float()  # resize and normalise in fp32 whatever the tower's dtype
         if images.shape[1] == 4:
             rgb, alpha = images[:, :3], images[:, 3:]
             images = rgb * alpha + (1.0 - alpha)
@@ -80,7 +80,7 @@ class ImageEncoder(nn.Module):
             images = F.interpolate(images, size=size, mode="bicubic", antialias=True)
         top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
         images = images[..., top : top + self.image_size, left : left + self.image_size]
-        return (images.clamp(0, 1) - self.mean) / self.std
+        return (images.clamp(0, 1) - self.mean.float()) / self.std.float()
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
         """Pooled projected embedding as one context token, [B,1,D]."""
