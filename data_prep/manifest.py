@@ -1,10 +1,11 @@
 """The run manifest: which objects are done (and in which shard), which failed and why.
 
 One file per partition, ``manifest-PPP.json``, rewritten atomically after every completed shard
-and every failure, so several machines can share one output folder. On start-up the manifest is
-reconciled with the folder: a complete shard the manifest does not list yet (the run was killed
-between rename and manifest write) is adopted, stale ``.tmp`` shards are deleted. ``merge``
-combines the partitions' manifests into ``manifest.json`` and checks them against the shards.
+(failures are saved with it, or every 30 s), so several machines can share one output folder.
+On start-up the manifest is reconciled with the folder: a complete shard the manifest does not
+list yet (the run was killed between rename and manifest write) is adopted, stale ``.tmp``
+shards are deleted. ``merge`` combines the partitions' manifests into ``manifest.json`` and
+checks them against the shards.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Manifest:
     def __init__(self, folder: str | Path, part: int, part_count: int, settings: dict):
         self.folder, self.part = Path(folder), part
         self.path = manifest_path(folder, part)
+        self._saved_at = 0.0
         self.data = {
             "version": VERSION,
             "part_index": part,
@@ -103,9 +105,14 @@ class Manifest:
             self.save()
 
     def add_failure(self, object_id: str, reason: str, detail: str) -> None:
+        """Record a failure; saved with the next shard or :meth:`save_if_due` (a failure lost to
+        a kill only means the object is tried again)."""
         attempts = self.failed.get(object_id, {}).get("attempts", 0) + 1
         self.failed[object_id] = {"reason": reason, "detail": detail, "attempts": attempts}
-        self.save()
+
+    def save_if_due(self, every_s: float = 30.0) -> None:
+        if time.monotonic() - self._saved_at > every_s:
+            self.save()
 
     def add_warnings(self, object_id: str, warnings: list[str]) -> None:
         if warnings:
@@ -116,6 +123,7 @@ class Manifest:
             self.data["listed"] = listed
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(self.path, self.data)
+        self._saved_at = time.monotonic()
 
 
 def merge(folder: str | Path, deep: bool = False) -> tuple[dict, list[str]]:

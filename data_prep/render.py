@@ -179,6 +179,7 @@ def render(config: RenderConfig) -> RunSummary:
 
     def fail(object_id: str, reason: str, detail: str) -> None:
         manifest.add_failure(object_id, reason, detail)
+        manifest.save_if_due()
         summary.failed[object_id] = reason
         bar.update(1)
         bar.set_postfix(failed=len(summary.failed))

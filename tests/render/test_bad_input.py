@@ -74,11 +74,11 @@ def bad_run(tmp_path_factory):
         workers=2,
         progress=False,
     )
-    return render(config), root / "out"
+    return render(config), root / "out", config
 
 
 def test_bad_files_fail_with_their_reason_while_the_rest_renders(bad_run):
-    summary, out = bad_run
+    summary, out, _ = bad_run
     assert summary.failed == {
         "corrupt": "corrupt_file",
         "garbage": "no_mesh",  # the OBJ importer reads garbage as an empty model
@@ -96,7 +96,7 @@ def test_bad_files_fail_with_their_reason_while_the_rest_renders(bad_run):
 
 
 def test_far_huge_mesh_is_normalised_into_view(bad_run):
-    _, out = bad_run
+    _, out, _ = bad_run
     sample = next(s for s in iter_samples(out) if s["__key__"] == "far_huge")
     assert sample["meta.json"]["normalisation"]["scale"] < 1e-3
     for i in range(4):
@@ -110,7 +110,7 @@ def test_far_huge_mesh_is_normalised_into_view(bad_run):
 
 
 def test_missing_texture_is_handled_and_reported(bad_run):
-    _, out = bad_run
+    _, out, _ = bad_run
     sample = next(s for s in iter_samples(out) if s["__key__"] == "missing_texture")
     warnings = sample["meta.json"]["warnings"]
     assert warnings and warnings[0].startswith("missing_texture")
@@ -120,6 +120,18 @@ def test_missing_texture_is_handled_and_reported(bad_run):
     rgb = image[..., :3][image[..., 3] == 255].astype(int)
     magenta = (rgb[:, 0] > 200) & (rgb[:, 1] < 60) & (rgb[:, 2] > 200)
     assert magenta.mean() < 0.01  # not Cycles' missing-texture magenta
+
+
+def test_rerun_skips_failures_unless_asked_to_retry_them(bad_run):
+    first, out, config = bad_run
+    again = render(config)
+    assert (again.skipped, again.rendered, again.failed) == (8, 0, {})
+    config.retry_failed = True
+    retried = render(config)
+    assert retried.skipped == 4 and retried.failed == first.failed
+    manifest = json.loads((out / "manifest-000.json").read_text())
+    assert {info["attempts"] for info in manifest["failed"].values()} == {2}
+    config.retry_failed = False
 
 
 def test_an_object_over_the_timeout_is_killed_and_recorded(tmp_path):
