@@ -95,17 +95,18 @@ def load_config(
     overrides: list[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Cfg:
-    """Defaults <- YAML file at ``path`` <- ``extra`` (from CLI flags) <- ``overrides``."""
+    """Defaults <- YAML file at ``path`` <- ``overrides`` <- ``extra`` (explicit CLI flags such
+    as ``--steps``, which win)."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     if path is not None:
         user = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(user, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = merge(data, user)
-    if extra:
-        data = merge(data, extra)
     for text in overrides or []:
         data = merge(data, parse_override(text))
+    if extra:
+        data = merge(data, extra)
     cfg = Cfg(data)
     validate(cfg)
     return cfg

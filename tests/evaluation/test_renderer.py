@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from eval_helpers import SphereField, tiny_config
 
 from evaluation.export import extract_mesh
 from evaluation.field import Field, HashGrid
 from evaluation.renderer import OccupancyGrid, RenderSettings, generate_rays, render_views
 from models.cameras import camera_to_world
-
-from eval_helpers import SphereField, tiny_config
 
 RADIUS, DISTANCE, FOV, SIZE = 0.5, 2.5, 40.0, 32
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from eval_helpers import tiny_config
+
 from evaluation.config import DEFAULT_CONFIG, ConfigError, load_config
 from evaluation.field import Field
 from evaluation.guidance import MultiViewGuidance
@@ -55,7 +55,9 @@ def test_std_rescale_blends_towards_the_unguided_scale(tiny_model):
     guidance._x0 = spy
     rgb = torch.rand(4, 32, 32, 3, requires_grad=True)
     cond = tiny_model.image_encoder.encode(torch.rand(1, 3, 32, 32))
-    out = guidance(rgb, torch.zeros(4, 16), cond, step=0, generator=torch.Generator().manual_seed(1))
+    out = guidance(
+        rgb, torch.zeros(4, 16), cond, step=0, generator=torch.Generator().manual_seed(1)
+    )
     guided, plain = captured["x0"]
     factor = plain.std() / guided.std()
     target_latents = out["latents"] - 0  # the loss is 0.5 * ||z - target||^2 / B

@@ -1,0 +1,99 @@
+"""`make eval`'s runner on CPU: image folder and held-out shards in, renders, video, mesh, scores
+and report out; a rerun skips done objects; partitions are disjoint and cover everything."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v2 as imageio
+import pytest
+import trimesh
+from eval_helpers import TINY_OVERRIDES
+from PIL import Image, ImageDraw
+
+from evaluation import run
+from evaluation.config import load_config
+from evaluation.inputs import list_objects
+
+
+def _draw_images(folder):
+    folder.mkdir()
+    for name, colour in [("duck.v2", (220, 180, 30)), ("tomato", (200, 40, 40))]:
+        image = Image.new("RGBA", (80, 64), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(image)
+        draw.ellipse((20, 10, 60, 58), fill=(*colour, 255))
+        draw.rectangle((35, 20, 45, 30), fill=(20, 20, 20, 255))
+        image.save(folder / f"{name}.png")
+    return folder
+
+
+def _args(images, out, *extra):
+    return ["--config", "configs/eval_tiny.yaml", "--images", str(images), "--out", str(out),
+            "--gpus", "none", "--no-progress", *TINY_OVERRIDES, *extra]  # fmt: skip
+
+
+def test_images_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
+    images, out = _draw_images(tmp_path / "images"), tmp_path / "out"
+    run.main(_args(images, out, "report.clip_unit=raw"))
+    ids = sorted(p.name for p in (out / "objects").iterdir())
+    assert ids == ["duck_v2", "tomato"]  # dots never reach an object id
+    for object_id in ids:
+        folder = out / "objects" / object_id
+        result = json.loads((folder / "result.json").read_text())
+        assert result["steps"] == 3 and -1 <= result["clip_raw"] <= 1
+        assert result["clip_x100"] == pytest.approx(100 * result["clip_raw"])
+        assert len(result["clip_per_view"]) == 4 and result["psnr"] is None  # pose unknown
+        views = sorted((folder / "views").glob("view_*.png"))
+        assert len(views) == 4 and Image.open(views[0]).size == (32, 32)
+        assert len(imageio.mimread(folder / "turntable.mp4")) == 4
+        mesh = trimesh.load(folder / "mesh" / "mesh.glb", force="mesh")
+        assert len(mesh.faces) > 0 and (folder / "mesh" / "mesh.obj").stat().st_size > 0
+        assert len(list((folder / "sampled").glob("view_*.png"))) == 4
+        assert (folder / "field.pt").is_file()
+    report = json.loads((out / "results.json").read_text())
+    assert report["clip_unit"] == "raw" and len(report["objects"]) == 2
+    mean = sum(r["clip"] for r in report["objects"]) / 2
+    assert report["summary"]["clip"]["mean"] == pytest.approx(mean)
+    for name in ("results.csv", "results.md", "contact_sheet.png", "plots/clip.png"):
+        assert (out / name).stat().st_size > 0, name
+    page = (out / "index.html").read_text()
+    assert page.count("data:video/mp4;base64,") == 2 and "tomato" in page and "duck_v2" in page
+
+    # Rerun: everything is done, so no evaluator (no model) is built and nothing is rewritten.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "objects").glob("*/result.json")}
+
+    def refuse(*_, **__):
+        raise AssertionError("a done object was evaluated again")
+
+    monkeypatch.setattr(run, "Evaluator", refuse)
+    run.main(_args(images, out, "report.clip_unit=raw"))
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "objects").glob("*/result.json")}
+
+
+def test_shards_end_to_end_scores_against_ground_truth(rendered_shards, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    args = _args(rendered_shards, out, "inputs.limit=1", "metrics.multiview.steps=2")
+    run.main([*args, "--model", str(tiny_model_dir), "--steps", "2"])
+    (result_file,) = list((out / "objects").glob("*/result.json"))
+    result = json.loads(result_file.read_text())
+    assert result["steps"] == 2 and result["model"] == str(tiny_model_dir)
+    for key in ("psnr", "ssim", "mv_psnr", "mv_ssim", "mv_clip_raw"):
+        assert isinstance(result[key], float), key  # pose known, ground-truth quad present
+    assert result["lpips"] is None and any("LPIPS skipped" in n for n in result["notes"])
+    assert result["source"]["shard"].endswith(".tar")
+
+
+def test_partitions_are_disjoint_and_complete(rendered_shards, monkeypatch):
+    cfg = load_config(overrides=[f"inputs.path={rendered_shards}"])
+    everything = [r.id for r in list_objects(cfg.inputs)]
+    assert len(everything) == 10
+    shares = [[r.id for r in list_objects(cfg.inputs)[k::3]] for k in range(3)]
+    assert sorted(sum(shares, [])) == sorted(everything)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    assert run.partition_from_env(None, None) == (1, 3)
+    assert run.partition_from_env(2, 4) == (2, 4)
+    with pytest.raises(ValueError, match="--rank"):
+        run.partition_from_env(4, 4)
+    assert run.strip_partition_flags(["--rank", "1", "--gpus=all", "--out", "o"]) == ["--out", "o"]
