@@ -62,6 +62,17 @@ def test_sd21_base_shapes_on_meta():
     assert sum(p.numel() for p in model.vae.parameters()) == 83_653_863
     assert sum(p.numel() for p in model.image_encoder.parameters()) == 632_076_800
     assert model.image_encoder.embed_dim == model.context_dim == 1024
+    # A shape-only forward at full size: 2 objects x 4 views and 2 x 5, 256 px (32x32 latents).
+    for views in (4, 5):
+        frames = 2 * views
+        out = model.unet(
+            torch.empty(frames, 4, 32, 32, device="meta"),
+            torch.zeros(frames, dtype=torch.long, device="meta"),
+            torch.empty(frames, 1, 1024, device="meta"),
+            torch.empty(frames, 16, device="meta"),
+            num_views=views,
+        )
+        assert out.shape == (frames, 4, 32, 32)
 
 
 def test_image_encoder_preprocessing_and_uncond():
