@@ -85,15 +85,19 @@ def render_job(job: dict) -> dict:
     for index, view in enumerate(job["views"]):
         bs.place_camera(camera, view["c2w"], view["fov_deg"])
         bpy.context.scene.render.filepath = str(out_dir / f"{index:03d}.png")
-        bpy.context.scene.frame_set(index + 1)  # distinct pass file names per view
+        # The frame stays fixed (animated assets keep one pose in every view), so each view's
+        # pass files get their own folder instead of a frame number.
+        view_passes = out_dir / "passes" / f"{index:03d}"
+        if passes is not None:
+            passes.base_path = str(view_passes)
         bpy.ops.render.render(write_still=True)
         if passes is not None:
-            stamp = f"{index + 1:04d}.exr"
+            frame = f"{bpy.context.scene.frame_current:04d}.exr"
             if settings.get("depth"):
-                depth = _read_exr(out_dir / "passes" / f"depth_{stamp}", 1)[..., 0]
+                depth = _read_exr(view_passes / f"depth_{frame}", 1)[..., 0]
                 depths.append(np.where(depth > 1e9, 0.0, depth))  # background -> 0
             if settings.get("normal"):
-                normals.append(_read_exr(out_dir / "passes" / f"normal_{stamp}", 3))
+                normals.append(_read_exr(view_passes / f"normal_{frame}", 3))
     timing["render"] = time.perf_counter() - render_start
     if depths:
         np.save(out_dir / "depth.npy", np.stack(depths).astype(np.float16))
