@@ -147,6 +147,7 @@ def test_an_object_over_the_timeout_is_killed_and_recorded(tmp_path):
         num_refs=0,
         timeout_s=2.0,
         threads=1,
+        device="cpu",  # keep it slow on a GPU machine too
         progress=False,
     )
     started = time.monotonic()
