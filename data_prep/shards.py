@@ -7,7 +7,6 @@ that the next run deletes (its objects were never marked done, so they render ag
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -105,11 +104,3 @@ def build_sample(key: str, view_pngs: list[bytes], cameras, meta: dict, extra: d
         sample[f"{index:03d}.png"] = png
     sample.update(extra)
     return sample
-
-
-def npy_bytes(array) -> bytes:
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()

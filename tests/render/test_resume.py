@@ -54,7 +54,7 @@ def test_sigkill_worker_and_parent_then_resume_renders_every_object_once(tmp_pat
     out = tmp_path / "out"
     flags = ["--source", "samples", "--out", str(out), "--res", "48", "--samples", "16"]
     flags += ["--no-denoise", "--num-quads", "1", "--num-refs", "1", "--workers", "2"]
-    flags += ["--shard-size", "2", "--no-progress"]
+    flags += ["--shard-size", "2", "--no-progress", "--device", "cpu", "--threads", "1"]
     parent = subprocess.Popen(
         [sys.executable, "-m", "data_prep.render", *flags],
         cwd=REPO,
@@ -93,6 +93,7 @@ def test_sigkill_worker_and_parent_then_resume_renders_every_object_once(tmp_pat
             workers=2,
             shard_size=2,
             progress=False,
+            device="cpu",
         )
     )
     assert summary.skipped >= killed_done and not summary.failed

@@ -14,6 +14,7 @@ from models.cameras import project_points
 
 
 def _samples(folder):
+    # read the way training does: plain webdataset, rgba8 keeps the alpha channel
     urls = [str(p) for p in list_shards(folder)]
     return list(wds.WebDataset(urls, shardshuffle=False).decode("rgba8"))
 
