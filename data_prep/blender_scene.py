@@ -257,7 +257,7 @@ def setup_cycles(settings: dict) -> str:
     return device
 
 
-def add_camera():
+def add_camera() -> bpy.types.Object:
     data = bpy.data.cameras.new("camera")
     data.sensor_fit = "AUTO"  # square image: the angle is the full fov both ways
     camera = bpy.data.objects.new("camera", data)

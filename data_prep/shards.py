@@ -13,6 +13,8 @@ import re
 import tarfile
 from pathlib import Path
 
+import numpy as np
+
 SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{6})\.tar$")
 
 
@@ -96,7 +98,9 @@ class ShardWriter:
             self._tar, self._file, self._ids = None, None, []
 
 
-def build_sample(key: str, view_pngs: list[bytes], cameras, meta: dict, extra: dict) -> dict:
+def build_sample(
+    key: str, view_pngs: list[bytes], cameras: np.ndarray, meta: dict, extra: dict
+) -> dict:
     """One WebDataset sample: ``000.png``..., ``cameras.npy``, ``meta.json`` and optional
     ``depth.npy`` / ``normal.npy`` (raw .npy bytes from the worker)."""
     sample = {"__key__": key, "cameras.npy": cameras, "meta.json": meta}

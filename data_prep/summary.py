@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from data_prep.manifest import merge
 from data_prep.shards import list_shards
 
 
-def iter_samples(folder: str | Path):
+def iter_samples(folder: str | Path) -> Iterator[dict]:
     """Decoded samples (``rgba8`` images) of every complete shard in ``folder``."""
     urls = [str(p) for p in list_shards(folder)]
     if not urls:
