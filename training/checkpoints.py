@@ -93,9 +93,13 @@ def model_from_checkpoint(
     return model
 
 
-def resolve_init(init: str, seed: int, use_ema: bool = True) -> MultiViewDiffusion:
+def resolve_init(
+    init: str, seed: int, use_ema: bool = True, workdir: str | Path | None = None
+) -> MultiViewDiffusion:
     """``model.init``: a preset name (random init), our model folder, a training checkpoint of
-    this stack (e.g. stage 1 for stage 2), or an MVDream / Isotropic3D checkpoint file."""
+    this stack (e.g. stage 1 for stage 2), or an MVDream ``.pt`` / Isotropic3D ``.ckpt`` file
+    (converted by models.convert into ``workdir``; MVDream brings no image encoder, so the open_clip
+    weights come from the preset's pretrained tag)."""
     if init in PRESETS or init.endswith((".yaml", ".yml")):
         return build_model(init, seed=seed)
     path = Path(init)
@@ -110,12 +114,14 @@ def resolve_init(init: str, seed: int, use_ema: bool = True) -> MultiViewDiffusi
         path.is_file() and path.suffix == ".ckpt" and _is_ours(path)
     ):
         return model_from_checkpoint(read_checkpoint(path), use_ema)
-    if path.is_file():
-        try:
-            from models.convert import import_checkpoint  # MVDream .pt / Isotropic3D .ckpt
-        except ImportError as error:
-            raise ValueError(f"model.init: no importer for {path} in models/") from error
-        return import_checkpoint(path)
+    if path.is_file():  # a published checkpoint: convert once into the run folder, then load
+        from models.convert import convert
+
+        fmt = "isotropic3d" if path.suffix == ".ckpt" else "mvdream"
+        target = Path(workdir or path.parent) / f"imported-{path.stem}"
+        if not (target / "model.json").is_file():
+            convert(path, fmt, target, preset="sd21-base")
+        return load_model(target)
     raise FileNotFoundError(
         f"model.init: {init!r} is not a preset ({', '.join(PRESETS)}), a model folder or a checkpoint"
     )

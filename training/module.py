@@ -86,15 +86,17 @@ class FineTuneModule(pl.LightningModule):
         self.skipped = 0  # corrupt samples skipped by this rank's loader workers
         self.images_seen = 0  # target views trained on by this rank
         self.flops_per_image = 0.0  # measured once (training.callbacks.Throughput)
-        self._unet_call = self.unet
-        self._ema_restored = False
+        self._compiled: torch.nn.Module | None = None
 
     # --- set-up -------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.config.model.compile and not isinstance(
-            self._unet_call, torch._dynamo.OptimizedModule
-        ):
-            self._unet_call = torch.compile(self.unet)
+        if self.config.model.compile and self._compiled is None:
+            # Held outside module registration so the state dict keeps one copy of the UNet.
+            object.__setattr__(self, "_compiled", torch.compile(self.unet))
+
+    def _unet_call(self, *args, **kwargs) -> torch.Tensor:
+        unet = self._compiled if self._compiled is not None else self.unet
+        return unet(*args, **kwargs)
 
     def on_fit_start(self) -> None:
         dtype = torch.bfloat16 if "bf16" in self.trainer.precision else torch.float32

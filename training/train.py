@@ -96,7 +96,7 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
 def run(config: RunConfig) -> pl.Trainer:
     out = Path(config.out)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
-    model = resolve_init(config.model.init, config.model.seed, config.model.init_ema)
+    model = resolve_init(config.model.init, config.model.seed, config.model.init_ema, out)
     if global_rank_from_env() == 0:
         save_config(config, out / "config.yaml")
         if not (

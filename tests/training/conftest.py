@@ -52,14 +52,16 @@ def corrupt_shards(rendered_shards, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def stage1_run(rendered_shards, tmp_path_factory):
-    """One stage-1 run of the tiny model (8 steps, checkpoints at 4 and 8, a sample grid at 4)."""
+def stage1_run(corrupt_shards, tmp_path_factory):
+    """One stage-1 run of the tiny model on the shards with two broken objects (8 steps,
+    checkpoints at 4 and 8 keeping the last one, a sample grid at 4)."""
     from training.train import run
 
     out = tmp_path_factory.mktemp("stage1")
     config = tiny_config(
         out,
-        rendered_shards,
+        corrupt_shards["folder"],
+        "checkpoint.keep_last=1",
         "train.max_steps=8",
         "checkpoint.every_n_steps=4",
         "log.sample_every_n_steps=4",

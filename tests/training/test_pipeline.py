@@ -1,0 +1,88 @@
+"""Stage 1 -> checkpoint -> stage 2 initialised from it -> export -> the sampler loads the export.
+Also: what a checkpoint holds (UNet + fp32 EMA, no frozen VAE/encoder), keep-last-N, logging."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from train_helpers import run_cli, tiny_config
+
+from models.bundle import load_model
+from models.sample import sample_views
+from training.checkpoints import latest_checkpoint, read_checkpoint
+from training.train import run
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stage1_checkpoint_content_and_keep_last(stage1_run):
+    out = stage1_run["out"]
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step=00000008.ckpt"]  # every 4 steps, keep_last=1
+    raw = torch.load(out / "checkpoints" / kept[0], map_location="cpu", weights_only=True)
+    assert raw["global_step"] == 8
+    assert raw["state_dict"] and all(k.startswith("unet.") for k in raw["state_dict"])
+    module = stage1_run["trainer"].lightning_module
+    trainable = [p for p in module.unet.parameters() if p.requires_grad]
+    (optimizer,) = raw["optimizer_states"]
+    assert len(optimizer["state"]) == len(trainable)  # frozen VAE/encoder are not optimised
+    ema = raw["weight_ema"]["shadow"]
+    assert len(ema) == len(trainable) and all(t.dtype == torch.float32 for t in ema.values())
+    ours = read_checkpoint(out / "checkpoints" / kept[0])
+    live = {n: p.detach() for n, p in module.unet.named_parameters()}
+    assert all(torch.equal(ours.unet[n], live[n]) for n in ema)
+    assert any(not torch.equal(ema[n], live[n]) for n in ema)  # the EMA lags the weights
+    assert raw["lr_schedulers"][0]["last_epoch"] == 8
+
+
+def test_stage1_logs_branches_throughput_skips_and_samples(stage1_run):
+    out = stage1_run["out"]
+    records = _metrics(out)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert {r["multiview"] for r in records} == {True, False}  # both branches ran
+    logged = [r for r in records if "perf/images_per_s" in r]
+    assert logged and all(r["perf/images_per_s"] > 0 for r in logged)
+    assert logged[-1]["data/skipped"] > 0  # the damaged shard was read: skipped and counted
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert {"loss/multiview", "loss/single", "lr", "perf/images_per_s", "data/skipped"} <= set(
+        tags["scalars"]
+    )
+    assert "samples" in tags["images"]
+
+
+def test_stage2_from_stage1_then_export_then_sampler(stage1_run, rendered_shards, tmp_path):
+    stage1_ckpt = latest_checkpoint(stage1_run["out"])
+    stage1 = read_checkpoint(stage1_ckpt)
+    out = tmp_path / "stage2"
+    config = tiny_config(
+        out,
+        rendered_shards,
+        f"model.init={stage1_run['out'] / 'checkpoints'}",
+        "train.max_steps=3",
+        "checkpoint.every_n_steps=3",
+        stage=2,
+    )
+    assert config.stage == 2
+    run(config)
+    start = load_model(out / "base_model")  # the weights stage 2 started from = stage-1 EMA
+    for name, tensor in start.unet.state_dict().items():
+        if name in stage1.ema:
+            assert torch.equal(tensor, stage1.ema[name]), name
+
+    export = tmp_path / "export"
+    result = run_cli(["-m", "training.checkpoints", str(out), "--out", str(export)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = read_checkpoint(latest_checkpoint(out))
+    assert final.run_config["stage"] == 2 and final.step == 3
+    for kind, weights in (("fp32", final.unet), ("ema", final.ema)):
+        model = load_model(export / kind)
+        state = model.unet.state_dict()
+        assert all(torch.equal(state[n], weights[n]) for n in weights)
+        views = sample_views(model, torch.rand(3, 32, 32), steps=2, image_size=32, progress=False)
+        assert views.images.shape == (4, 3, 32, 32) and torch.isfinite(views.images).all()
