@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -93,6 +94,21 @@ def done_in_other_partitions(out: Path, part: int) -> set[str]:
     return done
 
 
+def _lock_partition(out: Path, part: int) -> IO[str]:
+    """An exclusive lock per partition (two processes writing one partition's shards and
+    manifest would corrupt each other); released when the returned file is closed."""
+    handle = open(out / f".lock-{part:03d}", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(
+            f"partition {part} of {out} is being rendered by another process; give each "
+            "concurrent run its own --part-index (or wait for the other run)"
+        ) from None
+    return handle
+
+
 def _stale_work_dirs(work_root: Path) -> None:
     """Remove scratch folders of runs on this host whose process is gone."""
     host = socket.gethostname()
@@ -146,10 +162,15 @@ def _meta(ref: ObjectRef, plan: ViewPlan, config: RenderConfig, result: dict) ->
 def render(config: RenderConfig) -> RunSummary:
     """Render ``config.source`` into ``config.out``; resumes from the folder's manifest."""
     config.validate()
-    started = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     part = partition_from_env(config.part_index, config.part_count)
+    with _lock_partition(out, part[0]):
+        return _render_partition(config, out, part)
+
+
+def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) -> RunSummary:
+    started = time.perf_counter()
     summary = RunSummary(out=out, part=part)
     source = make_source(config)
     refs = take_partition(choose(source.list(), config.count, config.seed), *part)
@@ -260,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         summary = render(config)
-    except (KeyError, ValueError, FileNotFoundError, ConnectionError) as error:
+    except (KeyError, ValueError, FileNotFoundError, ConnectionError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     index, count = summary.part

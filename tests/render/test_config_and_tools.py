@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from data_prep.config import (
     load_config,
 )
 from data_prep.manifest import Manifest
+from data_prep.render import _lock_partition, render, worker_envs
 from data_prep.summary import contact_sheet, main, summarise
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -80,3 +82,22 @@ def test_summary_and_contact_sheet(rendered_shards, tmp_path, capsys):
     assert main(["summary", str(rendered_shards), "--sheet", str(tmp_path / "s.png")]) == 0
     assert '"objects": 10' in capsys.readouterr().out
     assert main(["merge", str(rendered_shards), "--deep"]) == 0
+
+
+def test_one_gpu_per_worker_else_a_share_of_the_cores(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    config = load_config(workers=3)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in worker_envs(config)] == ["2", "5", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    config = load_config(workers=2, device="cpu")
+    assert worker_envs(config) == [{}, {}]
+    assert config.threads == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_a_partition_cannot_be_rendered_by_two_processes_at_once(tmp_path):
+    with _lock_partition(tmp_path, 0):
+        with pytest.raises(RuntimeError, match="another process"):
+            render(load_config(source="samples", out=str(tmp_path), count=0, progress=False))
+        with _lock_partition(tmp_path, 1):  # other partitions are free
+            pass
+    render(load_config(source="samples", out=str(tmp_path), count=0, progress=False))
