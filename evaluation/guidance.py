@@ -14,8 +14,15 @@ The UNet runs under ``no_grad`` and every model parameter is frozen: only the fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 import torch.nn.functional as F
+
+
+def _no_timer(_: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 def annealed_fraction(step: int, start: float, end: float, anneal_steps: int) -> float:
@@ -89,13 +96,16 @@ class MultiViewGuidance:
         cond: torch.Tensor,
         step: int,
         generator: torch.Generator | None = None,
+        timer: Callable[[str], AbstractContextManager] = _no_timer,
     ) -> dict[str, torch.Tensor]:
         """Loss for renders ``[B,H,W,3]`` with model camera inputs ``[B,16]`` and the CLIP
-        embedding ``[1,1,D]`` (or ``[B,1,D]``)."""
+        embedding ``[1,1,D]`` (or ``[B,1,D]``). ``timer(name)`` wraps the VAE and UNet parts
+        (for the benchmark)."""
         batch = rgb.shape[0]
         if batch % self.num_views:
             raise ValueError(f"batch of {batch} views is not a multiple of {self.num_views}")
-        latents = self.encode(rgb, generator)
+        with timer("vae_encode"):
+            latents = self.encode(rgb, generator)
         t_min, t_max = self.timestep_range(step)
         t_one = torch.randint(t_min, t_max + 1, (1,), generator=generator)
         t = t_one.to(self.device).expand(batch)
@@ -103,7 +113,10 @@ class MultiViewGuidance:
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = alpha_bar.sqrt() * latents.detach() + (1 - alpha_bar).sqrt() * noise
         cond = cond.to(self.device, latents.dtype).expand(batch, -1, -1)
-        eps, eps_cond = self.predict_noise(noisy, t, cond, camera.to(self.device, latents.dtype))
+        with timer("unet"):
+            eps, eps_cond = self.predict_noise(
+                noisy, t, cond, camera.to(self.device, latents.dtype)
+            )
         if self.cfg.loss == "x0_recon":
             target = self._x0(noisy, eps, alpha_bar)
             rescale = self.cfg.recon_std_rescale

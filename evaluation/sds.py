@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from evaluation.field import Field
-from evaluation.guidance import MultiViewGuidance, annealed_fraction
+from evaluation.guidance import MultiViewGuidance, _no_timer, annealed_fraction
 from evaluation.renderer import OccupancyGrid, RenderSettings, render_views
 from evaluation.views import sample_lights, sample_sds_cameras
 
@@ -105,9 +105,11 @@ def sds_step(
     step: int,
     generator: torch.Generator,
     camera_input,
+    timer=_no_timer,
 ) -> dict[str, torch.Tensor]:
     """One optimisation step's loss (not yet backpropagated). ``camera_input`` turns a
-    :class:`CameraBatch` into the model's camera vectors (the model's own convention)."""
+    :class:`CameraBatch` into the model's camera vectors (the model's own convention);
+    ``timer(name)`` wraps the render, VAE and UNet parts (for the benchmark)."""
     device = cond.device
     resolution, batch_views = phase(cfg.sds, step)
     cameras = sample_sds_cameras(generator, cfg.cameras, batch_views)
@@ -127,18 +129,20 @@ def sds_step(
         ambient=ambient,
         need_normals=orient_weight > 0,
     )
-    out = render_views(
-        state.field,
-        c2w,
-        cameras.fov_deg.to(device),
-        resolution,
-        cfg.field.radius,
-        settings,
-        state.occupancy,
-        lights,
-        generator,
-    )
-    guide = guidance(out["rgb"], camera_input(cameras).to(device), cond, step, generator)
+    with timer("render"):
+        out = render_views(
+            state.field,
+            c2w,
+            cameras.fov_deg.to(device),
+            resolution,
+            cfg.field.radius,
+            settings,
+            state.occupancy,
+            lights,
+            generator,
+        )
+    camera = camera_input(cameras).to(device)
+    guide = guidance(out["rgb"], camera, cond, step, generator, timer)
     loss = guide["loss"]
     terms = {"sds": guide["loss"].detach(), "t": guide["t"]}
     if "orient" in out:

@@ -1,0 +1,25 @@
+# Evaluation targets (evaluation/). See docs/evaluation.md.
+#   make eval IMAGES=<folder of images, or of held-out shards> [MODEL=<model folder>] [OUT=outputs/eval]
+#             [STEPS=10000] [CONFIG=<YAML on top of configs/eval.yaml>] [GPUS=all|0,1|none]
+#             [ARGS="key.sub=value ... --rank R --world-size W"]
+#   make eval-report [OUT=...]   rebuild results.{json,csv,md}, plots, contact sheet and index.html
+#   make bench-sds               SDS it/s at 64 and 256 px, time split (sd21-base on GPU, tiny on CPU)
+#   make test-eval               the evaluation tests
+# Without MODEL, a random-init `tiny` model is used (pipeline check only; scores are meaningless).
+EVAL_OUT = $(or $(OUT),outputs/eval)
+
+.PHONY: eval eval-report bench-sds test-eval
+
+eval: setup
+	@test -n "$(IMAGES)" || { echo "usage: make eval IMAGES=DIR [MODEL=DIR] [OUT=DIR] [STEPS=N] [CONFIG=YAML] [GPUS=all] [ARGS=...]"; exit 1; }
+	$(PYTHON) -m evaluation.run --images $(IMAGES) --out $(EVAL_OUT) $(if $(MODEL),--model $(MODEL)) \
+		$(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
+
+eval-report: setup
+	$(PYTHON) -m evaluation.report --out $(EVAL_OUT) $(ARGS)
+
+bench-sds: setup
+	$(PYTHON) scripts/bench_sds.py $(ARGS)
+
+test-eval: setup
+	$(BIN)/pytest -q tests/evaluation $(ARGS)
