@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gpus", default="all", help="'all', a comma list of GPU ids, or 'none' (one process)"
     )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="redo exports and scores of done objects from their field checkpoints (no SDS)",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip rebuilding the report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
@@ -103,10 +108,14 @@ def strip_partition_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def evaluate_partition(cfg, out: Path, rank: int, world: int, progress: bool) -> list[str]:
-    """Evaluate this worker's share; returns the ids it evaluated (skipped ones excluded)."""
+def evaluate_partition(
+    cfg, out: Path, rank: int, world: int, progress: bool, rescore: bool = False
+) -> list[str]:
+    """Evaluate this worker's share; returns the ids it evaluated (skipped ones excluded).
+    ``rescore`` redoes done objects: their field checkpoint is complete, so only the exports
+    and scores run again (e.g. with another scoring backbone)."""
     refs = list_objects(cfg.inputs)[rank::world]
-    todo = [r for r in refs if not is_done(out / "objects" / r.id)]
+    todo = [r for r in refs if rescore or not is_done(out / "objects" / r.id)]
     log.info(
         "rank %d/%d: %d objects, %d done, %d to go",
         rank,
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         if code:
             raise SystemExit(f"a GPU worker failed with exit code {code}")
     else:
-        evaluate_partition(cfg, out, rank, world, progress=not args.no_progress)
+        evaluate_partition(cfg, out, rank, world, not args.no_progress, args.rescore)
     if not args.no_report:
         summary = build_report(out, cfg.report.clip_unit, cfg.report.embed_video)
         clip = summary["clip"]
