@@ -3,7 +3,7 @@
 Both UNets have the same config (size, camera MLP); the plain one keeps diffusers' default
 attention (per-frame self-attention), ours runs joint self-attention over ``--views`` views. One
 step = forward, MSE loss, backward, AdamW step, on the same batch, in the same run, eager and
-``torch.compile``d. Defaults: ``sd21-base`` at 256 px in bf16 on a GPU, ``tiny`` at 32 px in fp32
+``torch.compile``d. Defaults: ``sd21-base`` at 256 px in bf16 on a GPU, ``tiny`` at 64 px in fp32
 on a CPU. ``make bench-model`` runs it; ``ARGS=...`` passes options.
 """
 
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="sd21-base" if cuda else "tiny")
     parser.add_argument("--batch", type=int, default=128 if cuda else 8, help="frames per step")
     parser.add_argument("--views", type=int, default=4, help="views per object (joint attention)")
-    parser.add_argument("--resolution", type=int, default=256 if cuda else 32, help="image px")
-    parser.add_argument("--latent-factor", type=int, default=8 if cuda else 2)
+    parser.add_argument("--resolution", type=int, default=256 if cuda else 64, help="image px")
     parser.add_argument("--steps", type=int, default=20 if cuda else 3, help="steps per round")
     parser.add_argument("--warmup", type=int, default=3 if cuda else 2)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
@@ -90,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    section = load_preset(args.preset)["unet"]
-    side = args.resolution // args.latent_factor
+    preset = load_preset(args.preset)
+    section = preset["unet"]
+    side = args.resolution // 2 ** (len(preset["vae"]["block_out_channels"]) - 1)  # latent side
     g = torch.Generator().manual_seed(0)
     batch = {
         "x": torch.randn(args.batch, 4, side, side, generator=g),
