@@ -56,12 +56,16 @@ class OccupancyGrid(nn.Module):
     The running per-cell density is ``max(decay * old, new)`` at jittered cell points (nerfacc's
     rule), and a cell is occupied when that density gives an alpha above ``threshold`` over one
     sample step, with the threshold capped by the mean so a fading field never empties the grid.
+    One jittered point per cell can miss a cell that the surface only clips, so the occupied set
+    is dilated by ``dilate`` cells.
     """
 
-    def __init__(self, radius: float, resolution: int, threshold: float, decay: float):
+    def __init__(
+        self, radius: float, resolution: int, threshold: float, decay: float, dilate: int = 1
+    ):
         super().__init__()
         self.radius, self.resolution = radius, resolution
-        self.threshold, self.decay = threshold, decay
+        self.threshold, self.decay, self.dilate = threshold, decay, dilate
         self.register_buffer("density", torch.zeros(resolution**3))
         self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
         idx = torch.arange(resolution)
@@ -77,7 +81,10 @@ class OccupancyGrid(nn.Module):
         self.density.copy_(torch.maximum(self.density * self.decay, sigma.to(self.density.dtype)))
         alpha = 1 - torch.exp(-self.density * step_size)
         threshold = min(self.threshold, alpha.mean().item())
-        self.occupied.copy_(alpha > threshold)
+        occupied = (alpha > threshold).float().view(1, 1, *(self.resolution,) * 3)
+        if self.dilate > 0:
+            occupied = F.max_pool3d(occupied, 2 * self.dilate + 1, stride=1, padding=self.dilate)
+        self.occupied.copy_(occupied.flatten() > 0)
 
     def query(self, points: torch.Tensor) -> torch.Tensor:
         """``[N,3]`` world points -> bool ``[N]``: inside an occupied cell."""

@@ -45,7 +45,7 @@ def build_occupancy(cfg) -> OccupancyGrid | None:
     occ = cfg.renderer.occupancy
     if not occ.enabled:
         return None
-    return OccupancyGrid(cfg.field.radius, occ.resolution, occ.threshold, occ.decay)
+    return OccupancyGrid(cfg.field.radius, occ.resolution, occ.threshold, occ.decay, occ.dilate)
 
 
 def sample_step_size(cfg) -> float:

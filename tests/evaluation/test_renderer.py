@@ -58,15 +58,20 @@ def test_normals_and_orientation_of_a_sphere():
 
 
 def test_occupancy_skipping_keeps_the_image_and_skips_space():
-    field = SphereField(RADIUS)
-    grid = OccupancyGrid(1.0, resolution=32, threshold=0.01, decay=0.95)
-    grid.update(field, step_size=0.01)
+    field = SphereField(RADIUS, peak=200.0, smooth=True)
+    # A low alpha threshold: what the grid drops is then invisible (the default 0.01 trades a
+    # faint rim for speed, as nerfacc does).
+    grid = OccupancyGrid(1.0, resolution=32, threshold=1e-4, decay=0.95)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(8):  # one jittered point per cell per update, as during training
+        grid.update(field, step_size=0.01, generator=generator)
     occupied = grid.occupied.float().mean().item()
-    assert occupied < 0.1  # the ball fills ~6.5% of the cube (plus boundary cells)
+    assert occupied < 0.15  # the ball fills ~6.5% of the cube (plus dilated boundary cells)
     _, dense = _render(field)
     _, skipped = _render(field, occupancy=grid)
-    assert torch.allclose(dense["alpha"], skipped["alpha"], atol=1e-4)
-    assert torch.allclose(dense["rgb"], skipped["rgb"], atol=1e-4)
+    assert (dense["alpha"] - skipped["alpha"]).abs().max() < 2e-3
+    assert (dense["rgb"] - skipped["rgb"]).abs().max() < 2e-3
+    assert dense["alpha"].max() > 0.99
 
 
 def _reference_hash_grid(grid: HashGrid, x: torch.Tensor) -> torch.Tensor:
