@@ -92,11 +92,13 @@ def sample_views(
     context = torch.cat([cond, model.image_encoder.unconditional(1).to(dtype)])  # cond, uncond
     cameras = model.cameras(torch.full_like(azimuths, float(elevation_deg)), azimuths)
     cameras = cameras.to(device, dtype)
-    reference_latent = None
+    reference_latent = reference_camera = None
     if use_reference_frame:
         pixels = F.interpolate(on_white(reference)[None], size=(size, size), mode="bicubic",
                                antialias=True).clamp(0, 1)  # fmt: skip
         reference_latent = model.vae.encode(pixels * 2 - 1, sample=False).to(dtype)
+        # The reference image defines the front: azimuth 0 at the sampling elevation.
+        reference_camera = model.cameras(float(elevation_deg), 0.0).to(device, dtype).repeat(2, 1)
 
     scheduler = model.ddim_scheduler()
     scheduler.set_timesteps(steps, device=device)
@@ -114,8 +116,9 @@ def sample_views(
         frames_per_object = views
         if reference_latent is not None:
             frames = assemble_ema_frames(
-                x, ts, cams, reference_latent.repeat(2, 1, 1, 1), context, views, policy
-            )
+                x, ts, cams, reference_latent.repeat(2, 1, 1, 1), context, views, policy,
+                reference_camera=reference_camera,
+            )  # fmt: skip
             x, ts, cams, ctx = frames.latents, frames.timesteps, frames.cameras, frames.context
             frames_per_object = frames.num_views
         eps = model.unet(x, ts, ctx, cams, num_views=frames_per_object)
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance-scale", type=float, help="CFG scale (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference-frame", action="store_true", help="stage-2 reference frame")
+    parser.add_argument("--reference-timestep", default="same", choices=["same", "zero"])
+    parser.add_argument("--reference-camera", default="zeros", choices=["zeros", "true"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--image-encoder", help="local open_clip checkpoint if the model has none")
     args = parser.parse_args(argv)
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         guidance_scale=args.guidance_scale,
         steps=args.steps,
         use_reference_frame=args.reference_frame,
+        policy=EMAFramePolicy(args.reference_timestep, args.reference_camera),
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from models.bundle import load_model
+from models.ema_frames import EMAFramePolicy
 from models.sample import main, sample_views
 
 
@@ -39,6 +40,9 @@ def test_reference_frame_option_runs_with_other_view_counts(tiny, reference):
     staged = _sample(tiny, reference, seed=1, use_reference_frame=True)
     assert staged.images.shape == plain.images.shape
     assert not torch.equal(staged.images, plain.images)  # the extra frame takes part
+    policy = EMAFramePolicy(reference_timestep="zero", reference_camera="true")
+    other = _sample(tiny, reference, seed=1, use_reference_frame=True, policy=policy)
+    assert not torch.equal(other.images, staged.images)
     five = _sample(tiny, reference, seed=1, azimuths_deg=[0, 72, 144, 216, 288])
     assert five.images.shape[0] == 5 and five.cameras.shape == (5, 16)
 
