@@ -148,3 +148,22 @@ class SampleGrids(pl.Callback):
             experiment = trainer.logger.experiment
             if hasattr(experiment, "add_image"):
                 experiment.add_image("samples", image, trainer.global_step)
+
+
+class FinalCheckpoint(pl.Callback):
+    """Save the last step too (periodic saves rarely land on it), then keep the newest N."""
+
+    def __init__(self, folder: str | Path, keep_last: int) -> None:
+        self.folder, self.keep_last = Path(folder), keep_last
+
+    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
+        from training.checkpoints import step_of
+
+        path = self.folder / f"step={trainer.global_step:08d}.ckpt"
+        if trainer.global_step == 0 or path.exists():
+            return
+        trainer.save_checkpoint(path)  # every rank: DeepSpeed saves its shards collectively
+        if trainer.is_global_zero:
+            saved = sorted((p for p in self.folder.iterdir() if step_of(p) >= 0), key=step_of)
+            for old in saved[: -self.keep_last]:
+                trainer.strategy.remove_checkpoint(old)

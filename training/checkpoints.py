@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning_fabric.utilities.cloud_io import _atomic_save
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
 
@@ -16,6 +19,18 @@ PRESETS = ("tiny", "sd21-base")
 BASE_MODEL = "base_model"  # run folder: frozen parts + initial UNet, written once at start
 CHECKPOINTS = "checkpoints"
 DS_TAG = "checkpoint"  # the tag Lightning's DeepSpeed strategy saves under
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary name, then rename: a run killed while saving never leaves a truncated
+    checkpoint for ``resume: auto`` to pick (DDP/single; DeepSpeed writes its own folders)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        _atomic_save(checkpoint, partial)
+        os.replace(partial, path)
 
 
 @dataclass

@@ -14,8 +14,14 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from models.bundle import save_model
-from training.callbacks import MetricsFile, SampleGrids, Throughput
-from training.checkpoints import BASE_MODEL, CHECKPOINTS, resolve_init, resolve_resume
+from training.callbacks import FinalCheckpoint, MetricsFile, SampleGrids, Throughput
+from training.checkpoints import (
+    BASE_MODEL,
+    CHECKPOINTS,
+    AtomicCheckpointIO,
+    resolve_init,
+    resolve_resume,
+)
 from training.config import RunConfig, load_config, save_config
 from training.datamodule import ShardDataModule
 from training.module import FineTuneModule
@@ -57,6 +63,7 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
         ),
         Throughput(config.log.every_n_steps, config.log.peak_tflops, config.data.resolution),
         MetricsFile(out),
+        FinalCheckpoint(out / CHECKPOINTS, config.checkpoint.keep_last),
     ]
     if config.log.sample_every_n_steps > 0 and config.log.logger != "none":
         batch = data.fixed_batch(config.log.sample_objects)
@@ -90,6 +97,9 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
         num_sanity_val_steps=0,
         default_root_dir=str(out),
         deterministic=False,
+        plugins=[]
+        if launch.strategy.__class__.__name__ == "DeepSpeedStrategy"
+        else [AtomicCheckpointIO()],
     )
 
 

@@ -1,0 +1,75 @@
+"""Strategies on CPU: the DeepSpeed strategy and its config are built and validated by DeepSpeed's
+own config parser (the run itself needs a GPU: scripts/gpu_check.py); DDP uses gloo on CPU."""
+
+from __future__ import annotations
+
+import pytest
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
+from train_helpers import ROOT
+
+from training import strategy as strategies
+from training.config import ConfigError, load_config
+
+SD21 = ROOT / "configs" / "stage1-sd21-base.yaml"
+
+
+def _validated(ds_config: dict):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    # Lightning adds these from the Trainer (precision, clipping, accumulation) at setup.
+    full = {
+        **ds_config,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": True},
+    }
+    return DeepSpeedConfig(full)
+
+
+def test_deepspeed_zero2_is_the_gpu_default(monkeypatch):
+    config = load_config(SD21)
+    monkeypatch.setattr(strategies, "resolve_accelerator", lambda config: "gpu")
+    monkeypatch.setattr(strategies.torch.cuda, "device_count", lambda: 8)
+    launch = strategies.build_launch(config)
+    assert launch.accelerator == "gpu" and launch.devices == 8 and launch.precision == "bf16-mixed"
+    assert isinstance(launch.strategy, DeepSpeedStrategy)
+    assert launch.strategy.exclude_frozen_parameters
+    parsed = _validated(launch.strategy.config)
+    assert parsed.zero_optimization_stage == 2 and parsed.train_micro_batch_size_per_gpu == 16
+    assert parsed.zero_config.offload_optimizer is None and parsed.gradient_clipping == 1.0
+
+
+def test_deepspeed_zero3_with_cpu_offload_validates():
+    config = load_config(
+        SD21,
+        [
+            "strategy.zero_stage=3",
+            "strategy.offload_optimizer=true",
+            "strategy.offload_params=true",
+        ],
+    )
+    parsed = _validated(strategies.deepspeed_config(config))
+    assert parsed.zero_optimization_stage == 3
+    assert parsed.zero_config.offload_param.device == "cpu"
+    assert parsed.zero_config.offload_optimizer.device == "cpu"
+
+
+def test_bad_deepspeed_settings_name_the_key():
+    with pytest.raises(ConfigError, match="strategy.offload_params"):
+        strategies.deepspeed_config(load_config(SD21, ["strategy.offload_params=true"]))
+    with pytest.raises(ConfigError, match="strategy.name"):  # Lightning's DeepSpeed refuses CPU
+        strategies.build_launch(
+            load_config(SD21, ["strategy.name=deepspeed", "strategy.accelerator=cpu"])
+        )
+
+
+def test_cpu_uses_ddp_on_gloo_or_a_single_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    single = strategies.build_launch(load_config(SD21, ["strategy.accelerator=cpu"]))
+    assert single.precision == "32" and single.devices == 1
+    assert type(single.strategy).__name__ == "SingleDeviceStrategy"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # as torchrun sets it
+    ddp = strategies.build_launch(load_config(SD21, ["strategy.accelerator=cpu"]))
+    assert isinstance(ddp.strategy, DDPStrategy) and ddp.devices == 2
+    assert ddp.strategy._process_group_backend == "gloo"
