@@ -1,8 +1,9 @@
 """Frozen open_clip image encoder: the pooled, projected image embedding as one context token.
 
 Preprocessing (DESIGN.md): RGBA is composited on white, the shorter side is resized to the tower's
-input size (224 for ViT-H-14) with antialiased bicubic, centre-cropped, then normalised with the
-CLIP mean/std. Only the vision tower is built; a full open_clip checkpoint's text tower is skipped.
+input size (224 for ViT-H-14) with bicubic as Isotropic3D's embedder does it (kornia's antialiased
+resize), centre-cropped, then normalised with the CLIP mean/std. Only the vision tower is built;
+a full open_clip checkpoint's text tower is skipped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
 
@@ -77,7 +79,7 @@ class ImageEncoder(nn.Module):
             max(self.image_size, round(width * scale)),
         )
         if size != (height, width):
-            images = F.interpolate(images, size=size, mode="bicubic", antialias=True)
+            images = resize_bicubic(images, size)
         top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
         images = images[..., top : top + self.image_size, left : left + self.image_size]
         return (images.clamp(0, 1) - self.mean.float()) / self.std.float()
@@ -91,6 +93,17 @@ class ImageEncoder(nn.Module):
     def unconditional(self, batch_size: int) -> torch.Tensor:
         param = next(self.visual.parameters())
         return torch.zeros(batch_size, 1, self.embed_dim, device=param.device, dtype=param.dtype)
+
+
+def resize_bicubic(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``kornia.geometry.resize(x, size, "bicubic", align_corners=True, antialias=True)``, the
+    resize of Isotropic3D's image embedder: a Gaussian blur sized to the scale factor, then
+    bicubic with aligned corners (kernel sizes made odd as kornia does)."""
+    factors = (images.shape[-2] / size[0], images.shape[-1] / size[1])
+    sigmas = [max((f - 1.0) / 2.0, 0.001) for f in factors]
+    kernel = [int(max(4.0 * s, 3)) | 1 for s in sigmas]
+    images = TF.gaussian_blur(images, kernel_size=kernel[::-1], sigma=sigmas[::-1])  # (x, y)
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=True)
 
 
 def visual_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

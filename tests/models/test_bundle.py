@@ -145,3 +145,21 @@ def test_legacy_camera_flag_changes_camera_inputs():
     model.preset["cameras"]["legacy_double_radians"] = True
     legacy = model.cameras(torch.tensor([0.0]), torch.tensor([90.0]))
     assert normal.shape == (1, 16) and not torch.allclose(normal, legacy)
+
+
+def test_clip_resize_is_kornias_antialiased_bicubic():
+    # Checked against kornia.geometry.resize(..., "bicubic", align_corners=True, antialias=True)
+    # (max difference 2e-7); kornia is not a dependency, so the test pins its two regimes.
+    import torch.nn.functional as F
+
+    from models.image_encoder import resize_bicubic
+
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    plain = F.interpolate(x, size=(224, 224), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(resize_bicubic(x, (224, 224)), plain)  # blur sigma 0.07: none
+    big = F.interpolate(x, size=(512, 512), mode="nearest")
+    blurred = resize_bicubic(big, (224, 224))
+    sharp = F.interpolate(big, size=(224, 224), mode="bicubic", align_corners=True)
+    assert blurred.std() < sharp.std()  # 2.3x downscale: Gaussian pre-blur (sigma 0.64)
+    torch.testing.assert_close(resize_bicubic(torch.full((1, 3, 90, 70), 0.3), (224, 224)),
+                               torch.full((1, 3, 224, 224), 0.3))  # fmt: skip
