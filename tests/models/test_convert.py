@@ -157,3 +157,23 @@ def test_unknown_keys_and_bad_shapes_are_errors(tmp_path):
         import_checkpoint(bad, "mvdream", model)
     with pytest.raises(ValueError, match="format"):
         import_checkpoint(state, "sd15", model)
+
+
+class _Payload:
+    """Any class outside torch's weights-only allow-list stands for code in a pickle."""
+
+
+def test_checkpoints_never_unpickle_code(tmp_path):
+    import pickle
+
+    from models.checkpoint_io import load_state_dict_file
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"weight": torch.zeros(2), "payload": _Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_state_dict_file(path)
+    torch.save({"weight": torch.zeros(2), "step": 3}, path)
+    with pytest.raises(ValueError, match="flat state dict"):
+        load_state_dict_file(path)
+    torch.save({"state_dict": {"weight": torch.ones(2)}}, path)  # Lightning-style wrapper
+    assert torch.equal(load_state_dict_file(path)["weight"], torch.ones(2))
