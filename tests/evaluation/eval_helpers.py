@@ -10,11 +10,11 @@ from evaluation.config import load_config
 
 # Smallest settings that still exercise every stage (tiny model, 32 px, few steps).
 TINY_OVERRIDES = [
-    "sds.steps=3",
+    "sds.steps=2",
     "sds.resolution=[32,32]",
     "sds.batch_views=[4,4]",
-    "sds.milestones=[2]",
-    "sds.checkpoint_every=2",
+    "sds.milestones=[1]",
+    "sds.checkpoint_every=1",
     "renderer.samples_per_ray=24",
     "renderer.occupancy.resolution=16",
     "renderer.occupancy.update_every=2",
