@@ -47,6 +47,7 @@ class HashGrid(nn.Module):
         self.output_dim = levels * features_per_level
         self.register_buffer("resolution", torch.tensor(resolutions, dtype=torch.long), False)
         self.register_buffer("dense", torch.tensor(dense), False)
+        self.num_dense = sum(dense)  # the first num_dense levels are dense
         # int32 views of the primes (wrapped to two's complement) and per-level dense strides
         primes32 = [p - 2**32 if p >= 2**31 else p for p in _PRIMES]
         self.register_buffer("primes32", torch.tensor(primes32, dtype=torch.int32), False)
@@ -70,15 +71,19 @@ class HashGrid(nn.Module):
         # add / xor of the three axes. int32 arithmetic wraps like tiny-cuda-nn's uint32 hash,
         # and the low bits that the power-of-two mask keeps are the same.
         coord = base.to(torch.int32)[..., None] + self.step[None, None, None]  # [N, L, 3, 2]
-        dense = coord * self.dense_mul[None, :, :, None]
-        hashed = coord * self.primes32[None, None, :, None]
-        dense_index = dense[:, :, 0, :, None, None] + dense[:, :, 1, None, :, None]
-        dense_index = dense_index + dense[:, :, 2, None, None, :]
-        hashed_index = hashed[:, :, 0, :, None, None] ^ hashed[:, :, 1, None, :, None]
-        hashed_index = (hashed_index ^ hashed[:, :, 2, None, None, :]) & self.mask.view(
-            1, -1, 1, 1, 1
-        )
-        index = torch.where(self.dense.view(1, -1, 1, 1, 1), dense_index, hashed_index)
+        # Dense levels are the coarse ones (resolution grows with the level), so each kind is
+        # computed only on its own levels and the two are concatenated in level order.
+        parts = []
+        if self.num_dense:
+            dense = coord[:, : self.num_dense] * self.dense_mul[None, : self.num_dense, :, None]
+            index = dense[:, :, 0, :, None, None] + dense[:, :, 1, None, :, None]
+            parts.append(index + dense[:, :, 2, None, None, :])
+        if self.num_dense < self.levels:
+            hashed = coord[:, self.num_dense :] * self.primes32[None, None, :, None]
+            index = hashed[:, :, 0, :, None, None] ^ hashed[:, :, 1, None, :, None]
+            mask = self.mask[None, self.num_dense :, None, None, None]
+            parts.append((index ^ hashed[:, :, 2, None, None, :]) & mask)
+        index = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         index = (index + self.offset32.view(1, -1, 1, 1, 1)).flatten(2).long()  # [N, L, 8]
         feats = self.table[index]  # [N, L, 8, F]
         w = torch.stack([1 - frac, frac], dim=-1)  # [N, L, 3, 2]
