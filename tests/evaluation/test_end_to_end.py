@@ -97,3 +97,29 @@ def test_partitions_are_disjoint_and_complete(rendered_shards, monkeypatch):
     with pytest.raises(ValueError, match="--rank"):
         run.partition_from_env(4, 4)
     assert run.strip_partition_flags(["--rank", "1", "--gpus=all", "--out", "o"]) == ["--out", "o"]
+
+
+def test_one_worker_per_gpu_with_global_ranks(tmp_path, monkeypatch):
+    """With 2 GPUs on machine 1 of 3, the children are ranks 2 and 3 of 6, one GPU each."""
+    launched = []
+
+    class FakeChild:
+        def __init__(self, args, env):
+            launched.append((args, env["CUDA_VISIBLE_DEVICES"]))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(run.subprocess, "Popen", FakeChild)
+    images = _draw_images(tmp_path / "images")
+    argv = ["--images", str(images), "--out", str(tmp_path / "out"), "--rank", "1",
+            "--world-size", "3", "--gpus", "0,1", "sds.steps=5"]  # fmt: skip
+    run.main(argv)
+    assert [gpu for _, gpu in launched] == ["0", "1"]
+    for index, (args, _) in enumerate(launched):
+        rank = args[args.index("--rank") + 1]
+        world = args[args.index("--world-size") + 1]
+        assert (rank, world) == (str(2 + index), "6")
+        assert args.count("--rank") == 1 and "sds.steps=5" in args and "--no-report" in args
+        assert args[args.index("--gpus") + 1] == "none"
+    assert (tmp_path / "out" / "index.html").is_file()  # the parent reports when all are done
