@@ -116,7 +116,13 @@ def resolve_init(
     (converted by models.convert into ``workdir``; MVDream brings no image encoder, so the open_clip
     weights come from the preset's pretrained tag)."""
     if init in PRESETS or init.endswith((".yaml", ".yml")):
-        return build_model(init, seed=seed)
+        model = build_model(init, seed=seed)
+        if model.image_encoder is not None:
+            # A random encoder is not the pretrained one its preset names: save its weights with
+            # the run (base_model) instead of pointing at the hub tag (no network on many nodes).
+            model.preset["image_encoder"]["pretrained"] = None
+            model.image_encoder.section["pretrained"] = None
+        return model
     path = Path(init)
     if (path / "model.json").is_file():
         return load_model(path)
