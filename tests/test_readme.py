@@ -3,7 +3,9 @@ the Makefile, and every `python -m module --flag` it shows is accepted by that m
 
 from __future__ import annotations
 
+import functools
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ def _code_lines() -> list[str]:
     return [line for line in lines if line]
 
 
+@functools.cache
 def _make_database() -> str:
     out = subprocess.run(
         ["make", "-pRrq", "-f", "Makefile", ".DEFAULT"],
@@ -36,10 +39,16 @@ def _make_database() -> str:
 def _make_commands() -> list[tuple[str, list[str]]]:
     commands = []
     for line in _code_lines():
-        for part in re.split(r"&&|;|\|", line):
-            words = part.split()
-            if words[:1] != ["make"]:
-                continue
+        words_all = shlex.split(line)  # quoted ARGS="..." stay one word
+        starts = [i for i, w in enumerate(words_all) if w == "make"]
+        for begin in starts:
+            if begin and words_all[begin - 1] not in ("&&", ";", "|", "||"):
+                continue  # "make" as an argument of another command
+            words = words_all[begin:]
+            for i, word in enumerate(words):
+                if word in ("&&", ";", "|", "||"):
+                    words = words[:i]
+                    break
             targets = [w for w in words[1:] if "=" not in w and not w.startswith("-")]
             variables = [w.split("=", 1)[0] for w in words[1:] if "=" in w]
             commands += [(t, variables) for t in targets]
