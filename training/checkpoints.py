@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,19 @@ def _unet_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
 
 
+def _load_deepspeed_client_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # DeepSpeed stores a few Python objects of its own in this file (and loads it with
+        # weights_only=False itself); it is one our own run wrote, so read it the same way.
+        warnings.warn(
+            f"{path}: not loadable with weights_only=True ({error}); trusting DeepSpeed's file",
+            stacklevel=2,
+        )
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     """UNet weights, EMA and run config of a DDP checkpoint file or a DeepSpeed ZeRO directory
     (stage 1-3: the fp32 master weights are gathered from the per-rank optimizer shards)."""
@@ -58,9 +73,7 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     if is_deepspeed_checkpoint(path):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        client = torch.load(
-            path / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
-        )
+        client = _load_deepspeed_client_state(path / DS_TAG / "mp_rank_00_model_states.pt")
         state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
     elif path.is_file():
         client = torch.load(path, map_location="cpu", weights_only=True)
