@@ -50,8 +50,10 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# One intra-op thread per process: the tests run tiny models, often several processes at once
+# (DDP ranks, Blender workers, loaders) on 2 cores, where thread oversubscription is ~10x slower.
 test: setup lint
-	$(BIN)/pytest -q $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest -q --durations=15 $(ARGS)
 
 -include mk/*.mk
 

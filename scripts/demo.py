@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluation = out / "eval"
     run_step(
-        "SDS image-to-3D on the held-out image, then CLIP-similarity scoring",
+        "SDS image-to-3D on the held-out object's reference view, then scoring",
         [py, "-m", "evaluation.run", "--config", "configs/eval_tiny.yaml"]
-        + ["--images", str(image.parent), "--model", str(model / "ema"), "--out", str(evaluation)]
+        + ["--images", str(held_shards), "--model", str(model / "ema"), "--out", str(evaluation)]
         + ["--steps", str(args.sds_steps), "--gpus", "none"]
         # the recipe's schedules scaled to the short run: anneal t over 80%, 64 -> higher px halfway
         + [
