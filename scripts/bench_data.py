@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.bench_common import record  # noqa: E402
+from bench_common import record  # noqa: E402  (scripts/ is on sys.path when run)
 
 GPU_OBJECTS_PER_S = 421 / 4  # DESIGN.md section 5: joint 4-view step, one H200, bf16, eager
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_common import record  # scripts/ is on sys.path when run
 from diffusers import UNet2DConditionModel
 from rich.console import Console
 from rich.table import Table
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
             rate = args.batch / seconds
             table.add_row(name, mode, f"{rate:.1f}", f"{seconds * 1e3:.1f}", f"{firsts[name]:.1f}",
                           f"{rate / baseline:.2f}x")  # fmt: skip
+            where = f"{args.preset}, {args.resolution} px, batch {args.batch}, {device.type}"
+            record("model", f"{name} train step, {mode}", rate, "img/s", where)
+        ratio = (args.batch / per_step[f"multi-view (V={args.views})"]) / baseline
+        record("model", f"multi-view / plain, {mode}", ratio, "x", "target >= 0.9")
         del steps
         if cuda:
             torch.cuda.empty_cache()

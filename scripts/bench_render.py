@@ -22,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_common import record  # noqa: E402  (scripts/ is on sys.path when run)
+
 
 def plain_loop(jobs_file: str) -> None:
     """The baseline: one process, ``import bpy`` once, the worker's own render code per object,
@@ -180,6 +182,11 @@ def main() -> None:
         f"{figures['pipeline_over_plain']:.2f}x (target <= 1.25)"
     )
     (out / "figures.json").write_text(json.dumps(figures, indent=1))
+    where = f"{args.res} px, {args.samples} samples, {args.workers} worker(s)"
+    record("render", "seconds per view", figures["seconds_per_view"], "s", where)
+    record("render", "per-object overhead", overhead, "s", "target <= 0.5")
+    record("render", "objects/hour (steady)", figures["objects_per_hour_steady"], "obj/h")
+    record("render", "pipeline / plain bpy loop", figures["pipeline_over_plain"], "x", "<= 1.25")
 
 
 if __name__ == "__main__":
