@@ -6,7 +6,7 @@ The tiny model's VAE is random, so its decoder cannot reproduce the images; the 
 made on what the sampler hands to the decoder (the generated latents) against the ground-truth
 views' latents, averaged over a few sampling seeds. The random VAE's scaling factor is first
 calibrated to unit-variance latents on the data, the way SD's 0.18215 was chosen; with the preset's
-factor the latents' signal is ~0.05 of the noise and 200 steps learn nothing camera-specific."""
+factor the latents' signal is ~0.05 of the noise and a few hundred steps learn nothing camera-specific."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from training.latent_cache import cache_latents
 from training.train import run
 
 OBJECTS = 2
-STEPS = 200
+STEPS = 400
 SEEDS = (0, 100, 200)
 
 
@@ -96,4 +96,4 @@ def test_tiny_model_learns_two_objects_and_needs_the_camera(rendered_shards, tmp
     mse = {name: float((latents - truth).pow(2).mean()) for name, latents in error.items()}
     print("latent MSE vs ground truth:", mse)
     assert mse["trained"] < 0.5 * mse["untrained"], mse
-    assert mse["trained"] < mse["scrambled camera"], mse
+    assert mse["trained"] < 0.75 * mse["scrambled camera"], mse
