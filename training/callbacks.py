@@ -162,7 +162,9 @@ class FinalCheckpoint(pl.Callback):
         path = self.folder / f"step={trainer.global_step:08d}.ckpt"
         if trainer.global_step == 0 or path.exists():
             return
-        trainer.save_checkpoint(path)  # every rank: DeepSpeed saves its shards collectively
+        trainer.save_checkpoint(
+            path, weights_only=False
+        )  # every rank: DeepSpeed saves its shards collectively
         if trainer.is_global_zero:
             saved = sorted((p for p in self.folder.iterdir() if step_of(p) >= 0), key=step_of)
             for old in saved[: -self.keep_last]:

@@ -120,7 +120,9 @@ def run(config: RunConfig) -> pl.Trainer:
         exact_resume=config.data.exact_resume,
     )
     trainer = build_trainer(config, data)
-    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(config.checkpoint.resume, out))
+    resume = resolve_resume(config.checkpoint.resume, out)
+    # Our checkpoints hold tensors and plain containers only: load them weights-only.
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     return trainer
 
 
