@@ -69,6 +69,15 @@ def test_images_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
     run.main(_args(images, out, "report.clip_unit=raw"))
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "objects").glob("*/result.json")}
 
+    # --rescore: exports and scores again from the field checkpoints, without optimising.
+    monkeypatch.undo()
+    field_file = out / "objects" / "duck_v2" / "field.pt"
+    field_stamp = field_file.stat().st_mtime_ns
+    run.main(_args(images, out, "--rescore", "metrics.clip.num_views=2", "inputs.limit=1"))
+    result = json.loads((out / "objects" / "duck_v2" / "result.json").read_text())
+    assert len(result["clip_per_view"]) == 2 and result["steps"] == 2
+    assert field_file.stat().st_mtime_ns == field_stamp  # the field was not optimised again
+
 
 def test_shards_end_to_end_scores_against_ground_truth(rendered_shards, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
