@@ -20,10 +20,10 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from models.image_encoder import CLIP_MEAN, CLIP_STD
+
 log = logging.getLogger(__name__)
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TINY_VISION = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}
 
 
