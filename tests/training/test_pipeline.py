@@ -66,10 +66,12 @@ def test_stage2_from_stage1_then_export_then_sampler(stage1_run, rendered_shards
         f"model.init={stage1_run['out'] / 'checkpoints'}",
         "train.max_steps=3",
         "checkpoint.every_n_steps=3",
+        "train.multiview_ratio=0.5",
         stage=2,
     )
     assert config.stage == 2
     run(config)
+    assert {r["multiview"] for r in _metrics(out)} == {True, False}  # both stage-2 branches ran
     start = load_model(out / "base_model")  # the weights stage 2 started from = stage-1 EMA
     for name, tensor in start.unet.state_dict().items():
         if name in stage1.ema:
