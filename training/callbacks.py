@@ -145,9 +145,10 @@ class SampleGrids(pl.Callback):
         views = generate_views(module, self.batch, self.steps, self.guidance, seed=0)
         if trainer.global_rank == 0 and trainer.logger is not None:
             image = grid(self.batch, views)
-            experiment = trainer.logger.experiment
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("samples", image, trainer.global_step)
+            if hasattr(trainer.logger, "log_image"):  # Weights & Biases
+                trainer.logger.log_image(key="samples", images=[image], step=trainer.global_step)
+            elif hasattr(trainer.logger.experiment, "add_image"):  # TensorBoard
+                trainer.logger.experiment.add_image("samples", image, trainer.global_step)
 
 
 class FinalCheckpoint(pl.Callback):

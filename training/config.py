@@ -57,7 +57,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     cfg_dropout: float = 0.1
     multiview_ratio: float = 0.75
-    num_views: int = 4
     precision: str = "auto"
     seed: int = 0
 
