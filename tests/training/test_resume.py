@@ -18,12 +18,12 @@ from training.checkpoints import latest_checkpoint, read_checkpoint
 from training.train import run
 
 STEPS = 8
+# A sample grid every step makes each step slow enough (~0.3 s) for the kill to land mid-run;
+# sampling has its own generator, so it does not change the training draws.
 SETTINGS = [
-    f"train.max_steps={STEPS}",
-    "checkpoint.every_n_steps=3",
-    "checkpoint.keep_last=5",
-    "data.exact_resume=true",
-]
+    f"train.max_steps={STEPS}", "checkpoint.every_n_steps=3", "checkpoint.keep_last=5",
+    "data.exact_resume=true", "log.sample_every_n_steps=1", "log.sample_steps=4",
+]  # fmt: skip
 
 
 def _losses(out) -> dict[int, float]:
@@ -36,11 +36,11 @@ def _losses(out) -> dict[int, float]:
 
 def test_kill_and_resume_matches_uninterrupted(rendered_shards, tmp_path):
     reference = tmp_path / "reference"
-    run(tiny_config(reference, rendered_shards, *SETTINGS, "log.logger=none"))
+    run(tiny_config(reference, rendered_shards, *SETTINGS))
 
     out = tmp_path / "killed"
     args = ["-m", "training.train", "--config", str(ROOT / "configs/stage1-tiny.yaml"), *FAST, *SETTINGS,
-            f"out={out}", f"data.train={json.dumps([str(rendered_shards)])}", "log.logger=none"]  # fmt: skip
+            f"out={out}", f"data.train={json.dumps([str(rendered_shards)])}"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -50,7 +50,7 @@ def test_kill_and_resume_matches_uninterrupted(rendered_shards, tmp_path):
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
             break
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     done = len(metrics.read_text().splitlines())
