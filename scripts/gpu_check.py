@@ -13,6 +13,7 @@ Prints a table with the targets of issue 4 and exits non-zero if a functional st
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                 out=str(shards),
                 res=256,
                 samples=16,
-                num_quads=2,
-                num_refs=2,
+                num_quads=1,
+                num_refs=1,
                 workers=8,
                 shard_size=4,
                 progress=False,
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     bench = bench_train.run(bench_train.parse(["--objects", str(args.objects)]))
+    gc.collect()  # free the benchmark's models before the training runs start
     torch.cuda.empty_cache()
 
     common = [

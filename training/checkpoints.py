@@ -44,13 +44,26 @@ class TrainingCheckpoint:
     path: Path
 
 
+# The rank-0 model-state file: ZeRO-1/2 name, then ZeRO-3 name (client state lives in it).
+DS_MODEL_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+def _deepspeed_model_file(path: Path) -> Path | None:
+    found = [path / DS_TAG / name for name in DS_MODEL_FILES if (path / DS_TAG / name).exists()]
+    return found[0] if found else None
+
+
 def is_deepspeed_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / DS_TAG / "mp_rank_00_model_states.pt").exists()
+    return path.is_dir() and _deepspeed_model_file(path) is not None
 
 
 def _unet_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefix = "unet."
-    return {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("_forward_module.")  # Lightning's DeepSpeed wrapper (older runs)
+        if key.startswith("unet."):
+            out[key[len("unet.") :]] = value.float()
+    return out
 
 
 def _load_deepspeed_client_state(path: Path) -> dict:
@@ -73,7 +86,7 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     if is_deepspeed_checkpoint(path):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        client = _load_deepspeed_client_state(path / DS_TAG / "mp_rank_00_model_states.pt")
+        client = _load_deepspeed_client_state(_deepspeed_model_file(path))
         state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
     elif path.is_file():
         client = torch.load(path, map_location="cpu", weights_only=True)
