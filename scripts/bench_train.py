@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
         ],
     )
     module = FineTuneModule(config, resolve_init(args.preset, 0))
-    module.unet.to(device).train()
+    module.to(device).train()  # sets module.device (the step draws its noise there)
     module.frozen.to(device, dtype)
     module.configure_model()
     steps = {
