@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+from bench_common import record  # scripts/ is on sys.path when run
 from diffusers import UNet2DConditionModel
 
 from models.unet import unet_config
@@ -170,6 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     if report["mfu_latent_cache"] is not None:
         print(f"MFU (latent cache): {report['mfu_latent_cache']:.1%} (target >= 35%)")
     print(json.dumps(report))
+    for name, rate in report["images_per_s"].items():
+        record("train", f"{name} step", rate, "img/s")
+    record("train", "latent cache / plain UNet step", report["cache_vs_plain"], "x", ">= 0.9")
+    record("train", "latent cache / on the fly", report["cache_vs_on_the_fly"], "x", ">= 1.6")
+    if report["mfu_latent_cache"] is not None:
+        record("train", "MFU (latent cache)", 100 * report["mfu_latent_cache"], "%", ">= 35")
 
 
 if __name__ == "__main__":

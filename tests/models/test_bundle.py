@@ -124,7 +124,8 @@ def test_vae_round_trip_shapes_and_scale():
     latents = model.vae.encode(images, sample=False)
     assert latents.shape == (3, 4, 8, 8)  # 4x VAE
     raw = model.vae.model.encode(images).latent_dist.mode()
-    torch.testing.assert_close(latents, raw * 0.18215)
+    torch.testing.assert_close(latents, raw * model.preset["vae"]["scaling_factor"])
+    assert model.vae.scaling_factor == model.preset["vae"]["scaling_factor"]
     assert model.vae.decode(latents).shape == images.shape
 
 
