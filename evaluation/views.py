@@ -7,40 +7,19 @@ uses fixed orbits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from models.cameras import (
+    OrbitGroup,
     OrbitRanges,
-    camera_to_world,
     distance_for_fov,
     orthogonal_azimuths,
     sample_orbit_group,
 )
 
-
-@dataclass
-class CameraBatch:
-    """``B`` cameras, object-major groups of ``views`` (the order the multi-view UNet expects)."""
-
-    elevation_deg: torch.Tensor  # [B]
-    azimuth_deg: torch.Tensor  # [B]
-    fov_deg: torch.Tensor  # [B]
-    distance: torch.Tensor  # [B]
-
-    def c2w(self, legacy_double_radians: bool = False) -> torch.Tensor:
-        return camera_to_world(
-            self.elevation_deg, self.azimuth_deg, self.distance, legacy_double_radians
-        )
-
-    def __len__(self) -> int:
-        return self.elevation_deg.shape[0]
-
-
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * torch.rand((), generator=generator).item()
+# ``B`` cameras in object-major groups of ``views``: the camera module's group type.
+CameraBatch = OrbitGroup
 
 
 def sample_sds_cameras(generator: torch.Generator, cameras_cfg, batch_views: int) -> CameraBatch:
@@ -50,17 +29,13 @@ def sample_sds_cameras(generator: torch.Generator, cameras_cfg, batch_views: int
         elevation_deg=tuple(cameras_cfg.elevation_deg),
         fov_deg=tuple(cameras_cfg.fov_deg),
         relative_radius=tuple(cameras_cfg.relative_radius),
+        azimuth_start_deg=tuple(cameras_cfg.azimuth_deg),
     )
-    groups = []
-    for _ in range(batch_views // cameras_cfg.views):
-        start = _uniform(generator, *cameras_cfg.azimuth_deg)
-        groups.append(sample_orbit_group(generator, cameras_cfg.views, ranges, start))
-    return CameraBatch(
-        elevation_deg=torch.cat([g.elevation_deg for g in groups]),
-        azimuth_deg=torch.cat([g.azimuth_deg for g in groups]),
-        fov_deg=torch.cat([g.fov_deg for g in groups]),
-        distance=torch.cat([g.distance for g in groups]),
-    )
+    groups = [
+        sample_orbit_group(generator, cameras_cfg.views, ranges)
+        for _ in range(batch_views // cameras_cfg.views)
+    ]
+    return OrbitGroup.concat(groups)
 
 
 def orbit_cameras(

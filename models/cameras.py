@@ -126,6 +126,7 @@ class OrbitRanges:
     elevation_deg: tuple[float, float] = (0.0, 30.0)
     fov_deg: tuple[float, float] = (15.0, 60.0)
     relative_radius: tuple[float, float] = (0.9, 1.1)
+    azimuth_start_deg: tuple[float, float] = (0.0, 360.0)  # range of a group's random first azimuth
 
 
 @dataclass
@@ -142,6 +143,15 @@ class OrbitGroup:
             self.elevation_deg, self.azimuth_deg, self.distance, legacy_double_radians
         )
 
+    def __len__(self) -> int:
+        return self.elevation_deg.shape[0]
+
+    @classmethod
+    def concat(cls, groups: list[OrbitGroup]) -> OrbitGroup:
+        """Groups one after the other (object-major order, as the multi-view UNet expects)."""
+        fields = ("elevation_deg", "azimuth_deg", "fov_deg", "distance")
+        return cls(*(torch.cat([getattr(group, name) for group in groups]) for name in fields))
+
 
 def _uniform(generator: torch.Generator, bounds: tuple[float, float]) -> float:
     low, high = bounds
@@ -156,7 +166,9 @@ def sample_orbit_group(
 ) -> OrbitGroup:
     """Sample one isotropic view group: random azimuth start (unless given), then ``num_views``
     evenly spaced azimuths at one shared elevation, fov and distance drawn from ``ranges``."""
-    start = _uniform(generator, (0.0, 360.0)) if azimuth_start_deg is None else azimuth_start_deg
+    if azimuth_start_deg is None:
+        azimuth_start_deg = _uniform(generator, ranges.azimuth_start_deg)
+    start = azimuth_start_deg
     elevation = _uniform(generator, ranges.elevation_deg)
     fov = _uniform(generator, ranges.fov_deg)
     distance = float(distance_for_fov(fov, _uniform(generator, ranges.relative_radius)))
