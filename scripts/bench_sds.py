@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 
 import torch
+from bench_common import record as record_figure  # scripts/ is on sys.path when run
 
 from evaluation.config import load_config
 from evaluation.evaluate import autocast_dtype
@@ -121,16 +122,18 @@ def main() -> None:
         ms = {k: 1000 * v / steps for k, v in times.items()}
         print(f"{size:>5} {views:>5} {rate:>7.2f} {ms['render']:>8.1f} {ms['vae_encode']:>8.1f} "
               f"{ms['unet']:>8.1f} {ms['backward']:>9.1f} {ms['optim']:>7.1f}")  # fmt: skip
-        record("sds", f"SDS iterations/s at {size} px ({views} views)", rate, "it/s")
+        record_figure("sds", f"SDS iterations/s at {size} px ({views} views)", rate, "it/s")
         for part in ("render", "vae_encode", "unet", "backward"):
-            record("sds", f"{part} at {size} px", ms[part], "ms/step")
+            record_figure("sds", f"{part} at {size} px", ms[part], "ms/step")
     if len(rates) >= 2:
         sizes = sorted(rates)
         first, rest = recipe.milestones[0], recipe.steps - recipe.milestones[0]
         minutes = (first / rates[sizes[0]] + rest / rates[sizes[-1]]) / 60
         print(f"projected full recipe ({first} steps at {sizes[0]} px + {rest} at "
               f"{sizes[-1]} px): {minutes:.1f} min per object")  # fmt: skip
-        record("sds", "projected 10k-step recipe", minutes, "min/object", "target <= 15 (GPU)")
+        record_figure(
+            "sds", "projected 10k-step recipe", minutes, "min/object", "target <= 15 (GPU)"
+        )
 
 
 if __name__ == "__main__":
