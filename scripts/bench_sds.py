@@ -31,6 +31,88 @@ from evaluation.sds import (
 from models.bundle import build_model
 
 
+def measure_sds(
+    preset: str,
+    config: str,
+    device: torch.device,
+    sizes: list[int],
+    steps: int,
+    warmup: int = 2,
+    overrides: list[str] | None = None,
+) -> dict:
+    """SDS it/s per render size and ms per step of render / VAE encode / UNet / backward / AdamW
+    (views per step from the recipe's phase at that size), and the projected minutes of the full
+    recipe (configs/eval.yaml's steps and milestone). Shared with scripts/gpu_check.py."""
+    overrides = list(overrides or [])
+    gpu = device.type == "cuda"
+    cfg = load_config(config, overrides)
+    model = build_model(preset, seed=0, device=device)
+    guidance = MultiViewGuidance(
+        model, cfg.sds, cfg.cameras.views, device, autocast_dtype(cfg.precision, device)
+    )
+    with torch.no_grad():
+        cond = model.image_encoder.encode(torch.rand(1, 3, 256, 256, device=device))
+
+    def camera_input(cams):
+        return model.cameras(cams.elevation_deg, cams.azimuth_deg, cams.distance)
+
+    def sync() -> None:
+        if gpu:
+            torch.cuda.synchronize()
+
+    rows = {}
+    recipe = load_config().sds  # views per step and phase lengths of the released recipe
+    for index, size in enumerate(sizes):
+        # The phase of the schedule that renders at this size sets the views per step.
+        phase = min(index, len(recipe.resolution) - 1)
+        views = recipe.batch_views[phase]
+        size_overrides = [f"sds.resolution=[{size},{size}]", f"sds.batch_views=[{views},{views}]"]
+        run_cfg = load_config(config, [*overrides, *size_overrides])
+        state = FieldState(Field(run_cfg.field).to(device), build_occupancy(run_cfg))
+        if state.occupancy is not None:
+            state.occupancy = state.occupancy.to(device)
+        optimizer = make_optimizer(state.field, run_cfg.optim)
+        generator = torch.Generator().manual_seed(0)
+        times: dict[str, float] = defaultdict(float)
+        step_in_recipe = 0 if phase == 0 else int(recipe.milestones[0])
+
+        @contextlib.contextmanager
+        def timer(name: str, keep: bool = True, times=times):
+            sync()
+            start = time.perf_counter()
+            yield
+            sync()
+            if keep:
+                times[name] += time.perf_counter() - start
+
+        total = 0.0
+        for i in range(warmup + steps):
+            keep = i >= warmup
+            if state.occupancy is not None and i % run_cfg.renderer.occupancy.update_every == 0:
+                state.occupancy.update(state.field, sample_step_size(run_cfg), generator)
+            begin = time.perf_counter()
+            terms = sds_step(
+                state, guidance, cond, run_cfg, step_in_recipe + i, generator, camera_input,
+                lambda name, k=keep: timer(name, k),
+            )  # fmt: skip
+            with timer("backward", keep):
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+            with timer("optim", keep):
+                optimizer.step()
+            sync()
+            if keep:
+                total += time.perf_counter() - begin
+        ms = {k: 1000 * v / steps for k, v in times.items()}
+        rows[size] = {"views": views, "it_s": steps / total} | ms
+    result: dict = {"rows": rows, "projected_min": None}
+    if len(rows) >= 2:
+        first, rest = recipe.milestones[0], recipe.steps - recipe.milestones[0]
+        low, high = min(rows), max(rows)
+        result["projected_min"] = (first / rows[low]["it_s"] + rest / rows[high]["it_s"]) / 60
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -50,90 +132,33 @@ def main() -> None:
     device = torch.device("cuda" if gpu else "cpu")
     config = args.config or ("configs/eval.yaml" if gpu else "configs/eval_tiny.yaml")
     preset = args.model or ("sd21-base" if gpu else "tiny")
-    steps = args.steps or (20 if gpu else 3)
-    cfg = load_config(config, args.overrides)
-    model = build_model(preset, seed=0, device=device)
-    guidance = MultiViewGuidance(
-        model, cfg.sds, cfg.cameras.views, device, autocast_dtype(cfg.precision, device)
-    )
-    cond = model.image_encoder.encode(torch.rand(1, 3, 256, 256, device=device))
-
-    def camera_input(cams):
-        return model.cameras(cams.elevation_deg, cams.azimuth_deg, cams.distance)
-
+    sizes = [int(s) for s in args.resolutions.split(",")]
     print(f"device {device} ({torch.cuda.get_device_name() if gpu else 'CPU'}), model {preset}, "
           f"config {config}, {torch.get_num_threads()} CPU threads")  # fmt: skip
+    result = measure_sds(
+        preset, config, device, sizes, args.steps or (20 if gpu else 3), args.warmup,
+        args.overrides,
+    )  # fmt: skip
     header = f"{'px':>5} {'views':>5} {'it/s':>7} {'render':>8} {'vae_enc':>8} {'unet':>8} {'backward':>9} {'optim':>7}"
     print(header + "   (ms per step)")
-    rates = {}
-    recipe = load_config().sds  # views per step and phase lengths of the released recipe
-    for index, size in enumerate(int(s) for s in args.resolutions.split(",")):
-        # The phase of the schedule that renders at this size sets the views per step.
-        phase = min(index, len(recipe.resolution) - 1)
-        views = recipe.batch_views[phase]
-        run_cfg = load_config(
-            config,
-            [
-                *args.overrides,
-                f"sds.resolution=[{size},{size}]",
-                f"sds.batch_views=[{views},{views}]",
-            ],
-        )
-        state = FieldState(Field(run_cfg.field).to(device), build_occupancy(run_cfg))
-        if state.occupancy is not None:
-            state.occupancy = state.occupancy.to(device)
-        optimizer = make_optimizer(state.field, run_cfg.optim)
-        generator = torch.Generator().manual_seed(0)
-        times: dict[str, float] = defaultdict(float)
-        step_in_recipe = 0 if phase == 0 else int(recipe.milestones[0])
-
-        @contextlib.contextmanager
-        def timer(name: str, record: bool = True, times=times):
-            if gpu:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            yield
-            if gpu:
-                torch.cuda.synchronize()
-            if record:
-                times[name] += time.perf_counter() - start
-
-        total = 0.0
-        for i in range(args.warmup + steps):
-            record = i >= args.warmup
-            if state.occupancy is not None and i % run_cfg.renderer.occupancy.update_every == 0:
-                state.occupancy.update(state.field, sample_step_size(run_cfg), generator)
-            begin = time.perf_counter()
-            terms = sds_step(
-                state, guidance, cond, run_cfg, step_in_recipe + i, generator, camera_input,
-                lambda name, r=record: timer(name, r),
-            )  # fmt: skip
-            with timer("backward", record):
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-            with timer("optim", record):
-                optimizer.step()
-            if gpu:
-                torch.cuda.synchronize()
-            if record:
-                total += time.perf_counter() - begin
-        rate = steps / total
-        rates[size] = rate
-        ms = {k: 1000 * v / steps for k, v in times.items()}
-        print(f"{size:>5} {views:>5} {rate:>7.2f} {ms['render']:>8.1f} {ms['vae_encode']:>8.1f} "
-              f"{ms['unet']:>8.1f} {ms['backward']:>9.1f} {ms['optim']:>7.1f}")  # fmt: skip
-        record_figure("sds", f"SDS iterations/s at {size} px ({views} views)", rate, "it/s")
-        for part in ("render", "vae_encode", "unet", "backward"):
-            record_figure("sds", f"{part} at {size} px", ms[part], "ms/step")
-    if len(rates) >= 2:
-        sizes = sorted(rates)
-        first, rest = recipe.milestones[0], recipe.steps - recipe.milestones[0]
-        minutes = (first / rates[sizes[0]] + rest / rates[sizes[-1]]) / 60
-        print(f"projected full recipe ({first} steps at {sizes[0]} px + {rest} at "
-              f"{sizes[-1]} px): {minutes:.1f} min per object")  # fmt: skip
+    for size, row in result["rows"].items():
+        print(f"{size:>5} {row['views']:>5} {row['it_s']:>7.2f} {row['render']:>8.1f} "
+              f"{row['vae_encode']:>8.1f} {row['unet']:>8.1f} {row['backward']:>9.1f} "
+              f"{row['optim']:>7.1f}")  # fmt: skip
         record_figure(
-            "sds", "projected 10k-step recipe", minutes, "min/object", "target <= 15 (GPU)"
+            "sds", f"SDS iterations/s at {size} px ({row['views']} views)", row["it_s"], "it/s"
         )
+        for part in ("render", "vae_encode", "unet", "backward"):
+            record_figure("sds", f"{part} at {size} px", row[part], "ms/step")
+    if result["projected_min"] is not None:
+        recipe = load_config().sds
+        print(f"projected full recipe ({recipe.milestones[0]} steps at {min(sizes)} px + "
+              f"{recipe.steps - recipe.milestones[0]} at {max(sizes)} px): "
+              f"{result['projected_min']:.1f} min per object")  # fmt: skip
+        record_figure(
+            "sds", "projected 10k-step recipe", result["projected_min"], "min/object",
+            "target <= 15 (GPU)",
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -214,78 +214,10 @@ def sds_speed(
     warmup: int = 2,
     device: str = "cuda",
 ) -> dict:
-    """SDS it/s per render size and ms per step of render / VAE encode / UNet / backward, as
-    scripts/bench_sds.py measures them (views per step from the recipe's phase at that size),
-    and the projected minutes of the full recipe (configs/eval.yaml's steps and milestone)."""
-    import contextlib
-    from collections import defaultdict
+    """SDS it/s and time split per render size, measured as ``make bench-sds`` does."""
+    from bench_sds import measure_sds
 
-    from evaluation.config import load_config
-    from evaluation.evaluate import autocast_dtype
-    from evaluation.field import Field
-    from evaluation.guidance import MultiViewGuidance
-    from evaluation.sds import (
-        FieldState,
-        build_occupancy,
-        make_optimizer,
-        sample_step_size,
-        sds_step,
-    )
-    from models.bundle import build_model
-
-    dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
-    cfg, recipe = load_config(config), load_config().sds
-    model = build_model(preset, seed=0, device=dev)
-    guidance = MultiViewGuidance(
-        model, cfg.sds, cfg.cameras.views, dev, autocast_dtype(cfg.precision, dev)
-    )
-    with torch.no_grad():
-        cond = model.image_encoder.encode(torch.rand(1, 3, 256, 256, device=dev))
-    cams = lambda c: model.cameras(c.elevation_deg, c.azimuth_deg, c.distance)  # noqa: E731
-    rows = {}
-    for index, size in enumerate(sizes):
-        phase = min(index, len(recipe.resolution) - 1)
-        views = recipe.batch_views[phase]
-        run_cfg = load_config(
-            config, [f"sds.resolution=[{size},{size}]", f"sds.batch_views=[{views},{views}]"]
-        )
-        state = FieldState(Field(run_cfg.field).to(dev), build_occupancy(run_cfg))
-        if state.occupancy is not None:
-            state.occupancy = state.occupancy.to(dev)
-        optimizer = make_optimizer(state.field, run_cfg.optim)
-        generator, times, total = torch.Generator().manual_seed(0), defaultdict(float), 0.0
-        offset = 0 if phase == 0 else int(recipe.milestones[0])
-
-        @contextlib.contextmanager
-        def timer(name: str, keep: bool, times=times):
-            sync()
-            start = time.perf_counter()
-            yield
-            sync()
-            times[name] += (time.perf_counter() - start) if keep else 0.0
-
-        for i in range(warmup + steps):
-            keep = i >= warmup
-            if state.occupancy is not None and i % run_cfg.renderer.occupancy.update_every == 0:
-                state.occupancy.update(state.field, sample_step_size(run_cfg), generator)
-            begin = time.perf_counter()
-            terms = sds_step(
-                state, guidance, cond, run_cfg, offset + i, generator, cams,
-                lambda name, k=keep: timer(name, k),
-            )  # fmt: skip
-            with timer("backward", keep):
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-            optimizer.step()
-            sync()
-            total += (time.perf_counter() - begin) if keep else 0.0
-        ms = {k: 1000 * v / steps for k, v in times.items()}
-        rows[size] = {"views": views, "it_s": steps / total} | ms
-    first, rest = recipe.milestones[0], recipe.steps - recipe.milestones[0]
-    low, high = min(rows), max(rows)
-    minutes = (first / rows[low]["it_s"] + rest / rows[high]["it_s"]) / 60
-    return {"rows": rows, "projected_min": minutes}
+    return measure_sds(preset, config, torch.device(device), list(sizes), steps, warmup)
 
 
 def finite_result(folder: Path) -> dict:
