@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import abc
 import random
 import re
 from dataclasses import dataclass, field
@@ -35,13 +36,14 @@ class ObjectRef:
         return sample_key(self.id)
 
 
-class Source:
+class Source(abc.ABC):
     """List objects (:meth:`list`), then fetch the chosen ones (:meth:`fetch`)."""
 
     name = "source"
 
+    @abc.abstractmethod
     def list(self) -> list[ObjectRef]:
-        raise NotImplementedError
+        """Every object this source offers, in a stable order."""
 
     def fetch(self, refs: list[ObjectRef]) -> dict[str, Path | Exception]:
         """Local file per object id, or the exception that stopped its fetch."""
