@@ -21,6 +21,7 @@ from torch import nn
 
 from models.cameras import camera_embedding, camera_to_world
 from models.image_encoder import ImageEncoder, load_pretrained_weights
+from models.keys import check_keys
 from models.schedule import ddim_scheduler, noise_scheduler
 from models.unet import MultiViewUNet, build_unet
 from models.vae import LatentVAE
@@ -52,15 +53,9 @@ SECTION_KEYS = {
 
 
 def check_preset(preset: dict[str, Any], where: str = "preset") -> dict[str, Any]:
-    missing = [k for k in PRESET_SECTIONS if k not in preset]
-    unknown = [k for k in preset if k not in PRESET_SECTIONS]
-    if missing or unknown:
-        raise ValueError(f"{where}: missing sections {missing}, unknown sections {unknown}")
+    check_keys(preset, PRESET_SECTIONS, where, noun="sections")
     for section, keys in SECTION_KEYS.items():
-        missing = [f"{section}.{k}" for k in keys if k not in preset[section]]
-        unknown = [f"{section}.{k}" for k in preset[section] if k not in keys]
-        if missing or unknown:
-            raise ValueError(f"{where}: missing keys {missing}, unknown keys {unknown}")
+        check_keys(preset[section], keys, where, prefix=f"{section}.")
     encoder, unet = preset["image_encoder"], preset["unet"]
     if not encoder.get("model_name") and encoder.get("embed_dim") != unet["cross_attention_dim"]:
         raise ValueError(f"{where}: image_encoder.embed_dim must equal unet.cross_attention_dim")

@@ -9,6 +9,8 @@ from typing import Any
 
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from models.keys import check_keys
+
 SCHEDULE_KEYS = (
     "num_train_timesteps",
     "beta_start",
@@ -19,10 +21,7 @@ SCHEDULE_KEYS = (
 
 
 def _schedule_kwargs(section: dict[str, Any]) -> dict[str, Any]:
-    missing = [k for k in SCHEDULE_KEYS if k not in section]
-    unknown = [k for k in section if k not in SCHEDULE_KEYS]
-    if missing or unknown:
-        raise ValueError(f"schedule config: missing keys {missing}, unknown keys {unknown}")
+    check_keys(section, SCHEDULE_KEYS, "schedule config")
     return {k: section[k] for k in SCHEDULE_KEYS}
 
 

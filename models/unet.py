@@ -15,6 +15,7 @@ from diffusers import UNet2DConditionModel
 
 from models.attention import MultiViewAttnProcessor
 from models.cameras import CAMERA_DIM
+from models.keys import check_keys
 
 # Keys of a preset's ``unet`` section passed to diffusers; the rest is fixed below.
 UNET_KEYS = (
@@ -31,10 +32,7 @@ UNET_KEYS = (
 
 def unet_config(section: dict[str, Any]) -> dict[str, Any]:
     """Full diffusers config from a preset's ``unet`` section (SD2.1-style fixed choices)."""
-    missing = [k for k in UNET_KEYS if k not in section]
-    unknown = [k for k in section if k not in UNET_KEYS]
-    if missing or unknown:
-        raise ValueError(f"unet config: missing keys {missing}, unknown keys {unknown}")
+    check_keys(section, UNET_KEYS, "unet config")
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in section.items()}
     config.update(
         in_channels=4,

@@ -9,15 +9,14 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from models.keys import check_keys
+
 VAE_KEYS = ("block_out_channels", "layers_per_block", "norm_num_groups", "sample_size")
 
 
 def vae_config(section: dict[str, Any]) -> dict[str, Any]:
     """Full diffusers config from a preset's ``vae`` section (SD VAE layout otherwise)."""
-    unknown = [k for k in section if k not in (*VAE_KEYS, "scaling_factor")]
-    missing = [k for k in VAE_KEYS if k not in section]
-    if missing or unknown:
-        raise ValueError(f"vae config: missing keys {missing}, unknown keys {unknown}")
+    check_keys(section, VAE_KEYS, "vae config", optional=("scaling_factor",))
     levels = len(section["block_out_channels"])
     return {
         "in_channels": 3,
