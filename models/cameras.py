@@ -1,6 +1,6 @@
 """The project's one camera module: every stage (render, training, sampling, SDS) imports it.
 
-Convention (DESIGN.md section 3, MVDream's own): the world is Blender's, z up. A camera at
+Convention (docs/design.md, cameras; MVDream's own): the world is Blender's, z up. A camera at
 elevation ``e`` and azimuth ``a`` (degrees) and distance ``d`` sits at
 ``d * (cos e sin a, -cos e cos a, sin e)``, so azimuth 0 is on -Y looking at the origin (it sees
 the object's front) and azimuth 90 is on +X. Camera axes are OpenGL's: the camera looks down its
@@ -90,11 +90,55 @@ def camera_embedding(c2w: torch.Tensor) -> torch.Tensor:
     return c2w.flatten(-2)
 
 
+# --- framing: the one definition of object size and camera distance --------------------------
+# Every stage (training renders in data_prep/, SDS and evaluation cameras) uses these, so an
+# object at the field's scale appears at the same size in training views and SDS renders:
+#   * the object's normalised size: its bounding sphere (centred on the bounding-box centre,
+#     through the farthest surface vertex) has radius OBJECT_RADIUS;
+#   * the camera looks at the origin from distance_for_fov(fov, relative_radius)
+#     = relative_radius / tan(fov / 2), MVDream's rule: relative_radius is the half-width of the
+#     view, in world units, on the plane through the origin facing the camera.
+# The whole sphere is in view when distance >= OBJECT_RADIUS / sin(fov / 2) (fit_distance); its
+# outline spans silhouette_fraction(...) of the half-image. With MVDream's training ranges
+# (fov 15-60 deg, relative_radius 0.9-1.1) a radius of 0.7 keeps it within 87% of the half-image
+# in the worst draw (fov 60, relative_radius 0.9), so every view has a margin.
+OBJECT_RADIUS = 0.7
+
+
 def distance_for_fov(fov_deg: torch.Tensor | float, relative_radius: torch.Tensor | float = 1.0):
-    """Camera distance at which a unit-sphere object fills ``relative_radius`` of the half-fov:
-    ``relative_radius / tan(fov / 2)`` (MVDream's rule)."""
+    """Camera distance ``relative_radius / tan(fov / 2)`` (MVDream's rule): the view's half-width
+    on the plane through the origin is ``relative_radius`` world units. See OBJECT_RADIUS."""
     fov = torch.deg2rad(_as_float_tensor(fov_deg))
     return _as_float_tensor(relative_radius) / torch.tan(fov / 2)
+
+
+def fit_distance(fov_deg: torch.Tensor | float, radius: float = OBJECT_RADIUS) -> torch.Tensor:
+    """The closest distance at which a sphere of ``radius`` at the origin is wholly in view of a
+    camera with full field of view ``fov_deg`` looking at the origin: ``radius / sin(fov / 2)``."""
+    return radius / torch.sin(torch.deg2rad(_as_float_tensor(fov_deg)) / 2)
+
+
+def silhouette_fraction(
+    fov_deg: torch.Tensor | float,
+    distance: torch.Tensor | float,
+    radius: float = OBJECT_RADIUS,
+) -> torch.Tensor:
+    """Radius of the outline of a sphere of ``radius`` at the origin, seen from ``distance``, as a
+    fraction of the half-image (1 = it touches the image border; > 1 = it is cropped)."""
+    distance = _as_float_tensor(distance)
+    half_angle = torch.asin((radius / distance).clamp(max=1.0))
+    return torch.tan(half_angle) / torch.tan(torch.deg2rad(_as_float_tensor(fov_deg)) / 2)
+
+
+def worst_case_fraction(
+    fov_deg: tuple[float, float],
+    relative_radius: tuple[float, float],
+    radius: float = OBJECT_RADIUS,
+) -> float:
+    """The largest :func:`silhouette_fraction` over the given ranges (it grows with the fov and
+    shrinks with the relative radius, so it is reached at the widest fov and smallest radius)."""
+    fov, rel = max(fov_deg), min(relative_radius)
+    return float(silhouette_fraction(fov, distance_for_fov(fov, rel), radius))
 
 
 def focal_length_px(fov_deg: torch.Tensor | float, image_size: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The camera convention of DESIGN.md section 3, checked numerically."""
+"""The camera convention of docs/design.md (cameras), checked numerically."""
 
 import math
 
@@ -90,3 +90,38 @@ def test_orbit_group_is_isotropic_and_in_range():
         starts.append(group.azimuth_deg[0].item())
     hist = torch.histc(torch.tensor(starts), bins=4, min=0, max=360)
     assert hist.min() > 30  # random start covers the circle
+
+
+def test_framing_definition_fits_the_bounding_sphere_with_a_margin():
+    from models.cameras import (
+        OBJECT_RADIUS,
+        fit_distance,
+        silhouette_fraction,
+        worst_case_fraction,
+    )
+
+    # a sphere touches the border exactly at the fit distance, is cropped closer, fits farther
+    for fov in (15.0, 40.0, 60.0):
+        at_fit = silhouette_fraction(fov, fit_distance(fov))
+        assert at_fit.item() == pytest.approx(1.0, rel=1e-5)
+        assert silhouette_fraction(fov, fit_distance(fov) * 0.95).item() > 1.0
+        assert silhouette_fraction(fov, fit_distance(fov) * 1.05).item() < 1.0
+    # MVDream's training ranges keep the normalised object's sphere well inside every view
+    worst = worst_case_fraction((15.0, 60.0), (0.9, 1.1))
+    assert 0.8 < worst < 0.9
+    fovs, rels = torch.linspace(15, 60, 50), torch.linspace(0.9, 1.1, 50)
+    grid = silhouette_fraction(fovs[:, None], distance_for_fov(fovs[:, None], rels[None]))
+    assert grid.max().item() == pytest.approx(worst, rel=1e-5)
+    assert (distance_for_fov(fovs[:, None], rels[None]) > fit_distance(fovs[:, None])).all()
+    # the old framing (radius 1 at the same distances) crops most draws: the issue's bug
+    assert worst_case_fraction((15.0, 60.0), (0.9, 1.1), radius=1.0) > 1.0
+    # a point on the sphere's outline projects at silhouette_fraction of the half-image
+    fov, dist = 50.0, float(distance_for_fov(50.0, 0.95))
+    c2w = camera_to_world(0.0, 0.0, dist)  # camera on -Y looking at the origin
+    tangent = math.asin(OBJECT_RADIUS / dist)  # outline point seen at this angle off-axis
+    point = torch.tensor(
+        [[OBJECT_RADIUS * math.cos(tangent), -OBJECT_RADIUS * math.sin(tangent), 0.0]]
+    )
+    uv, _ = project_points(point, c2w, fov, 200)
+    expected = 100 * (1 + silhouette_fraction(fov, dist).item())
+    assert uv[0, 0].item() == pytest.approx(expected, rel=1e-4)
