@@ -1,5 +1,5 @@
-"""Scene building inside the Blender worker: import one mesh file, normalise it into the unit
-sphere, make its materials render faithfully, light it and set up Cycles.
+"""Scene building inside the Blender worker: import one mesh file, normalise it to the framing
+of ``models/cameras.py``, make its materials render faithfully, light it and set up Cycles.
 
 Runs only in the worker process (imports ``bpy``; no torch). Failures raise :class:`RenderFailure`
 with a short machine-readable reason that ends up in the run manifest.
@@ -86,28 +86,51 @@ def mesh_objects() -> list:
     return [o for o in bpy.context.scene.objects if o.type == "MESH"]
 
 
-def world_vertices(objects: list) -> np.ndarray:
-    """All evaluated (modifiers, armatures) vertices in world coordinates, ``[N, 3]``."""
+def remove_imported_lights_and_cameras() -> list[str]:
+    """Delete the lights and cameras a file brought along (a glTF point light can turn a view
+    pure white; our own lighting and camera are the same for every object). Returns warnings."""
+    removed = [o for o in bpy.context.scene.objects if o.type in ("LIGHT", "CAMERA", "LIGHT_PROBE")]
+    kinds = sorted({o.type.lower() for o in removed})
+    for obj in removed:
+        bpy.data.objects.remove(obj, do_unlink=True)
+    return [f"removed_imported: {len(removed)} {'/'.join(kinds)}"] if removed else []
+
+
+def world_vertices(objects: list) -> tuple[np.ndarray, int]:
+    """Evaluated (modifiers, armatures, animation at the current frame) vertices in world
+    coordinates ``[N, 3]``: those used by faces when any face exists (loose points and edges
+    do not render, so they must not shrink the object), else all of them. Also the face count."""
     depsgraph = bpy.context.evaluated_depsgraph_get()
-    chunks = []
+    surface, loose, faces = [], [], 0
     for obj in objects:
         evaluated = obj.evaluated_get(depsgraph)
         mesh = evaluated.to_mesh()
         coords = np.empty(len(mesh.vertices) * 3, dtype=np.float64)
         mesh.vertices.foreach_get("co", coords)
-        coords = coords.reshape(-1, 3)
         matrix = np.array(evaluated.matrix_world, dtype=np.float64)
-        chunks.append(coords @ matrix[:3, :3].T + matrix[:3, 3])
+        coords = coords.reshape(-1, 3) @ matrix[:3, :3].T + matrix[:3, 3]
+        used = np.empty(len(mesh.loops), dtype=np.int64)
+        mesh.loops.foreach_get("vertex_index", used)
+        faces += len(mesh.polygons)
+        loose.append(coords)
+        if len(mesh.polygons):
+            surface.append(coords[np.unique(used)])
         evaluated.to_mesh_clear()
-    return np.concatenate(chunks) if chunks else np.zeros((0, 3))
+    chunks = surface or loose
+    return (np.concatenate(chunks) if chunks else np.zeros((0, 3))), faces
 
 
-def normalise_into_unit_sphere() -> dict:
-    """Move the bounding-box centre to the origin and scale so every vertex lies within radius 1.
+def normalise_object(radius_target: float) -> dict:
+    """Centre the bounding box of the surface on the origin and scale its bounding sphere to
+    ``radius_target`` (``models.cameras.OBJECT_RADIUS``), at the frame that will be rendered.
 
-    Returns the applied ``scale`` and ``offset`` (world = (original + offset) * scale)."""
-    objects = mesh_objects()
-    vertices = world_vertices(objects)
+    The transform goes on a new empty that becomes the parent of every root object, so root
+    objects whose location/rotation/scale is keyframed keep their animation *inside* the
+    normalisation instead of having it overwritten at render time. Returns the applied
+    ``scale`` and ``offset`` (world = (original + offset) * scale)."""
+    scene = bpy.context.scene
+    scene.frame_set(scene.frame_current)  # evaluate animation at the rendered frame
+    vertices, faces = world_vertices(mesh_objects())
     if len(vertices) == 0:
         raise RenderFailure("no_mesh", "file contains no mesh geometry")
     if not np.isfinite(vertices).all():
@@ -116,13 +139,23 @@ def normalise_into_unit_sphere() -> dict:
     radius = float(np.linalg.norm(vertices - centre, axis=1).max())
     if not radius > 1e-9 or not math.isfinite(radius):
         raise RenderFailure("degenerate_bounds", f"bounding radius {radius:g}")
-    scale = 1.0 / radius
-    transform = Matrix.Scale(scale, 4) @ Matrix.Translation(-centre)
-    for obj in bpy.context.scene.objects:
-        if obj.parent is None:  # children follow their parents
-            obj.matrix_world = transform @ obj.matrix_world
+    scale = radius_target / radius
+    roots = [o for o in scene.objects if o.parent is None]
+    holder = bpy.data.objects.new("normalisation", None)
+    scene.collection.objects.link(holder)
+    holder.matrix_world = Matrix.Scale(scale, 4) @ Matrix.Translation(-centre)
+    for obj in roots:
+        obj.parent = holder
+        obj.matrix_parent_inverse = Matrix.Identity(4)  # world = holder @ own (animated) basis
     bpy.context.view_layer.update()
-    return {"scale": scale, "offset": (-centre).tolist(), "num_vertices": int(len(vertices))}
+    return {
+        "scale": scale,
+        "offset": (-centre).tolist(),
+        "radius": radius_target,
+        "num_vertices": int(len(vertices)),
+        "num_faces": int(faces),
+        "frame": int(scene.frame_current),
+    }
 
 
 def _principled_nodes(material) -> list:
@@ -233,6 +266,9 @@ def setup_cycles(settings: dict) -> str:
     if threshold > 0:
         scene.cycles.adaptive_threshold = threshold
     scene.cycles.use_denoising = bool(settings["denoise"])
+    # Views of one object differ only by the camera: keep the scene's render data (BVH, images,
+    # shaders) between them instead of rebuilding it per view (seconds for a heavy mesh).
+    scene.render.use_persistent_data = True
     scene.cycles.max_bounces = int(settings.get("max_bounces", 4))
     if settings.get("threads"):
         scene.render.threads_mode = "FIXED"
@@ -254,6 +290,8 @@ def setup_cycles(settings: dict) -> str:
                 device = kind
                 break
     scene.cycles.device = "GPU" if device != "CPU" else "CPU"
+    if device != "CPU" and hasattr(scene.cycles, "denoising_use_gpu"):
+        scene.cycles.denoising_use_gpu = True  # OIDN/OptiX denoise on the worker's GPU
     return device
 
 

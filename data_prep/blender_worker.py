@@ -73,8 +73,11 @@ def render_job(job: dict) -> dict:
     bs.reset_scene()
     gltf = bs.import_mesh(Path(job["path"]))
     timing["import"] = time.perf_counter() - start
-    normalisation = bs.normalise_into_unit_sphere()
-    warnings = bs.fix_materials(gltf, settings.get("missing_metallic_as", 0.0))
+    warnings = (
+        [] if settings.get("keep_imported_lights") else bs.remove_imported_lights_and_cameras()
+    )
+    normalisation = bs.normalise_object(float(settings["object_radius"]))
+    warnings += bs.fix_materials(gltf, settings.get("missing_metallic_as", 0.0))
     bs.setup_lighting(float(settings["ambient"]), float(settings["key_light"]))
     device = bs.setup_cycles(settings)
     camera = bs.add_camera()

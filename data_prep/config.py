@@ -12,6 +12,12 @@ from pathlib import Path
 import yaml
 
 OBJAVERSE_HUB = "https://huggingface.co/datasets/allenai/objaverse/resolve/main"
+# Bump when the worker's scene code changes the pixels (lighting, framing, materials), so a
+# resume refuses to mix renders of two code versions in one folder.
+RENDER_VERSION = 2
+# The object's bounding sphere may span at most this fraction of the half-image in any view
+# (models/cameras.py: worst_case_fraction); the rest is the margin to the image border.
+MAX_FRAME_FRACTION = 0.92
 
 
 @dataclass
@@ -25,8 +31,10 @@ class ObjaverseOptions:
     download_timeout_s: float = 60.0
     download_retries: int = 3
     connect_timeout_s: float = 5.0
+    download_deadline_s: float = 600.0
     base_url: str = OBJAVERSE_HUB
     cache_dir: str | None = None
+    delete_after_shard: bool = False
 
 
 @dataclass
@@ -52,6 +60,8 @@ class RenderConfig:
     ambient: float = 0.75
     key_light: float = 1.0
     missing_metallic_as: float | None = 0.0
+    keep_imported_lights: bool = False
+    min_coverage: float = 0.002
     depth: bool = False
     normal: bool = False
     workers: int = 1
@@ -88,14 +98,47 @@ class RenderConfig:
                 raise ValueError(f"render config: {key!r} range is reversed: {[low, high]}")
         if not (0 < self.fov_deg[0] and self.fov_deg[1] < 180):
             raise ValueError(f"render config: 'fov_deg' must lie in (0, 180): {self.fov_deg}")
+        if self.relative_radius[0] <= 0:
+            raise ValueError(
+                f"render config: 'relative_radius' must be > 0: {self.relative_radius}"
+            )
+        from models.cameras import worst_case_fraction  # the one framing definition
+
+        worst = worst_case_fraction(self.fov_deg, self.relative_radius)
+        if worst > MAX_FRAME_FRACTION:
+            raise ValueError(
+                f"render config: 'relative_radius' {list(self.relative_radius)} with 'fov_deg' "
+                f"{list(self.fov_deg)} crops objects: at fov {max(self.fov_deg)} and relative "
+                f"radius {min(self.relative_radius)} the object's bounding sphere spans "
+                f"{worst:.2f} of the half-image (at most {MAX_FRAME_FRACTION}); raise the low "
+                "relative_radius or lower the high fov_deg"
+            )
         return self
 
     def worker_settings(self) -> dict:
         """The subset the Blender worker needs (also stored as ``renderer`` in meta.json)."""
+        from models.cameras import OBJECT_RADIUS
+
         keys = ("res", "samples", "adaptive_threshold", "denoise", "max_bounces", "device")
-        keys += ("threads", "ambient")
-        keys += ("key_light", "missing_metallic_as", "depth", "normal")
-        return {key: getattr(self, key) for key in keys}
+        keys += ("threads", "ambient", "key_light", "missing_metallic_as", "keep_imported_lights")
+        keys += ("depth", "normal")
+        return {key: getattr(self, key) for key in keys} | {"object_radius": OBJECT_RADIUS}
+
+    def pixel_settings(self) -> dict:
+        """Every setting that changes the rendered data (a resume must not mix them): all of the
+        config except how the run is executed (workers, device, threads, timeouts, partitions,
+        selection of objects, progress). Includes the framing radius and RENDER_VERSION."""
+        execution = {"out", "count", "device", "threads", "workers", "timeout_s", "progress"}
+        execution |= {"crash_retries", "shard_size", "retry_failed", "part_index", "part_count"}
+        execution |= {"objaverse", "min_coverage"}
+        settings = {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+            if f.name not in execution
+        }
+        from models.cameras import OBJECT_RADIUS
+
+        return settings | {"object_radius": OBJECT_RADIUS, "render_version": RENDER_VERSION}
 
 
 def _from_dict(cls, data: dict, where: str):

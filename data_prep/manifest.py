@@ -10,14 +10,56 @@ checks them against the shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from data_prep.shards import SHARD_RE, list_shards, shard_ids
 
-VERSION = 1
+VERSION = 2
+
+
+def fingerprint(settings: dict) -> str:
+    """One hash of every pixel-changing setting (``RenderConfig.pixel_settings``)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(path: Path, old: dict, new: dict) -> str | None:
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            return (
+                f"{path} was written with {key}={old.get(key, '<unset>')!r}, this run has "
+                f"{key}={new.get(key, '<unset>')!r}: use another --out or the same settings to "
+                "resume (every setting that changes the pixels must match)"
+            )
+    return None
+
+
+def check_folder(folder: Path, part_count: int, settings: dict) -> None:
+    """Refuse to add to a folder whose partitions were rendered with another partition layout
+    or other pixel settings (each partition's manifest records both)."""
+    for path in sorted(folder.glob("manifest-[0-9][0-9][0-9].json")):
+        old = json.loads(path.read_text())
+        if old.get("part_count", part_count) != part_count:
+            raise ValueError(
+                f"{folder} is split into {old['part_count']} partitions ({path.name}), this run "
+                f"into {part_count}: a different layout would render objects twice; use the same "
+                "--part-count (SLURM array size, WORLD_SIZE) or another --out"
+            )
+        if "fingerprint" in old and old["fingerprint"] != fingerprint(settings):
+            raise ValueError(_differences(path, old.get("settings", {}), settings))
+
+
+def tar_views(path: Path) -> dict[str, int]:
+    """``{views per object: objects}`` of one shard, from its member names (nothing decoded)."""
+    with tarfile.open(path) as tar:
+        names = [m.name for m in tar if m.name.endswith(".png")]
+    per_key = Counter(name.rsplit("/", 1)[-1].split(".", 1)[0] for name in names)
+    return {str(k): v for k, v in sorted(Counter(per_key.values()).items())}
 
 
 def manifest_path(folder: str | Path, part: int) -> Path:
@@ -43,6 +85,7 @@ class Manifest:
             "part_index": part,
             "part_count": part_count,
             "settings": settings,
+            "fingerprint": fingerprint(settings),
             "listed": 0,
             "done": {},
             "failed": {},
@@ -51,12 +94,11 @@ class Manifest:
         }
         if self.path.exists():
             old = json.loads(self.path.read_text())
-            for key, value in settings.items():
+            if old.get("fingerprint", self.data["fingerprint"]) != self.data["fingerprint"]:
+                raise ValueError(_differences(self.path, old.get("settings", {}), settings))
+            for key, value in settings.items():  # manifests from before the fingerprint
                 if key in old.get("settings", {}) and old["settings"][key] != value:
-                    raise ValueError(
-                        f"{self.path} was written with {key}={old['settings'][key]!r}, this run "
-                        f"has {key}={value!r}: use another --out or the same settings to resume"
-                    )
+                    raise ValueError(_differences(self.path, old["settings"], settings))
             self.data.update({k: old[k] for k in ("done", "failed", "warnings", "shards")})
         self.reconcile()
 
@@ -89,15 +131,19 @@ class Manifest:
                 notes.append(f"shard {name} is gone: its {len(ids)} objects will render again")
         for name, path in on_disk.items():
             if name not in self.data["shards"]:
-                self.add_shard(name, shard_ids(path), save=False)
+                self.add_shard(name, shard_ids(path), tar_views(path), save=False)
                 notes.append(f"adopted complete shard {name} missing from the manifest")
         if notes:
             self.save()
         return notes
 
-    def add_shard(self, name: str, ids: list[str], save: bool = True) -> None:
+    def add_shard(
+        self, name: str, ids: list[str], views: dict[str, int] | None = None, save: bool = True
+    ) -> None:
+        """``views``: ``{views per object: objects}`` (lets summaries count without decoding)."""
         size = (self.folder / name).stat().st_size
-        self.data["shards"][name] = {"ids": ids, "bytes": size}
+        views = views if views is not None else tar_views(self.folder / name)
+        self.data["shards"][name] = {"ids": ids, "bytes": size, "views": views}
         for object_id in ids:
             self.done[object_id] = name
             self.failed.pop(object_id, None)
@@ -126,11 +172,72 @@ class Manifest:
         self._saved_at = time.monotonic()
 
 
-def merge(folder: str | Path, deep: bool = False) -> tuple[dict, list[str]]:
+def drop_from_shard(folder: Path, name: str, object_ids: set[str]) -> int:
+    """Rewrite shard ``name`` without the samples of ``object_ids`` (atomically: ``.tmp`` then
+    rename); deletes the shard when nothing is left. Returns its new size in bytes (0 if gone)."""
+    path = folder / name
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+        keys = {
+            m.name.split(".", 1)[0]
+            for m in members
+            if m.name.endswith(".meta.json") and json.load(tar.extractfile(m))["id"] in object_ids
+        }
+        kept = [m for m in members if m.name.split(".", 1)[0] not in keys]
+        if not any(m.name.endswith(".meta.json") for m in kept):
+            path.unlink()
+            return 0
+        tmp = path.with_name(path.name + ".tmp")
+        with tarfile.open(tmp, "w") as out:
+            for member in kept:
+                out.addfile(member, tar.extractfile(member))
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def drop_duplicates(folder: Path) -> list[str]:
+    """Objects done in more than one partition keep their first copy (lowest partition, then
+    shard); the others are removed from their shards and manifests. Returns what was dropped."""
+    from data_prep.runfiles import lock_partition
+
+    seen, notes = {}, []
+    for path in sorted(folder.glob("manifest-[0-9][0-9][0-9].json")):
+        data = json.loads(path.read_text())
+        extra = {}
+        for object_id, shard in sorted(data["done"].items(), key=lambda item: item[1]):
+            if object_id in seen:
+                extra.setdefault(shard, set()).add(object_id)
+            else:
+                seen[object_id] = shard
+        if not extra:
+            continue
+        with lock_partition(folder, data["part_index"]):
+            data = json.loads(path.read_text())
+            for shard, ids in sorted(extra.items()):
+                size = drop_from_shard(folder, shard, ids)
+                info = data["shards"].pop(shard)
+                if size:
+                    info["ids"] = [i for i in info["ids"] if i not in ids]
+                    info["bytes"], info["views"] = size, tar_views(folder / shard)
+                    data["shards"][shard] = info
+                for object_id in sorted(ids):
+                    data["done"].pop(object_id, None)
+                    notes.append(
+                        f"dropped duplicate {object_id} from {shard} (kept {seen[object_id]})"
+                    )
+            write_json_atomic(path, data)
+    return notes
+
+
+def merge(
+    folder: str | Path, deep: bool = False, drop_duplicate_objects: bool = False
+) -> tuple[dict, list[str]]:
     """Merge every ``manifest-PPP.json`` in ``folder`` into ``manifest.json``; returns the merged
     manifest and a list of problems (empty when the folder is consistent). ``deep`` also opens
-    each shard and compares its objects with the manifest."""
+    each shard and compares its objects with the manifest; ``drop_duplicate_objects`` first
+    removes second copies of objects done twice (see :func:`drop_duplicates`)."""
     folder = Path(folder)
+    dropped = drop_duplicates(folder) if drop_duplicate_objects else []
     merged = {
         "version": VERSION,
         "parts": [],
@@ -138,6 +245,7 @@ def merge(folder: str | Path, deep: bool = False) -> tuple[dict, list[str]]:
         "failed": {},
         "warnings": {},
         "shards": {},
+        "dropped": dropped,
     }
     problems = []
     parts = sorted(folder.glob("manifest-[0-9][0-9][0-9].json"))

@@ -1,21 +1,28 @@
 """Objaverse 1.0 through the ``objaverse`` package, made safe for long unattended runs.
 
-The package (0.1.7) owns the uid list, object paths, annotations, LVIS categories and the cache
-layout (``~/.objaverse/hf-objaverse-v1/...``); we read everything through it. Its downloader has
-no timeout or retry, one failure ends its whole pool, and it re-globs the entire cache after each
-file, so files are fetched here instead: into the package's own cache paths, with the package's
-``.tmp``-then-rename protocol (files already cached are never fetched again), in parallel, with
-a timeout and retries. Offline, :class:`ObjaverseOfflineError` is raised at once.
+The package (0.1.7) defines the cache layout (``~/.objaverse/hf-objaverse-v1/...``: object
+paths, metadata, LVIS annotations, glbs). Its downloader has no timeout or retry, one failure
+ends its whole pool, it re-globs the whole cache after each file and it re-parses
+``object-paths.json.gz`` on every call, so files are fetched and parsed here instead, into the
+package's own cache paths: each download goes to a temporary name unique per host, process and
+thread, is validated (GLB header and length, gzip CRC) and only then renamed; a cached file that
+fails validation is fetched again; every object has an overall deadline over its retries. The
+object paths, LVIS and metadata files are parsed once per run. Offline,
+:class:`ObjaverseOfflineError` is raised at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
+import os
+import socket
+import struct
+import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +43,42 @@ class ObjaverseOfflineError(ConnectionError):
     """No route to the Objaverse hub while files the run needs are not cached."""
 
 
+def valid_glb(path: Path) -> bool:
+    """A complete GLB: the magic, version 2 and a header length equal to the file size."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 12 or head[:4] != b"glTF":
+        return False
+    version, length = struct.unpack("<II", head[4:12])
+    return version == 2 and length == size
+
+
+def valid_file(path: Path) -> bool:
+    """Cheap completeness check by kind (GLB header; gzip read through to its CRC)."""
+    if path.suffix == ".glb":
+        return valid_glb(path)
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as handle:
+                while handle.read(1 << 20):
+                    pass
+            return True
+        except (OSError, EOFError, zlib.error):
+            return False
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _tmp_name(local: Path) -> Path:
+    """A temporary name unique per host, process and thread: machines sharing one cache folder
+    never write into each other's partial files."""
+    tag = f"{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
+    return local.with_name(f"{local.name}.{tag}.tmp")
+
+
 class ObjaverseSource(Source):
     name = "objaverse"
 
@@ -46,16 +89,9 @@ class ObjaverseSource(Source):
         )
         self.cache = root / "hf-objaverse-v1"
         self._online_checked = False
-
-    @contextlib.contextmanager
-    def _package_cache(self):
-        """Point the package at our cache folder (it has no parameter for it)."""
-        saved = objaverse._VERSIONED_PATH
-        objaverse._VERSIONED_PATH = str(self.cache)
-        try:
-            yield objaverse
-        finally:
-            objaverse._VERSIONED_PATH = saved
+        self._object_paths: dict[str, str] | None = None  # parsed once per run
+        self._metadata: dict[str, dict] = {}  # metadata folder -> its parsed annotations
+        self._lock = threading.Lock()
 
     # --- fetching -------------------------------------------------------------------------
     def _check_online(self) -> None:
@@ -73,55 +109,95 @@ class ObjaverseSource(Source):
         self._online_checked = True
 
     def _fetch(self, relative: str) -> Path:
-        """The cached file at ``relative`` (hub layout), downloaded with timeout and retries."""
+        """The cached file at ``relative`` (hub layout), downloaded with timeout and retries
+        within one overall deadline, validated before it takes its final name. A cached file
+        that fails validation (a copy cut short by another tool) is fetched again."""
         local = self.cache / relative
         if local.exists():
-            return local
+            if valid_file(local):
+                return local
+            local.unlink(missing_ok=True)
         self._check_online()
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(local.name + ".tmp")
+        tmp = _tmp_name(local)
         url = f"{self.options.base_url}/{relative}"
+        deadline = time.monotonic() + self.options.download_deadline_s
         error: Exception | None = None
-        for attempt in range(self.options.download_retries + 1):
-            if attempt:
-                time.sleep(min(0.5 * 2**attempt, 10.0))
-            try:
-                with urllib.request.urlopen(url, timeout=self.options.download_timeout_s) as reply:
-                    with open(tmp, "wb") as handle:
-                        while chunk := reply.read(1 << 20):
-                            handle.write(chunk)
-                tmp.rename(local)
-                return local
-            except urllib.error.HTTPError as http_error:
-                error = http_error
-                if http_error.code in (401, 403, 404):
-                    break  # retrying will not help
-            except (urllib.error.URLError, OSError, TimeoutError) as io_error:
-                error = io_error
-        tmp.unlink(missing_ok=True)
+        try:
+            for attempt in range(self.options.download_retries + 1):
+                if attempt:
+                    time.sleep(min(0.5 * 2**attempt, 10.0, max(0.0, deadline - time.monotonic())))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    error = TimeoutError(
+                        f"download deadline of {self.options.download_deadline_s:g} s"
+                    )
+                    break
+                try:
+                    timeout = min(self.options.download_timeout_s, left)
+                    with urllib.request.urlopen(url, timeout=timeout) as reply:
+                        with open(tmp, "wb") as handle:
+                            while chunk := reply.read(1 << 20):
+                                handle.write(chunk)
+                                if time.monotonic() > deadline:  # a server that only drips
+                                    raise TimeoutError("download deadline passed mid-file")
+                    if not valid_file(tmp):
+                        raise OSError(f"downloaded file is incomplete or corrupt ({relative})")
+                    os.replace(tmp, local)
+                    return local
+                except urllib.error.HTTPError as http_error:
+                    error = http_error
+                    if http_error.code in (401, 403, 404):
+                        break  # retrying will not help
+                except (urllib.error.URLError, OSError, TimeoutError) as io_error:
+                    error = io_error
+        finally:
+            tmp.unlink(missing_ok=True)
         raise ConnectionError(f"{url}: {error}")
 
+    def _json_gz(self, relative: str):
+        """Parse a cached ``.json.gz`` (fetched when missing; re-fetched once if unreadable)."""
+        for attempt in range(2):
+            path = self._fetch(relative)
+            try:
+                with gzip.open(path, "rt") as handle:
+                    return json.load(handle)
+            except (OSError, EOFError, ValueError, zlib.error):
+                if attempt:
+                    raise
+                path.unlink(missing_ok=True)
+
     # --- listing --------------------------------------------------------------------------
+    def object_paths(self) -> dict[str, str]:
+        """uid -> hub path of its GLB (``object-paths.json.gz``, parsed once per run)."""
+        with self._lock:
+            if self._object_paths is None:
+                self._object_paths = self._json_gz("object-paths.json.gz")
+            return self._object_paths
+
     def _uids(self) -> list[str]:
-        self._fetch("object-paths.json.gz")
-        with self._package_cache() as package:
-            return package.load_uids()
+        return list(self.object_paths())
 
     def _lvis(self) -> dict[str, list[str]]:
-        self._fetch("lvis-annotations.json.gz")
-        with self._package_cache() as package:
-            return package.load_lvis_annotations()
+        return self._json_gz("lvis-annotations.json.gz")
 
     def annotations(self, uids: list[str]) -> dict[str, dict]:
-        """Package annotations of ``uids`` (fetches the metadata files they live in)."""
-        with self._package_cache() as package:
-            paths = package._load_object_paths()
+        """Annotations of ``uids`` (each metadata file fetched and parsed once per run)."""
+        paths = self.object_paths()
         folders = sorted({paths[uid].split("/")[1] for uid in uids if uid in paths})
-        workers = max(1, min(self.options.download_workers, len(folders)))
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda f: self._fetch(f"metadata/{f}.json.gz"), folders))
-        with self._package_cache() as package:
-            return package.load_annotations(uids)
+        missing = [f for f in folders if f not in self._metadata]
+        if missing:
+            workers = max(1, min(self.options.download_workers, len(missing)))
+            with ThreadPoolExecutor(workers) as pool:
+                parsed = pool.map(lambda f: self._json_gz(f"metadata/{f}.json.gz"), missing)
+                self._metadata.update(zip(missing, parsed))
+        found = {}
+        for uid in uids:
+            if uid in paths:
+                info = self._metadata[paths[uid].split("/")[1]].get(uid)
+                if info is not None:
+                    found[uid] = info
+        return found
 
     def _explicit_uids(self) -> list[str]:
         uids = list(self.options.uids)
@@ -170,8 +246,7 @@ class ObjaverseSource(Source):
         ]
 
     def fetch(self, refs: list[ObjectRef]) -> dict[str, Path | Exception]:
-        with self._package_cache() as package:
-            paths = package._load_object_paths()
+        paths = self.object_paths()
 
         def one(ref: ObjectRef) -> Path | Exception:
             try:
@@ -182,18 +257,39 @@ class ObjaverseSource(Source):
         workers = max(1, min(self.options.download_workers, len(refs)))
         with ThreadPoolExecutor(workers) as pool:
             results = dict(zip([ref.id for ref in refs], pool.map(one, refs)))
-        unlicensed = [ref for ref in refs if ref.license == "unknown"]
-        if unlicensed:
-            try:  # licence and name for meta.json; a metadata hiccup must not stop renders
-                annotations = self.annotations([ref.id for ref in unlicensed])
-            except (ConnectionError, OSError):
-                annotations = {}
-            for ref in unlicensed:
-                info = annotations.get(ref.id, {})
+        try:  # licence and attribution for meta.json; a metadata hiccup must not stop renders
+            annotations = self.annotations([ref.id for ref in refs])
+        except (ConnectionError, OSError, ValueError):
+            annotations = {}
+        for ref in refs:
+            info = annotations.get(ref.id, {})
+            if ref.license == "unknown":
                 ref.license = info.get("license") or "unknown"
-                if info.get("name"):
-                    ref.extra["name"] = info["name"]
+            if info.get("name"):
+                ref.extra["name"] = info["name"]
+            ref.extra["attribution"] = attribution(ref.id, info, ref.license)
         return results
+
+    def release(self, object_ids: list[str]) -> None:
+        """With ``delete_after_shard``, delete the cached GLBs of objects now in a shard."""
+        if not self.options.delete_after_shard:
+            return
+        paths = self.object_paths()
+        for uid in object_ids:
+            if uid in paths:
+                (self.cache / paths[uid]).unlink(missing_ok=True)
+
+
+def attribution(uid: str, info: dict, license_: str) -> dict:
+    """Creator, URL and licence of an Objaverse object (Sketchfab's annotation fields)."""
+    user = info.get("user") or {}
+    return {
+        "name": info.get("name"),
+        "creator": user.get("displayName") or user.get("username"),
+        "creator_url": user.get("profileUrl"),
+        "url": info.get("viewerUrl") or f"https://sketchfab.com/3d-models/{uid}",
+        "license": license_,
+    }
 
 
 def write_fake_hub(folder: str | Path, objects: dict[str, tuple[bytes, str, str]]) -> None:
@@ -207,7 +303,13 @@ def write_fake_hub(folder: str | Path, objects: dict[str, tuple[bytes, str, str]
         paths[uid] = f"glbs/{group}/{uid}.glb"
         (folder / paths[uid]).parent.mkdir(parents=True, exist_ok=True)
         (folder / paths[uid]).write_bytes(data)
-        metadata.setdefault(group, {})[uid] = {"uid": uid, "name": uid, "license": license_}
+        metadata.setdefault(group, {})[uid] = {
+            "uid": uid,
+            "name": uid,
+            "license": license_,
+            "viewerUrl": f"https://sketchfab.com/3d-models/{uid}",
+            "user": {"username": f"creator-{uid[:3]}", "profileUrl": f"https://x.test/{uid[:3]}"},
+        }
         lvis.setdefault(category, []).append(uid)
     (folder / "metadata").mkdir(parents=True, exist_ok=True)
     for group, data in metadata.items():

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+POLL_S = 0.05  # how often a job source that had nothing ready is asked again
+_END = object()
 
 
 def _die_with_parent() -> None:
@@ -132,12 +134,15 @@ class WorkerPool:
     def _failure(self, job: dict, reason: str, detail: str) -> dict:
         return {"id": job["id"], "ok": False, "reason": reason, "detail": detail}
 
-    def run(self, jobs: Iterable[dict]) -> Iterator[tuple[dict, dict]]:
-        """Yield ``(job, result)`` pairs in completion order; ``jobs`` is consumed lazily."""
+    def run(self, jobs: Iterable[dict | None]) -> Iterator[tuple[dict, dict]]:
+        """Yield ``(job, result)`` pairs in completion order; ``jobs`` is consumed lazily and may
+        yield ``None`` for "no job ready yet" (downloads still running): the pool then goes on
+        collecting results and enforcing deadlines, and asks again shortly. It must not block."""
         source = iter(jobs)
         retry: deque[tuple[dict, int]] = deque()
         exhausted = False
         while True:
+            waiting = False  # a free worker asked for a job that is not ready yet
             for worker in self.workers:
                 if worker.job is not None:
                     continue
@@ -146,10 +151,13 @@ class WorkerPool:
                     worker.start()
                 if retry:
                     job, attempt = retry.popleft()
-                elif not exhausted:
-                    job = next(source, None)
-                    if job is None:
+                elif not exhausted and not waiting:
+                    job = next(source, _END)
+                    if job is _END:
                         exhausted = True
+                        continue
+                    if job is None:
+                        waiting = True
                         continue
                     attempt = 0
                 else:
@@ -160,9 +168,12 @@ class WorkerPool:
             if not busy:
                 if exhausted and not retry:
                     return
+                if waiting:
+                    time.sleep(POLL_S)
                 continue
             wait = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            readable, _, _ = select.select([w.fd for w in busy], [], [], min(wait, 1.0))
+            wait = min(wait, POLL_S if waiting else 1.0)
+            readable, _, _ = select.select([w.fd for w in busy], [], [], wait)
             for worker in busy:
                 if worker.fd in readable:
                     lines = worker.read_lines()

@@ -13,26 +13,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
 import os
+import queue
 import shutil
-import socket
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from data_prep.config import RenderConfig, add_config_arguments, config_from_args
-from data_prep.manifest import Manifest, manifest_path
+from data_prep.manifest import Manifest, check_folder, manifest_path
 from data_prep.partition import partition_from_env, take_partition
 from data_prep.pool import WorkerPool
+from data_prep.quality import empty_view_problem, quality
+from data_prep.runfiles import lock_partition, make_run_scratch
 from data_prep.shards import ShardWriter, build_sample
-from data_prep.sources import ObjectRef, choose, make_source
+from data_prep.sources import ObjectRef, Source, choose, make_source
 
 if TYPE_CHECKING:  # views imports torch: loaded lazily, while the Blender workers start up
     from data_prep.views import ViewPlan
@@ -56,11 +57,9 @@ class RunSummary:
 
 
 def resume_settings(config: RenderConfig) -> dict:
-    """Settings that must not change between a run and its resume (they change the data)."""
-    keep = ("source", "seed", "res", "num_quads", "num_refs", "elevation_deg", "fov_deg")
-    keep += ("relative_radius", "ref_elevation_deg", "azimuth_start_deg", "samples", "depth")
-    keep += ("normal",)
-    return {key: list(v) if isinstance(v := getattr(config, key), tuple) else v for key in keep}
+    """Settings that must not change between a run and its resume: every one that changes the
+    pixels (the manifest stores them and their fingerprint)."""
+    return config.pixel_settings()
 
 
 def visible_gpus() -> list[str]:
@@ -73,14 +72,18 @@ def visible_gpus() -> list[str]:
 
 
 def worker_envs(config: RenderConfig) -> list[dict[str, str]]:
-    """One environment per worker: a GPU each when GPUs exist, else a share of the CPU cores."""
+    """One environment per worker: its own GPU when GPUs exist, and a bounded share of the CPU
+    cores either way (Cycles, OIDN and numpy would otherwise each start one thread per core)."""
     gpus = visible_gpus() if config.device != "cpu" else []
+    if not config.threads:
+        config.threads = max(1, (os.cpu_count() or 1) // config.workers)
+    threads = str(config.threads)
     envs = []
     for index in range(config.workers):
-        env = {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {}
+        env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         envs.append(env)
-    if not gpus and not config.threads:
-        config.threads = max(1, (os.cpu_count() or 1) // config.workers)
     return envs
 
 
@@ -92,33 +95,6 @@ def done_in_other_partitions(out: Path, part: int) -> set[str]:
         if path != manifest_path(out, part):
             done |= set(json.loads(path.read_text())["done"])
     return done
-
-
-def _lock_partition(out: Path, part: int) -> IO[str]:
-    """An exclusive lock per partition (two processes writing one partition's shards and
-    manifest would corrupt each other); released when the returned file is closed."""
-    handle = open(out / f".lock-{part:03d}", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RuntimeError(
-            f"partition {part} of {out} is being rendered by another process; give each "
-            "concurrent run its own --part-index (or wait for the other run)"
-        ) from None
-    return handle
-
-
-def _stale_work_dirs(work_root: Path) -> None:
-    """Remove scratch folders of runs on this host whose process is gone."""
-    host = socket.gethostname()
-    for folder in work_root.glob(f"{host}-*"):
-        try:
-            os.kill(int(folder.name.rsplit("-", 1)[1]), 0)
-        except (ProcessLookupError, ValueError):
-            shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 def _read_views(out_dir: Path, count: int) -> tuple[list[bytes], dict]:
@@ -140,7 +116,9 @@ def _keep_log_tail(log: Path, object_id: str, result: dict, out_dir: Path, lines
         handle.writelines(line + "\n" for line in tail)
 
 
-def _meta(ref: ObjectRef, plan: ViewPlan, config: RenderConfig, result: dict) -> dict:
+def _meta(
+    ref: ObjectRef, plan: ViewPlan, config: RenderConfig, result: dict, figures: dict
+) -> dict:
     renderer = config.worker_settings() | {
         "engine": "cycles",
         "device": result.get("device"),
@@ -155,6 +133,8 @@ def _meta(ref: ObjectRef, plan: ViewPlan, config: RenderConfig, result: dict) ->
         "renderer": renderer,
         "normalisation": result.get("normalisation", {}),
         "warnings": result.get("warnings", []),
+        "quality": figures,
+        **({"attribution": ref.extra["attribution"]} if "attribution" in ref.extra else {}),
         **({"extra": ref.extra} if ref.extra else {}),
     }
 
@@ -165,17 +145,64 @@ def render(config: RenderConfig) -> RunSummary:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     part = partition_from_env(config.part_index, config.part_count)
-    with _lock_partition(out, part[0]):
+    with lock_partition(out, part[0]):
         return _render_partition(config, out, part)
+
+
+class _Feeder:
+    """Downloads (``source.fetch``) on a background thread, chunk by chunk, into a bounded
+    queue, so the render loop never waits on the network: it keeps collecting results and
+    enforcing timeouts while files arrive."""
+
+    def __init__(self, source: Source, refs: list[ObjectRef]):
+        self.queue: queue.Queue = queue.Queue(maxsize=2 * FETCH_CHUNK)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(source, refs), daemon=True)
+        self.thread.start()
+
+    def _run(self, source: Source, refs: list[ObjectRef]) -> None:
+        try:
+            for i in range(0, len(refs), FETCH_CHUNK):
+                chunk = refs[i : i + FETCH_CHUNK]
+                try:
+                    paths = source.fetch(chunk)
+                except Exception as error:  # the whole chunk failed (metadata, offline...)
+                    paths = {ref.id: error for ref in chunk}
+                for ref in chunk:
+                    while not self.stop.is_set():
+                        try:
+                            self.queue.put((ref, paths.get(ref.id)), timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if self.stop.is_set():
+                        return
+        finally:
+            if not self.stop.is_set():
+                self.queue.put(None)  # end marker (the render loop drains the queue)
+
+    def items(self):
+        """``(ref, path or error)`` as they arrive, ``None`` while nothing is ready."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                yield None
+                continue
+            if item is None:
+                return
+            yield item
 
 
 def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary(out=out, part=part)
+    settings_now = resume_settings(config)
+    check_folder(out, part[1], settings_now)  # same layout and pixels as the other partitions
     source = make_source(config)
     refs = take_partition(choose(source.list(), config.count, config.seed), *part)
     summary.listed = len(refs)
-    manifest = Manifest(out, part[0], part[1], resume_settings(config))
+    manifest = Manifest(out, part[0], part[1], settings_now)
     done = set(manifest.done) | done_in_other_partitions(out, part[0])
     todo = [
         ref
@@ -188,14 +215,11 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
         summary.seconds = time.perf_counter() - started
         return summary
 
-    work_root = out / ".work"
-    _stale_work_dirs(work_root)
-    work = work_root / f"{socket.gethostname()}-{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
+    work = make_run_scratch()
     envs = worker_envs(config)
-    settings = config.worker_settings()
     by_id = {ref.id: ref for ref in todo}
     plans: dict[str, ViewPlan] = {}
+    views_of: dict[str, int] = {}
     bar = tqdm(total=len(todo), unit="obj", disable=not config.progress, dynamic_ncols=True)
 
     def fail(object_id: str, reason: str, detail: str) -> None:
@@ -205,48 +229,58 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
         bar.update(1)
         bar.set_postfix(failed=len(summary.failed))
 
+    feeder = _Feeder(source, todo)
+
     def jobs():
         from data_prep.views import plan_views
 
-        chunks = [todo[i : i + FETCH_CHUNK] for i in range(0, len(todo), FETCH_CHUNK)]
-        with ThreadPoolExecutor(1) as prefetch:  # download chunk k+1 while chunk k renders
-            pending = prefetch.submit(source.fetch, chunks[0])
-            for k in range(len(chunks)):
-                paths = pending.result()
-                if k + 1 < len(chunks):
-                    pending = prefetch.submit(source.fetch, chunks[k + 1])
-                for ref in chunks[k]:
-                    path = paths.get(ref.id)
-                    if not isinstance(path, Path):
-                        fail(ref.id, "download_failed", str(path))
-                        continue
-                    plans[ref.id] = plan = plan_views(ref.id, config)
-                    yield {
-                        "id": ref.id,
-                        "path": str(path),
-                        "out_dir": str(work / ref.key),
-                        "views": plan.worker_views(),
-                        "settings": settings,
-                    }
+        settings = config.worker_settings()
+        for index, item in enumerate(feeder.items()):
+            if item is None:
+                yield None  # nothing downloaded yet: the pool keeps collecting results
+                continue
+            ref, path = item
+            if not isinstance(path, Path):
+                fail(ref.id, "download_failed", str(path))
+                continue
+            plans[ref.id] = plan = plan_views(ref.id, config)
+            yield {
+                "id": ref.id,
+                "path": str(path),
+                "out_dir": str(work / f"{index:07d}"),  # scratch per object, never shared
+                "views": plan.worker_views(),
+                "settings": settings,
+            }
 
     writer = ShardWriter(out, part[0], config.shard_size, manifest.next_shard_index())
 
     def finish_shard(done) -> None:
         if done:
-            manifest.add_shard(*done)
-            summary.shards.append(done[0])
+            name, ids = done
+            counts: dict[str, int] = {}
+            for object_id in ids:
+                key = str(views_of.pop(object_id))
+                counts[key] = counts.get(key, 0) + 1
+            manifest.add_shard(name, ids, counts)
+            summary.shards.append(name)
+            source.release(ids)
 
     try:
         with WorkerPool(envs, out / "logs", config.timeout_s, config.crash_retries) as pool:
             summary.worker_pids = pool.pids
             for job, result in pool.run(jobs()):
                 ref, out_dir = by_id[job["id"]], Path(job["out_dir"])
+                plan = plans.pop(ref.id, None)
+                problem = None
                 if result.get("ok"):
-                    plan = plans.pop(ref.id)
                     pngs, extra = _read_views(out_dir, len(plan.fov_deg))
-                    meta = _meta(ref, plan, config, result)
+                    figures = quality(pngs)
+                    problem = empty_view_problem(figures, config.min_coverage)
+                if result.get("ok") and problem is None:
+                    meta = _meta(ref, plan, config, result, figures)
                     sample = build_sample(ref.key, pngs, plan.c2w, meta, extra)
                     manifest.add_warnings(ref.id, result.get("warnings", []))
+                    views_of[ref.id] = len(pngs)
                     finish_shard(writer.add(sample, ref.id))
                     summary.rendered += 1
                     summary.views += len(pngs)
@@ -254,12 +288,14 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
                         summary.timing[stage] = summary.timing.get(stage, 0.0) + seconds
                     bar.update(1)
                 else:
-                    plans.pop(ref.id, None)
+                    if problem is not None:
+                        result = {"reason": "empty_view", "detail": problem}
                     fail(ref.id, result.get("reason", "unknown"), result.get("detail", ""))
                     _keep_log_tail(out / "logs" / "failures.log", ref.id, result, out_dir)
                 shutil.rmtree(out_dir, ignore_errors=True)
                 summary.worker_pids = pool.pids
     finally:
+        feeder.stop.set()
         finish_shard(writer.close())  # objects in the open shard are complete: keep them
         manifest.save()
         bar.close()

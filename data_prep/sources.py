@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 import random
 import re
 from dataclasses import dataclass, field
@@ -18,9 +19,18 @@ from data_prep.config import RenderConfig
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".fbx", ".ply", ".stl")
 
 
+SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def sample_key(object_id: str) -> str:
-    """WebDataset ``__key__``: the id without dots (a dot would split the sample) or slashes."""
-    return re.sub(r"[./\\\s]", "_", object_id)
+    """WebDataset ``__key__``, unique per id: a plain id (letters, digits, ``_``, ``-``) is its own
+    key; any other id (dots would split the sample, slashes make folders, spaces...) becomes its
+    sanitised form plus ``~`` and a hash of the exact id, so ``a b``, ``a.b`` and ``a_b`` never
+    share a key (``~`` never occurs in a plain id)."""
+    if SAFE_KEY.match(object_id):
+        return object_id
+    digest = hashlib.sha256(object_id.encode()).hexdigest()[:10]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", object_id)[:80] + "~" + digest
 
 
 @dataclass
@@ -48,6 +58,10 @@ class Source(abc.ABC):
     def fetch(self, refs: list[ObjectRef]) -> dict[str, Path | Exception]:
         """Local file per object id, or the exception that stopped its fetch."""
         return {ref.id: ref.path for ref in refs}
+
+    def release(self, object_ids: list[str]) -> None:
+        """Called once the objects are safely in a shard (downloads may be deleted then)."""
+        del object_ids  # local files are the user's: nothing to clean up
 
 
 class SampleSource(Source):

@@ -19,7 +19,8 @@ from data_prep.config import (
     load_config,
 )
 from data_prep.manifest import Manifest
-from data_prep.render import _lock_partition, render, worker_envs
+from data_prep.render import render, worker_envs
+from data_prep.runfiles import lock_partition
 from data_prep.summary import contact_sheet, main, summarise
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -84,20 +85,26 @@ def test_summary_and_contact_sheet(rendered_shards, tmp_path, capsys):
     assert main(["merge", str(rendered_shards), "--deep"]) == 0
 
 
-def test_one_gpu_per_worker_else_a_share_of_the_cores(monkeypatch):
+def test_one_gpu_per_worker_and_bounded_cpu_threads(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     config = load_config(workers=3)
-    assert [env["CUDA_VISIBLE_DEVICES"] for env in worker_envs(config)] == ["2", "5", "2"]
+    envs = worker_envs(config)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == ["2", "5", "2"]
+    # GPU workers get a bounded share of the cores too (Cycles/OIDN/OpenMP threads)
+    assert config.threads == 5 and {env["OMP_NUM_THREADS"] for env in envs} == {"5"}
+    assert config.worker_settings()["threads"] == 5
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     config = load_config(workers=2, device="cpu")
-    assert worker_envs(config) == [{}, {}]
-    assert config.threads == max(1, (os.cpu_count() or 1) // 2)
+    envs = worker_envs(config)
+    assert all("CUDA_VISIBLE_DEVICES" not in env for env in envs)
+    assert config.threads == 8 and envs[0]["OMP_NUM_THREADS"] == "8"
 
 
 def test_a_partition_cannot_be_rendered_by_two_processes_at_once(tmp_path):
-    with _lock_partition(tmp_path, 0):
+    with lock_partition(tmp_path, 0):
         with pytest.raises(RuntimeError, match="another process"):
             render(load_config(source="samples", out=str(tmp_path), count=0, progress=False))
-        with _lock_partition(tmp_path, 1):  # other partitions are free
+        with lock_partition(tmp_path, 1):  # other partitions are free
             pass
     render(load_config(source="samples", out=str(tmp_path), count=0, progress=False))

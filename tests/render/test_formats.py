@@ -54,7 +54,8 @@ def test_every_format_renders_from_a_folder(tmp_path):
     summary = render(config)
     assert summary.rendered == 7 and not summary.failed
     samples = {s["meta.json"]["id"]: s for s in iter_samples(tmp_path / "out")}
-    assert sorted(samples) == ids and samples["nested/car"]["__key__"] == "nested_car"
+    assert sorted(samples) == ids and samples["car"]["__key__"] == "car"
+    assert samples["nested/car"]["__key__"].startswith("nested_car~")  # unique, no slash
     green = samples["green"]["000.png"]
     mean = green[..., :3][green[..., 3] == 255].astype(float).mean(0)
     assert mean[1] > mean[0] + 60 and mean[1] > mean[2] + 60, mean  # vertex colours shown
