@@ -4,19 +4,27 @@ Each rank and loader worker draws shards with replacement (``resampled``) from a
 (data seed, epoch, rank, worker), then ``split_by_node``/``split_by_worker`` as webdataset expects.
 ``with_epoch`` on the loader gives every rank the same number of steps, so uneven shards never hang
 DDP. Corrupt samples (bad tar member, undecodable PNG, bad metadata) are skipped and counted; the
-count rides along in each batch (``batch["skipped"]``) so the module can log it across workers.
+count rides along in each batch (``batch["skipped"]``) so the module can log it across workers; a
+run of ``data.max_consecutive_skips`` failures in a row stops the run (bad shards, not bad luck).
 The loader is resumable: Lightning saves its ``state_dict`` (epoch, batches consumed) and, with
 ``exact_resume``, the restarted stream replays to the same position.
+
+Workers only read and decode: uint8 RGBA views and the camera/meta arrays cross the worker
+boundary, and the images are made on the training device (training.batch_transforms). Workers are
+persistent; each new epoch's stream reads its (epoch, position) from memory shared with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import multiprocessing
 import os
 import random
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -24,45 +32,72 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 from webdataset.utils import make_seed, pytorch_worker_info
 
+from training.batch_transforms import image_batch
 from training.config import DataConfig
 from training.samples import CorruptSample, cached_sample, collate, image_sample
+from training.shard_check import DataError, check_shards
 
 
 def expand_shard_urls(sources: list[str]) -> list[str]:
-    """Local folders (all ``*.tar`` inside), globs, brace patterns, ``pipe:`` and http(s) URLs."""
+    """Local folders (all ``*.tar`` inside), globs, brace patterns, ``pipe:`` and http(s) URLs.
+    A source that names nothing (a missing path, an empty folder, a glob matching no file) is a
+    FileNotFoundError naming it."""
+    if not sources:
+        raise FileNotFoundError("no shards given (data.train / DATA is empty)")
     urls: list[str] = []
     for source in sources:
         if source.startswith(("pipe:", "http://", "https://", "gs://")):
-            urls.extend(wds.shardlists.expand_urls(source))
+            found = wds.shardlists.expand_urls(source)
         elif os.path.isdir(source):
             found = sorted(glob.glob(os.path.join(source, "**", "*.tar"), recursive=True))
-            urls.extend(found)
+            if not found:
+                raise FileNotFoundError(f"no shards found in {source}: the folder has no *.tar")
         elif any(c in source for c in "*?["):
-            urls.extend(sorted(glob.glob(source)))
+            found = sorted(glob.glob(source))
+            if not found:
+                raise FileNotFoundError(f"no shards found in {source}: the pattern matches nothing")
         else:
-            urls.extend(wds.shardlists.expand_urls(source))
-    if not urls:
-        raise FileNotFoundError(f"no shards found in {sources}")
-    missing = [
-        u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).exists()
-    ]
-    if missing:
-        raise FileNotFoundError(f"shard(s) not found: {missing[:3]}")
+            found = wds.shardlists.expand_urls(source)
+            missing = [u for u in found if not Path(u).exists()]
+            if missing:
+                what = "does not exist" if len(found) == 1 else f"names missing files {missing[:3]}"
+                raise FileNotFoundError(f"shards {source}: {what}")
+        urls.extend(found)
     return urls
 
 
-class SkipCounter:
-    """Counts skipped samples in one worker; each emitted sample carries the count since the last."""
+def _describe(error: Exception) -> str:
+    """webdataset appends the stream and the shard URL to a tar error's args: name the shard."""
+    args = [a for a in error.args if isinstance(a, str)]
+    reason = args[0] if args else type(error).__name__
+    url = args[-1] if len(args) > 1 else "?"
+    return f"shard {url}: {type(error).__name__}: {reason}"
 
-    def __init__(self) -> None:
+
+class SkipCounter:
+    """Counts skipped samples in one worker; each emitted sample carries the count since the last.
+    ``limit`` failures in a row (no good sample between them) raise DataError."""
+
+    def __init__(self, limit: int) -> None:
         self.pending = 0
+        self.in_a_row = 0
+        self.limit = limit
+
+    def failed(self, reason: str) -> None:
+        self.pending += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise DataError(
+                f"{self.in_a_row} samples in a row failed (data.max_consecutive_skips="
+                f"{self.limit}): the shards are bad, not a few samples; the last: {reason}"
+            )
 
     def handler(self, error: Exception) -> bool:  # webdataset handler: True = continue
-        self.pending += 1
+        self.failed(_describe(error))
         return True
 
     def take(self) -> int:
-        count, self.pending = self.pending, 0
+        count, self.pending, self.in_a_row = self.pending, 0, 0
         return count
 
 
@@ -74,9 +109,26 @@ class ShardStream(IterableDataset):
         self.urls = urls
         self.config = config
         self.ref_in_targets = ref_in_targets
-        self.epoch = 0
-        self.skip_batches = 0  # batches of this epoch already consumed before a restart
+        # (epoch, batches of it consumed before a restart), written by the loader in the main
+        # process and read by persistent workers each time they start a new epoch's stream.
+        self._position = multiprocessing.RawArray("q", 2)
         self.exact_skip = False
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._position[0] = value
+
+    @property
+    def skip_batches(self) -> int:
+        return int(self._position[1])
+
+    @skip_batches.setter
+    def skip_batches(self, value: int) -> None:
+        self._position[1] = value
 
     def _decode(self, samples: Iterator[dict], counter: SkipCounter, seed: int) -> Iterator[dict]:
         cfg = self.config
@@ -86,20 +138,19 @@ class ShardStream(IterableDataset):
                 if cfg.cached:
                     out = cached_sample(sample, rng, self.ref_in_targets)
                 else:
-                    out = image_sample(
-                        sample, rng, cfg.resolution, cfg.background, self.ref_in_targets
-                    )
-            except CorruptSample:
-                counter.pending += 1
+                    out = image_sample(sample, rng, cfg.background, self.ref_in_targets)
+            except CorruptSample as error:
+                counter.failed(str(error))
                 continue
             out["skipped"] = counter.take()
             yield out
 
     def __iter__(self) -> Iterator[dict]:
         rank, world, worker, workers = pytorch_worker_info()
-        restart = 0 if self.exact_skip else self.skip_batches  # a fresh stream after a restart
-        seed = make_seed(self.config.seed, self.epoch, rank, worker, restart)
-        counter = SkipCounter()
+        epoch, skip_batches = self.epoch, self.skip_batches
+        restart = 0 if self.exact_skip else skip_batches  # a fresh stream after a restart
+        seed = make_seed(self.config.seed, epoch, rank, worker, restart)
+        counter = SkipCounter(self.config.max_consecutive_skips)
         pipeline = wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=seed, deterministic=True),
             wds.split_by_node,
@@ -114,24 +165,35 @@ class ShardStream(IterableDataset):
             wds.batched(self.config.batch_size, collation_fn=collate, partial=False),
         )
         batches = iter(pipeline)
-        if self.exact_skip and self.skip_batches:
+        if self.exact_skip and skip_batches:
             # DataLoader takes batches round-robin from workers: worker w made batches w, w+W, ...
-            for _ in range(len(range(worker, self.skip_batches, max(workers, 1)))):
+            for _ in range(len(range(worker, skip_batches, max(workers, 1)))):
                 next(batches)
         yield from batches
 
 
 class ResumableLoader(wds.WebLoader):
-    """WebLoader that knows its epoch and, through Lightning, how far into it training got."""
+    """WebLoader that knows its epoch and, through Lightning, how far into it training got.
+    ``same_batches``: every iteration is the start of epoch 0 (the held-out batches)."""
 
-    def __init__(self, stream: ShardStream, steps: int, progress: Callable[[], int], **kw) -> None:
+    def __init__(
+        self,
+        stream: ShardStream,
+        steps: int,
+        progress: Callable[[], int],
+        same_batches: bool = False,
+        **kw,
+    ) -> None:
         super().__init__(stream, batch_size=None, **kw)
         self.stream, self.steps, self.progress = stream, steps, progress
+        self.same_batches = same_batches
         self.with_epoch(steps)
         self._epoch = -1
         self._resume: dict | None = None
 
     def __iter__(self):
+        if self.same_batches:
+            self._epoch, self._resume = -1, None
         if self._resume is not None:  # first epoch after a restart: continue mid-epoch
             self._epoch, done = self._resume["epoch"], self._resume["batches"]
             self._resume = None
@@ -151,29 +213,70 @@ class ResumableLoader(wds.WebLoader):
 
 
 class ShardDataModule(pl.LightningDataModule):
+    """``ref_image``: make the reference on its background for the VAE (stage 2's reference
+    frame); stage 1 never uses that latent, so it neither makes nor encodes the image."""
+
     def __init__(
-        self, config: DataConfig, ref_in_targets: bool = False, exact_resume: bool = False
+        self,
+        config: DataConfig,
+        ref_in_targets: bool = False,
+        exact_resume: bool = False,
+        ref_image: bool = True,
     ):
         super().__init__()
         self.config = config
         self.ref_in_targets = ref_in_targets
         self.exact_resume = exact_resume
+        self.ref_image = ref_image
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Loader workers only decode: the images are made here, batched on the training device.
+        if isinstance(batch, dict):
+            return image_batch(batch, self.config.resolution, self.ref_image)
+        return batch
+
+    def check(self) -> list[dict]:
+        """Fail fast (before any model is built) on missing paths, empty folders, shards that are
+        no tar or whose samples miss the schema's members (training.shard_check). Returns the
+        first good sample of each checked training shard."""
+        first = []
+        for key, sources in (("data.train", self.config.train), ("data.val", self.config.val)):
+            if not sources and key == "data.val":
+                continue
+            try:
+                urls = expand_shard_urls(sources)
+                found = check_shards(urls, self.config.cached, self.config.max_consecutive_skips)
+            except (FileNotFoundError, DataError) as error:
+                raise DataError(f"{key}: {error}") from error
+            first = first or found
+        return first
 
     def _progress(self) -> int:
         # Batches of the current epoch that the trainer has fully processed (prefetch excluded).
         return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def make_loader(
-        self, urls: list[str], progress: Callable[[], int] | None = None
+        self,
+        urls: list[str],
+        progress: Callable[[], int] | None = None,
+        steps: int | None = None,
+        config: DataConfig | None = None,
+        same_batches: bool = False,
     ) -> ResumableLoader:
-        stream = ShardStream(expand_shard_urls(urls), self.config, self.ref_in_targets)
+        config = config or self.config
+        stream = ShardStream(expand_shard_urls(urls), config, self.ref_in_targets)
         stream.exact_skip = self.exact_resume
-        workers = self.config.num_workers
-        extra = {"prefetch_factor": self.config.prefetch_factor} if workers > 0 else {}
+        workers = config.num_workers
+        extra = (
+            {"prefetch_factor": config.prefetch_factor, "persistent_workers": True}
+            if workers > 0
+            else {}
+        )
         return ResumableLoader(
             stream,
-            self.config.steps_per_epoch,
+            steps or config.steps_per_epoch,
             progress or self._progress,
+            same_batches=same_batches,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             **extra,
@@ -182,13 +285,31 @@ class ShardDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         return self.make_loader(self.config.train)
 
-    def fixed_batch(self, count: int) -> dict:
-        """A fixed batch of ``count`` objects (validation URLs, else training ones) for sample grids."""
-        import dataclasses
+    def val_dataloader(self) -> ResumableLoader | list:
+        """``data.val_batches`` held-out batches per rank, the same ones at every validation (a
+        fixed seed and position); none without ``data.val``."""
+        if not self.config.val:
+            return []
+        config = dataclasses.replace(self.config, num_workers=min(self.config.num_workers, 1))
+        return self.make_loader(
+            self.config.val,
+            progress=lambda: 0,
+            steps=self.config.val_batches,
+            config=config,
+            same_batches=True,
+        )
 
+    def fixed_batch(self, count: int) -> dict:
+        """A fixed batch of ``count`` objects (validation URLs, else training ones) for sample
+        grids, in the training layout (images made on the CPU, white background)."""
         config = dataclasses.replace(
-            self.config, batch_size=count, num_workers=0, shuffle_buffer=1, background="white"
+            self.config,
+            batch_size=count,
+            num_workers=0,
+            shuffle_buffer=1,
+            background="white",
+            cached=False,
         )
         stream = ShardStream(expand_shard_urls(self.config.val or self.config.train), config, False)
         stream.exact_skip = True
-        return next(iter(stream))
+        return image_batch(next(iter(stream)), self.config.resolution, ref_image=True)

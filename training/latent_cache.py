@@ -6,11 +6,18 @@ true``, ``data.train: <cache folder>``) is much faster. Each cached sample keeps
 mean, scaled) and ``clip.npy`` (float16 ``[V,D]``, each view on white). The background is fixed at
 cache time (``--background``; ``random`` draws one colour per object, seeded by its key).
 Under torchrun each rank caches every WORLD_SIZE-th shard.
+
+Every cached ``meta.json`` records what made it (``latent_cache``: the SHA-256 of the VAE's and
+the image encoder's weights, the resolution, the VAE scaling factor, the model preset's hash and
+the ``--init``), and training refuses a cache that another VAE, encoder or resolution made
+(``check_cache_matches``), naming both. The images are made by the training data path itself
+(training.samples decodes, training.batch_transforms composites and resizes).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -21,18 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
+from torch import nn
 from tqdm import tqdm
 
+from models.bundle import MultiViewDiffusion
+from training.batch_transforms import BACKGROUNDS, WHITE, composite, premultiplied
 from training.checkpoints import resolve_init
 from training.datamodule import expand_shard_urls
-from training.samples import (
-    BACKGROUNDS,
-    CorruptSample,
-    background_colour,
-    composite,
-    decode_rgba,
-    read_meta,
-)
+from training.samples import CorruptSample, background_colour, decode_views, read_meta
+from training.shard_check import DataError
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -41,20 +45,78 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def weights_sha256(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, shapes, fp32 values): the same weights give the
+    same hash whatever device or dtype they were loaded to."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(value.shape)};".encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def provenance(model: MultiViewDiffusion, init: str, resolution: int) -> dict:
+    """What a cache depends on, recorded in every cached meta.json (``latent_cache``)."""
+    preset = json.dumps(model.preset, sort_keys=True).encode()
+    return {
+        "vae_sha256": weights_sha256(model.vae),
+        "image_encoder_sha256": weights_sha256(model.image_encoder),
+        "resolution": resolution,
+        "scaling_factor": float(model.vae.scaling_factor),
+        "preset_sha256": hashlib.sha256(preset).hexdigest(),
+        "init": init,
+    }
+
+
+def check_cache_matches(first_samples: list[dict], model: MultiViewDiffusion, resolution: int):
+    """Refuse a latent cache that this run's model did not make: another VAE (weights or scaling
+    factor), another image encoder, or another resolution. ``first_samples``: the first good
+    sample of each checked cache shard (ShardDataModule.check)."""
+    ours: dict | None = None
+    for sample in first_samples:
+        stored = json.loads(sample["meta.json"]).get("latent_cache", {})
+        where = sample.get("key")
+        if "vae_sha256" not in stored:
+            raise DataError(
+                f"latent cache sample {where}: records no VAE (made before caches recorded their "
+                "provenance): rebuild it with make cache-latents"
+            )
+        ours = ours or provenance(model, "this run", resolution)
+        for key, what in (
+            ("vae_sha256", "VAE"),
+            ("scaling_factor", "VAE scaling factor"),
+            ("image_encoder_sha256", "image encoder"),
+            ("resolution", "resolution"),
+        ):
+            if stored.get(key) != ours[key]:
+                made, here = stored.get(key), ours[key]
+                if key.endswith("sha256"):
+                    made, here = f"weights sha256 {made[:12]}", f"weights sha256 {here[:12]}"
+                raise DataError(
+                    f"latent cache sample {where} was made by another {what}: {made} (cache "
+                    f"--init {stored.get('init')!r}, preset {str(stored.get('preset_sha256'))[:12]})"
+                    f"; this run's model.init has {here} (preset {ours['preset_sha256'][:12]}"
+                    f"{', data.resolution' if key == 'resolution' else ''}). Rebuild the cache "
+                    "with this run's model.init (make cache-latents INIT=...)"
+                )
+
+
 @torch.no_grad()
 def encode_sample(
-    model, sample: dict, resolution: int, background: str, device: torch.device
+    model, sample: dict, resolution: int, background: str, device: torch.device, record: dict
 ) -> dict:
     meta = read_meta(sample)
     views = len(meta["_cameras"])
-    rgba = torch.stack([decode_rgba(sample, i, resolution) for i in range(views)])
+    rgba = decode_views(sample, list(range(views))).to(device)
     colour = background_colour(background, random.Random(zlib.crc32(sample["__key__"].encode())))
     dtype = next(model.vae.parameters()).dtype
-    images = (composite(rgba, colour) * 2 - 1).to(device, dtype)
+    premult = premultiplied(rgba, resolution)  # on the device, as in training
+    images = (composite(premult, colour) * 2 - 1).to(dtype)
     latents = model.vae.encode(images, sample=False).float().cpu()
-    clip = model.image_encoder.encode(composite(rgba, BACKGROUNDS["white"]).to(device, dtype))
+    clip = model.image_encoder.encode(composite(premult, WHITE).to(dtype))
     stored = json.loads(sample["meta.json"])
-    stored["latent_cache"] = {"resolution": resolution, "background": background, "vae": "mean"}
+    stored["latent_cache"] = {**record, "background": background, "vae": "mean"}
     return {
         "__key__": sample["__key__"],
         "cameras.npy": sample["cameras.npy"],
@@ -80,6 +142,7 @@ def cache_latents(
     )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = resolve_init(init, seed=0)
+    record = provenance(model, init, resolution)  # before the cast: the fp32 weights' hash
     model.vae.to(device, dtype)
     model.image_encoder.to(device, dtype)
     urls = expand_shard_urls(sources)[rank::world]
@@ -96,11 +159,12 @@ def cache_latents(
     with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as writer:
         for sample in tqdm(stream, desc=f"caching (rank {rank})", disable=rank != 0):
             try:
-                writer.write(encode_sample(model, sample, resolution, background, device))
+                writer.write(encode_sample(model, sample, resolution, background, device, record))
                 counts["written"] += 1
             except CorruptSample:
                 counts["skipped"] += 1
-    (out / f"cache-{rank:03d}.json").write_text(json.dumps({**counts, "sources": urls}, indent=2))
+    summary = {**counts, "sources": urls, "latent_cache": record}
+    (out / f"cache-{rank:03d}.json").write_text(json.dumps(summary, indent=2))
     return counts
 
 

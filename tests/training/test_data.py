@@ -18,6 +18,7 @@ import torch
 from train_helpers import tiny_config
 
 from models.cameras import camera_embedding
+from training.batch_transforms import image_batch
 from training.datamodule import ShardDataModule, expand_shard_urls
 
 
@@ -27,9 +28,11 @@ def _loader(config, urls=None):
 
 
 def _first(loader, count):
+    """The first ``count`` batches as the module sees them (images made as on the device)."""
     out = []
     for batch in loader:
-        out.append(batch)
+        assert batch["rgba"].dtype == torch.uint8  # workers hand over decoded bytes only
+        out.append(image_batch(batch, loader.stream.config.resolution))
         if len(out) == count:
             break
     return out
