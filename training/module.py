@@ -146,16 +146,23 @@ class FineTuneModule(pl.LightningModule):
         else:
             views = batch["views"]
             b, v = views.shape[:2]
-            images = torch.cat([views.flatten(0, 1), batch["ref_image"]])
+            images = views.flatten(0, 1)
+            if self.config.stage == 2:  # stage 1 never uses the reference latent
+                images = torch.cat([images, batch["ref_image"]])
             encoded = self.frozen.vae.encode(images, generator=generator).float()
             latents, ref_latent = encoded[: b * v].unflatten(0, (b, v)), encoded[b * v :]
             cond = self.frozen.image_encoder.encode(batch["ref_clip"])
         return latents.float(), cond.float(), ref_latent.float()
 
     def loss_for(
-        self, batch: dict, step: int, sample_mask: torch.Tensor | None = None
+        self,
+        batch: dict,
+        step: int,
+        sample_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        multiview: bool | None = None,
     ) -> tuple[torch.Tensor, bool]:
-        generator = self.step_generator()
+        generator = self.step_generator() if generator is None else generator
         latents, cond, ref_latent = self.encode_batch(batch, generator)
         cameras = batch["cameras"].float()
         b, v = latents.shape[:2]
@@ -163,7 +170,7 @@ class FineTuneModule(pl.LightningModule):
             torch.rand(b, generator=generator, device=self.device) < self.config.train.cfg_dropout
         )
         cond = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
-        multiview = self.multiview_step(step)
+        multiview = self.multiview_step(step) if multiview is None else multiview
         if not multiview:  # single-view branch: every view becomes its own object
             ref_latent = ref_latent.repeat_interleave(v, 0)
             cond, b, v = cond.repeat_interleave(v, 0), b * v, 1
@@ -217,6 +224,15 @@ class FineTuneModule(pl.LightningModule):
         self.log(f"loss/{branch}", loss, prog_bar=True, batch_size=batch["cameras"].shape[0])
         self.log("loss/all", loss, batch_size=batch["cameras"].shape[0])
         self.log("global_step", float(self.global_step), batch_size=1)  # drives keep-last-N
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Held-out loss (data.val), the 4-view branch with the same draws at every validation:
+        # its curve moves with the weights only.
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(make_seed(self.config.train.seed, batch_idx, self.global_rank, 9))
+        loss, _ = self.loss_for(batch, self.global_step, generator=generator, multiview=True)
+        self.log("loss/val", loss, sync_dist=True, batch_size=batch["cameras"].shape[0])
         return loss
 
     # --- weight EMA ---------------------------------------------------------------------------
