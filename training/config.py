@@ -42,6 +42,8 @@ class DataConfig:
     background: str = "random"
     exact_resume: bool = False
     seed: int = 0
+    max_consecutive_skips: int = 50
+    val_batches: int = 2
 
 
 @dataclass
@@ -106,6 +108,7 @@ class LogConfig:
     guidance_scale: float = 5.0
     peak_tflops: float = 0.0
     progress_bar: bool = True
+    val_every_n_steps: int = 0
 
 
 @dataclass
@@ -142,6 +145,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "ema.decay": (0.0, 1.0),
     "data.resolution": (8, 4096),
     "data.batch_size": (1, 1 << 20),
+    "data.max_consecutive_skips": (1, 1 << 30),
+    "data.val_batches": (1, 1 << 20),
+    "log.val_every_n_steps": (0, 1 << 30),
 }
 
 
