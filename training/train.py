@@ -24,6 +24,7 @@ from training.checkpoints import (
 )
 from training.config import RunConfig, load_config, save_config
 from training.datamodule import ShardDataModule
+from training.latent_cache import check_cache_matches
 from training.module import FineTuneModule
 from training.strategy import build_launch
 
@@ -93,20 +94,37 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
         enable_progress_bar=config.log.progress_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,  # webdataset splits by node itself
-        limit_val_batches=0,
         num_sanity_val_steps=0,
         default_root_dir=str(out),
         deterministic=False,
         plugins=[]
         if launch.strategy.__class__.__name__ == "DeepSpeedStrategy"
         else [AtomicCheckpointIO()],
+        **validation_args(config),
     )
+
+
+def validation_args(config: RunConfig) -> dict:
+    """The held-out loss every ``log.val_every_n_steps`` optimizer steps (counted across epochs)
+    when ``data.val`` is given; no validation loop otherwise."""
+    if config.data.val and config.log.val_every_n_steps > 0:
+        return {"val_check_interval": config.log.val_every_n_steps, "check_val_every_n_epoch": None}
+    return {"limit_val_batches": 0}
 
 
 def run(config: RunConfig) -> pl.Trainer:
     out = Path(config.out)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    data = ShardDataModule(
+        config.data,
+        ref_in_targets=config.stage == 2 and config.stage2.ref_in_targets,
+        exact_resume=config.data.exact_resume,
+        ref_image=config.stage == 2,
+    )
+    first_samples = data.check()  # bad data stops here, in seconds, before any model is built
     model = resolve_init(config.model.init, config.model.seed, config.model.init_ema, out)
+    if config.data.cached:  # a cache made by another VAE / encoder / resolution is refused
+        check_cache_matches(first_samples, model, config.data.resolution)
     if global_rank_from_env() == 0:
         save_config(config, out / "config.yaml")
         if not (
@@ -114,11 +132,6 @@ def run(config: RunConfig) -> pl.Trainer:
         ).exists():  # frozen parts + start weights, for export
             save_model(model, out / BASE_MODEL, source={"init": config.model.init})
     module = FineTuneModule(config, model)
-    data = ShardDataModule(
-        config.data,
-        ref_in_targets=config.stage == 2 and config.stage2.ref_in_targets,
-        exact_resume=config.data.exact_resume,
-    )
     trainer = build_trainer(config, data)
     resume = resolve_resume(config.checkpoint.resume, out)
     # Our checkpoints hold tensors and plain containers only: load them weights-only.
