@@ -13,6 +13,7 @@ object paths, LVIS and metadata files are parsed once per run. Offline,
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
@@ -79,6 +80,21 @@ def _tmp_name(local: Path) -> Path:
     return local.with_name(f"{local.name}.{tag}.tmp")
 
 
+def _remove_stale_tmps(local: Path) -> None:
+    """Delete partial downloads of ``local`` left by dead processes on this host (kill -9)."""
+    host = socket.gethostname()
+    for stale in local.parent.glob(f"{glob.escape(local.name)}.*.tmp"):
+        parts = stale.name[len(local.name) + 1 : -len(".tmp")].rsplit(".", 2)
+        if len(parts) != 3 or parts[0] != host:
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass
+
+
 class ObjaverseSource(Source):
     name = "objaverse"
 
@@ -119,6 +135,7 @@ class ObjaverseSource(Source):
             local.unlink(missing_ok=True)
         self._check_online()
         local.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmps(local)
         tmp = _tmp_name(local)
         url = f"{self.options.base_url}/{relative}"
         deadline = time.monotonic() + self.options.download_deadline_s
@@ -137,7 +154,7 @@ class ObjaverseSource(Source):
                     timeout = min(self.options.download_timeout_s, left)
                     with urllib.request.urlopen(url, timeout=timeout) as reply:
                         with open(tmp, "wb") as handle:
-                            while chunk := reply.read(1 << 20):
+                            while chunk := reply.read1(1 << 20):  # what has arrived
                                 handle.write(chunk)
                                 if time.monotonic() > deadline:  # a server that only drips
                                     raise TimeoutError("download deadline passed mid-file")
