@@ -1,13 +1,14 @@
 """Look at a render output folder: a summary, a contact sheet, and manifest merge/validation.
 
 python -m data_prep.summary summary OUT [--sheet OUT/contact_sheet.png] [--objects 8]
-python -m data_prep.summary merge OUT [--deep]
+python -m data_prep.summary merge OUT [--deep] [--drop-duplicates]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -29,47 +30,61 @@ def iter_samples(folder: str | Path) -> Iterator[dict]:
     return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgba8"))
 
 
+def _manifests(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("manifest-[0-9][0-9][0-9].json"))]
+
+
 def summarise(folder: str | Path) -> dict:
+    """Counts from the partitions' manifests (no image is decoded: at 800K objects decoding
+    every PNG takes hours). Shards from before per-shard view counts are listed, not opened."""
     folder = Path(folder)
-    views, objects, warnings = Counter(), 0, 0
-    for sample in iter_samples(folder):
-        objects += 1
-        views[len(sample["meta.json"]["fov_deg"])] += 1
-        warnings += bool(sample["meta.json"].get("warnings"))
-    failures = Counter()
-    failed_ids = set()
-    for path in sorted(folder.glob("manifest-[0-9][0-9][0-9].json")):
-        for object_id, info in json.loads(path.read_text())["failed"].items():
+    views, failures, failed_ids, warned, done = Counter(), Counter(), set(), set(), set()
+    for manifest in _manifests(folder):
+        done |= set(manifest["done"])
+        warned |= set(manifest.get("warnings", {}))
+        for info in manifest["shards"].values():
+            views.update({int(k): n for k, n in info.get("views", {}).items()})
+        for object_id, info in manifest["failed"].items():
             failures[info["reason"]] += 1
             failed_ids.add(object_id)
     shards = list_shards(folder)
     return {
         "shards": len(shards),
         "bytes": sum(p.stat().st_size for p in shards),
-        "objects": objects,
+        "objects": len(done),
         "views": sum(v * n for v, n in views.items()),
         "views_per_object": dict(sorted(views.items())),
-        "objects_with_warnings": warnings,
-        "failed": len(failed_ids),
+        "objects_with_warnings": len(warned),
+        "failed": len(failed_ids - done),
         "failures_by_reason": dict(failures.most_common()),
     }
 
 
 def contact_sheet(
-    folder: str | Path, out_png: str | Path, objects: int = 8, background: int = 160
+    folder: str | Path,
+    out_png: str | Path,
+    objects: int = 8,
+    background: int = 160,
+    seed: int = 0,
 ) -> Path:
-    """A grid PNG: one row per object (first ``objects`` samples), one column per view,
-    composited on a grey background so white and black objects both show."""
-    rows = []
-    for sample in iter_samples(folder):
-        count = len(sample["meta.json"]["fov_deg"])
-        views = [sample[f"{i:03d}.png"].astype(np.float32) / 255 for i in range(count)]
-        row = [v[..., :3] * v[..., 3:] + background / 255 * (1 - v[..., 3:]) for v in views]
-        rows.append(np.concatenate(row, axis=1))
-        if len(rows) >= objects:
-            break
-    if not rows:
+    """A grid PNG of ``objects`` objects sampled across the shards (seeded; one row per object,
+    one column per view), composited on a grey background so white and black objects both
+    show. Only the chosen shards are opened."""
+    shards = list_shards(folder)
+    if not shards:
         raise FileNotFoundError(f"no complete shards in {folder}")
+    chosen = sorted(random.Random(seed).sample(shards, min(objects, len(shards))))
+    per_shard = -(-objects // len(chosen))  # ceil: a few objects from each chosen shard
+    rows = []
+    for shard in chosen:
+        stream = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
+        for taken, sample in enumerate(stream.decode("rgba8")):
+            if taken >= per_shard or len(rows) >= objects:
+                break
+            count = len(sample["meta.json"]["fov_deg"])
+            views = [sample[f"{i:03d}.png"].astype(np.float32) / 255 for i in range(count)]
+            row = [v[..., :3] * v[..., 3:] + background / 255 * (1 - v[..., 3:]) for v in views]
+            rows.append(np.concatenate(row, axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
     sheet = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
@@ -88,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("merge", help="merge/validate the partitions' manifests")
     check.add_argument("folder")
     check.add_argument("--deep", action="store_true", help="also open every shard")
+    check.add_argument(
+        "--drop-duplicates",
+        action="store_true",
+        help="remove second copies of objects done in two partitions (shards are rewritten)",
+    )
     args = parser.parse_args(argv)
     if not Path(args.folder).is_dir():
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
@@ -100,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as error:
             print(f"no contact sheet: {error}")
         return 0
-    merged, problems = merge(args.folder, deep=args.deep)
+    merged, problems = merge(
+        args.folder, deep=args.deep, drop_duplicate_objects=args.drop_duplicates
+    )
+    for note in merged["dropped"]:
+        print(note)
     print(
         f"{len(merged['parts'])} partition manifests: {len(merged['done'])} done, "
         f"{len(merged['failed'])} failed, {len(merged['shards'])} shards -> "

@@ -7,6 +7,10 @@
 #   make bench-render     seconds/view, per-object overhead, objects/hour, pipeline vs plain loop
 # COUNT= (empty) renders every object. With CONFIG, only the variables given on the command line
 # (or in the environment) override the config file; the Makefile's defaults do not.
+# Inside a SLURM array task (SLURM_ARRAY_TASK_ID set) or with NO_SETUP=1 these targets never run
+# pip: 64 tasks installing into one shared .venv at once would corrupt it. Run `make setup` once
+# before `sbatch`; a task then only checks that the environment is there.
+RENDER_SETUP = $(if $(or $(NO_SETUP),$(SLURM_ARRAY_TASK_ID)),render-check-setup,setup)
 
 RENDER_OUT = $(or $(OUT),outputs/render/$(notdir $(patsubst %/,%,$(1))))
 # $(call render_flag,VAR,--flag): pass --flag $(VAR) unless a CONFIG is given and VAR is a default.
@@ -16,18 +20,21 @@ RENDER_CMD = $(PYTHON) -m data_prep.render $(1) $(if $(OUT),--out $(OUT),$(if $(
 	$(call render_flag,COUNT,--count) $(call render_flag,RES,--res) \
 	$(call render_flag,WORKERS,--workers) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
-.PHONY: render-objaverse render-samples shard-summary merge-manifests bench-render
+.PHONY: render-objaverse render-samples shard-summary merge-manifests bench-render render-check-setup
 
-render-objaverse: setup
+render-check-setup:
+	@test -x $(PYTHON) -a -f $(STAMP) || { echo "error: $(PYTHON) is not installed; run 'make setup' once (on the login node) before the array starts"; exit 1; }
+
+render-objaverse: $(RENDER_SETUP)
 	$(call RENDER_CMD,$(call render_flag,SOURCE,--source),$(call RENDER_OUT,$(SOURCE)))
 
-render-samples: setup
+render-samples: $(RENDER_SETUP)
 	$(call RENDER_CMD,--source samples,$(call RENDER_OUT,samples))
 
-shard-summary: setup
+shard-summary: $(RENDER_SETUP)
 	$(PYTHON) -m data_prep.summary summary $(call RENDER_OUT,$(SOURCE)) $(ARGS)
 
-merge-manifests: setup
+merge-manifests: $(RENDER_SETUP)
 	$(PYTHON) -m data_prep.summary merge $(call RENDER_OUT,$(SOURCE)) $(ARGS)
 
 bench-render: setup

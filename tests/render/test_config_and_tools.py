@@ -74,12 +74,31 @@ def test_resume_refuses_changed_settings(tmp_path):
         Manifest(tmp_path, 0, 1, {"res": 64, "seed": 0})
 
 
-def test_summary_and_contact_sheet(rendered_shards, tmp_path, capsys):
-    summary = summarise(rendered_shards)
+def test_summary_counts_from_the_manifest_and_the_sheet_samples_objects(
+    rendered_shards, tmp_path, capsys, monkeypatch
+):
+    import data_prep.summary as summary_module
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the summary must not open the shards")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(summary_module.wds, "WebDataset", no_decoding)
+        summary = summarise(rendered_shards)
     assert summary["objects"] == 10 and summary["views"] == 50 and summary["shards"] == 3
     assert summary["views_per_object"] == {5: 10} and summary["failed"] == 0
     sheet = contact_sheet(rendered_shards, tmp_path / "sheet.png", objects=3)
     assert Image.open(sheet).size == (5 * 32, 3 * 32)
+    opened = []
+    original = summary_module.wds.WebDataset
+    monkeypatch.setattr(
+        summary_module.wds,
+        "WebDataset",
+        lambda url, **kw: opened.append(url) or original(url, **kw),
+    )
+    contact_sheet(rendered_shards, tmp_path / "two.png", objects=2)
+    assert len(opened) == 2 and len(set(opened)) == 2  # one object from each of two shards
+    monkeypatch.undo()
     assert main(["summary", str(rendered_shards), "--sheet", str(tmp_path / "s.png")]) == 0
     assert '"objects": 10' in capsys.readouterr().out
     assert main(["merge", str(rendered_shards), "--deep"]) == 0

@@ -1,0 +1,82 @@
+"""Several machines on one folder: duplicates dropped by merge, locks without flock, and the
+SLURM array's no-setup path."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from data_prep.manifest import Manifest, drop_from_shard, merge
+from data_prep.runfiles import lock_partition
+from data_prep.shards import shard_ids
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_merge_drops_objects_done_twice(rendered_shards, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(rendered_shards, out)
+    first = json.loads((out / "manifest-000.json").read_text())
+    first["part_count"] = 2
+    (out / "manifest-000.json").write_text(json.dumps(first))
+    # a second machine rendered the first shard's objects again (e.g. a rerun with a stale list)
+    shutil.copy(out / "shard-000-000000.tar", out / "shard-001-000000.tar")
+    Manifest(out, 1, 2, first["settings"]).save()  # adopts the complete shard
+    _, problems = merge(out)
+    assert sum("done twice" in p for p in problems) == 4
+    merged, problems = merge(out, deep=True, drop_duplicate_objects=True)
+    assert problems == [] and len(merged["dropped"]) == 4
+    assert not (out / "shard-001-000000.tar").exists()  # nothing of it was left
+    assert sorted(merged["done"]) == sorted(first["done"])
+    # a shard with one duplicate keeps its other objects, still readable by webdataset
+    shard = out / "shard-000-000001.tar"
+    ids = shard_ids(shard)
+    assert drop_from_shard(out, shard.name, {ids[0]}) == shard.stat().st_size
+    left = [s["meta.json"]["id"] for s in wds.WebDataset(str(shard), shardshuffle=False).decode()]
+    assert left == ids[1:]
+
+
+def _no_flock(handle, operation):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+
+def test_locking_works_without_flock(tmp_path):
+    lock = lock_partition(tmp_path, 0, flock=_no_flock)
+    owner = json.loads((tmp_path / ".lock-000.owner").read_text())
+    assert owner["pid"] == os.getpid()
+    with pytest.raises(RuntimeError, match=r"another process .*pid \d+.*delete"):
+        lock_partition(tmp_path, 0, flock=_no_flock)
+    lock_partition(tmp_path, 1, flock=_no_flock).close()  # other partitions are free
+    lock.close()
+    lock_partition(tmp_path, 0, flock=_no_flock).close()
+    # a stale owner on this host (its process is gone) is taken over
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owner["pid"] = dead.pid
+    (tmp_path / ".lock-000.owner").write_text(json.dumps(owner))
+    lock_partition(tmp_path, 0, flock=_no_flock).close()
+
+
+def _make(*args, env=None):
+    base = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "NO_SETUP")}
+    return subprocess.run(
+        ["make", *args], cwd=REPO, env=base | (env or {}), capture_output=True, text=True
+    )
+
+
+def test_slurm_array_tasks_never_install(tmp_path):
+    stale = ["-n", "-W", "pyproject.toml", "render-objaverse", f"OUT={tmp_path}"]  # deps changed
+    assert "pip install" in _make(*stale).stdout  # an interactive run installs what changed
+    for extra in ({"SLURM_ARRAY_TASK_ID": "7"}, {"NO_SETUP": "1"}):
+        dry = _make(*stale, env=extra)
+        assert dry.returncode == 0 and "pip" not in dry.stdout, dry.stdout
+        assert "-m data_prep.render" in dry.stdout
+    missing = _make("render-objaverse", "VENV=/nonexistent", env={"SLURM_ARRAY_TASK_ID": "7"})
+    assert missing.returncode != 0 and "run 'make setup' once" in missing.stdout
