@@ -268,7 +268,7 @@ def setup_cycles(settings: dict) -> str:
     scene.cycles.use_denoising = bool(settings["denoise"])
     # Views of one object differ only by the camera: keep the scene's render data (BVH, images,
     # shaders) between them instead of rebuilding it per view (seconds for a heavy mesh).
-    scene.render.use_persistent_data = True
+    scene.render.use_persistent_data = bool(settings.get("persistent_data", True))
     scene.cycles.max_bounces = int(settings.get("max_bounces", 4))
     if settings.get("threads"):
         scene.render.threads_mode = "FIXED"

@@ -85,7 +85,9 @@ def render_job(job: dict) -> dict:
     timing["setup"] = time.perf_counter() - start - timing["import"]
     depths, normals = [], []
     render_start = time.perf_counter()
+    view_seconds = []
     for index, view in enumerate(job["views"]):
+        view_start = time.perf_counter()
         bs.place_camera(camera, view["c2w"], view["fov_deg"])
         bpy.context.scene.render.filepath = str(out_dir / f"{index:03d}.png")
         # The frame stays fixed (animated assets keep one pose in every view), so each view's
@@ -101,6 +103,7 @@ def render_job(job: dict) -> dict:
                 depths.append(np.where(depth > 1e9, 0.0, depth))  # background -> 0
             if settings.get("normal"):
                 normals.append(_read_exr(view_passes / f"normal_{frame}", 3))
+        view_seconds.append(time.perf_counter() - view_start)
     timing["render"] = time.perf_counter() - render_start
     if depths:
         np.save(out_dir / "depth.npy", np.stack(depths).astype(np.float16))
@@ -113,6 +116,7 @@ def render_job(job: dict) -> dict:
         "device": device,
         "blender": bpy.app.version_string,
         "timing": timing,
+        "view_seconds": view_seconds,
     }
 
 
