@@ -1,26 +1,35 @@
-"""`make bench-data`: how fast one CPU core decodes training samples from shards.
+"""`make bench-data`: the training data path per CPU core, beside the PNG-decode floor.
 
-Each training sample is one object: 5 RGBA PNG views (4 targets + the reference) decoded,
-composited on a random background, resized, plus the CLIP preprocessing input. The figure to
-compare is one GPU's appetite: the 4-view training step of DESIGN.md (421 img/s on an H200, i.e.
-~105 objects/s); the data path should deliver 10x that with the node's cores, so the script prints
-how many cores that takes.
+Each training sample is one object: 5 RGBA PNG views (4 targets + the reference). Loader workers
+read the tar, decode the 5 views to uint8 and collate; compositing, resizing and scaling run
+batched on the training device (training.batch_transforms), timed here on the CPU for reference.
+In one run on the same shards this prints: bare decoding (PIL and torchvision.io.decode_png, and
+PIL's reduced decoding for a half-resolution run), the data path's ms/view and objects/s per core,
+its ratio to the faster bare decoder (goal <= 1.25x), and the latent-cache path (objects/s per
+core). The anchor is one GPU's appetite: the 4-view training step of docs/design.md (421 img/s on
+an H200, ~105 objects/s); the script prints how many cores feed 10x that.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import statistics
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import record  # noqa: E402  (scripts/ is on sys.path when run)
 
-GPU_OBJECTS_PER_S = 421 / 4  # DESIGN.md section 5: joint 4-view step, one H200, bf16, eager
+GPU_OBJECTS_PER_S = 421 / 4  # docs/design.md: joint 4-view step, one H200, bf16, eager
+VIEWS_PER_OBJECT = 5
 
 
 def render_shards(folder: Path, res: int) -> Path:
@@ -45,47 +54,146 @@ def render_shards(folder: Path, res: int) -> Path:
     return folder
 
 
-def measure(shards: Path, res: int, batches: int, batch_size: int) -> float:
-    """Objects per second decoded by the training data path in this process (one core)."""
+def shard_pngs(shards: Path) -> list[bytes]:
+    pngs = []
+    for path in sorted(shards.glob("**/*.tar")):
+        with tarfile.open(path) as tar:
+            pngs += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png")]
+    if not pngs:
+        raise SystemExit(f"no PNG views in the shards under {shards}")
+    return pngs
+
+
+def decoders() -> dict[str, Callable[[bytes], object]]:
+    from PIL import Image
+
+    from training.samples import decode_view
+
+    def pil(data: bytes):
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGBA"))
+
+    def pil_reduced(data: bytes):  # PNG has no reduced decoding: full decode, then a 2x2 box
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGBA").reduce(2))
+
+    return {
+        "PIL": pil,
+        "torchvision decode_png": lambda data: decode_view({"000.png": data}, 0),
+        "PIL + reduce(2)": pil_reduced,
+    }
+
+
+def ms_per_view(decode: Callable[[bytes], object], pngs: list[bytes]) -> float:
+    start = time.perf_counter()
+    for data in pngs:
+        decode(data)
+    return (time.perf_counter() - start) / len(pngs) * 1e3
+
+
+def stream(shards: Path, res: int, batch_size: int, cached: bool):
     from training.config import DataConfig
     from training.datamodule import ShardStream, expand_shard_urls
 
     config = DataConfig(
         train=[str(shards)],
+        cached=cached,
         resolution=res,
         batch_size=batch_size,
         num_workers=0,
         shuffle_buffer=8,
         background="random",
     )
-    stream = iter(ShardStream(expand_shard_urls(config.train), config, ref_in_targets=False))
-    next(stream)  # warm-up: opens the first shard, fills the shuffle buffer
+    batches = iter(ShardStream(expand_shard_urls(config.train), config, ref_in_targets=False))
+    next(batches)  # warm-up: opens the first shard, fills the shuffle buffer
+    return batches
+
+
+def objects_per_s(batches, count: int, batch_size: int, then=None) -> float:
+    """Objects per second through the loader-worker side (one core, in this process); ``then``
+    also times what follows on the device (here the CPU)."""
     start = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    return batches * batch_size / (time.perf_counter() - start)
+    for _ in range(count):
+        batch = next(batches)
+        if then is not None:
+            then(batch)
+    return count * batch_size / (time.perf_counter() - start)
+
+
+def make_cache(shards: Path, folder: Path, res: int) -> Path:
+    from training.latent_cache import cache_latents
+
+    cache_latents([str(shards)], "tiny", folder, res, "random", 1000)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="shard folder (default: render samples)")
     parser.add_argument("--res", type=int, default=256, help="render and training resolution")
-    parser.add_argument("--batches", type=int, default=20, help="batches to time")
+    parser.add_argument("--batches", type=int, default=20, help="batches to time per round")
     parser.add_argument("--batch-size", type=int, default=4, help="objects per batch")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best counts)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # one core: the per-core figure
+    torch.set_num_threads(1)  # one core: the per-core figures
+    from training.batch_transforms import image_batch
+
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(args.data) if args.data else render_shards(Path(tmp) / "shards", args.res)
-        rate = measure(shards, args.res, args.batches, args.batch_size)
-    record("data", f"objects/s per core ({args.res} px, 5 views each)", rate, "obj/s")
-    record("data", f"views/s per core ({args.res} px)", rate * 5, "img/s")
-    cores = 10 * GPU_OBJECTS_PER_S / rate
+        pngs = shard_pngs(shards)
+        cache = make_cache(shards, Path(tmp) / "cache", args.res)
+        decode = decoders()
+        raw = stream(shards, args.res, args.batch_size, cached=False)
+        cached = stream(cache, args.res, args.batch_size, cached=True)
+        for fn in decode.values():  # warm-up
+            ms_per_view(fn, pngs[:4])
+        times: dict[str, list[float]] = {}
+        for _ in range(args.rounds):  # interleaved: a noisy neighbour slows every figure alike
+            for name, fn in decode.items():
+                times.setdefault(name, []).append(ms_per_view(fn, pngs))
+            times.setdefault("data", []).append(objects_per_s(raw, args.batches, args.batch_size))
+            device = objects_per_s(  # one pass on the device side: images made on this CPU
+                raw,
+                args.batches,
+                args.batch_size,
+                then=lambda batch: image_batch(batch, args.res, ref_image=True),
+            )
+            times.setdefault("data+device", []).append(device)
+            times.setdefault("cache", []).append(
+                objects_per_s(cached, args.batches, args.batch_size)
+            )
+    best = {k: (min(v) if k in decode else max(v)) for k, v in times.items()}
+    spread = {k: statistics.pstdev(v) / statistics.mean(v) for k, v in times.items()}
+    px = f"{args.res} px"
+    for name in decode:
+        record("data", f"bare decode {name} ({px})", best[name], "ms/view")
+    floor = min(best["PIL"], best["torchvision decode_png"])
+    data_ms = 1e3 / (best["data"] * VIEWS_PER_OBJECT)
+    record("data", f"data path ({px}, 5 views/object)", data_ms, "ms/view")
+    record("data", f"data path objects/s per core ({px})", best["data"], "obj/s")
+    record(
+        "data",
+        "data path / bare decode (faster decoder)",
+        data_ms / floor,
+        "x",
+        "(goal <= 1.25x)",
+    )
+    record(
+        "data",
+        f"device transforms on this CPU ({px})",
+        1e3 / (best["data+device"] * VIEWS_PER_OBJECT) - data_ms,
+        "ms/view",
+        "(batched on the training device; here on one CPU core)",
+    )
+    record("data", f"latent-cache path objects/s per core ({px})", best["cache"], "obj/s")
     record(
         "data",
         "cores for 10x one GPU's 4-view step",
-        cores,
+        10 * GPU_OBJECTS_PER_S / best["data"],
         "cores",
-        f"(GPU anchor {GPU_OBJECTS_PER_S:.0f} obj/s; one core = {rate / GPU_OBJECTS_PER_S:.2f}x)",
+        f"(GPU anchor {GPU_OBJECTS_PER_S:.0f} obj/s; one core = "
+        f"{best['data'] / GPU_OBJECTS_PER_S:.2f}x; round-to-round spread up to "
+        f"{100 * max(spread.values()):.0f}%)",
     )
     return 0
 

@@ -36,6 +36,7 @@ from training.batch_transforms import image_batch
 from training.config import DataConfig
 from training.samples import CorruptSample, cached_sample, collate, image_sample
 from training.shard_check import DataError, check_shards
+from training.tar_stream import tar_samples
 
 
 def expand_shard_urls(sources: list[str]) -> list[str]:
@@ -155,7 +156,7 @@ class ShardStream(IterableDataset):
             wds.ResampledShards(self.urls, seed=seed, deterministic=True),
             wds.split_by_node,
             wds.split_by_worker,
-            wds.tarfile_to_samples(handler=counter.handler),
+            partial(tar_samples, handler=counter.handler),
             wds.shuffle(
                 self.config.shuffle_buffer,
                 initial=self.config.shuffle_buffer // 2,

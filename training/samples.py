@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import warnings
 from dataclasses import dataclass
@@ -110,13 +111,14 @@ def decode_view(sample: dict, index: int) -> torch.Tensor:
         raise CorruptSample(f"{where(sample)}: {name} does not decode: {error}") from error
 
 
-def decode_views(sample: dict, indices: list[int]) -> torch.Tensor:
-    """Views ``indices`` as uint8 ``[V,H,W,4]``; all views of one object share one size."""
+def decode_views(sample: dict, indices: list[int]) -> list[torch.Tensor]:
+    """Views ``indices`` as uint8 ``[H,W,4]`` each (stacked once, per batch, by ``collate``: a
+    stack per object costs as much as its tar parsing); all views of one object share one size."""
     views = [decode_view(sample, i) for i in indices]
-    if len({tuple(v.shape) for v in views}) > 1:
+    if len({v.shape for v in views}) > 1:
         sizes = sorted({tuple(v.shape[:2]) for v in views})
         raise CorruptSample(f"{where(sample)}: views of different sizes {sizes}")
-    return torch.stack(views)
+    return views
 
 
 def decode_rgba(sample: dict, index: int, resolution: int) -> torch.Tensor:
@@ -126,9 +128,10 @@ def decode_rgba(sample: dict, index: int, resolution: int) -> torch.Tensor:
 
 
 def image_sample(sample: dict, rng: random.Random, background: str, ref_in_targets: bool) -> dict:
-    """Raw shard sample -> ``rgba`` uint8 ``[5,H,W,4]`` (the 4 targets, then the reference, at the
-    render's size), the object's ``background`` colour ``[3]``, cameras ``[4,16]``, the reference
-    camera, angles and the choice. training.batch_transforms.image_batch makes the images."""
+    """Raw shard sample -> ``rgba``: 5 uint8 ``[H,W,4]`` views (the 4 targets, then the reference,
+    at the render's size; ``collate`` stacks them to ``[B,5,H,W,4]``), the object's ``background``
+    colour ``[3]``, cameras ``[4,16]``, the reference camera, angles and the choice.
+    training.batch_transforms.image_batch makes the images."""
     meta = read_meta(sample)
     choice = choose_views(meta, rng, ref_in_targets)
     colour = background_colour(background, rng)
@@ -170,17 +173,33 @@ def cached_sample(sample: dict, rng: random.Random, ref_in_targets: bool) -> dic
     }
 
 
+def _stack(tensors: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    """One copy into ``[len, *shape]``; in a loader worker straight into shared memory (as
+    torch's default_collate does), so handing the batch to the main process copies nothing."""
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        count = len(tensors) * math.prod(shape)
+        storage = tensors[0]._typed_storage()._new_shared(count, device=tensors[0].device)
+        out = tensors[0].new(storage).resize_(len(tensors), *shape)
+    return torch.stack(tensors, out=out).view(-1, *shape)
+
+
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors, list strings, and sum the per-sample skip counters into one number."""
+    """Stack tensors (each object's views into one ``rgba [B,5,H,W,4]``), list strings, and sum
+    the per-sample skip counters into one number."""
     batch: dict = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
         if name == "skipped":
             batch[name] = torch.tensor(sum(values), dtype=torch.long)
-        elif name == "rgba" and len({v.shape for v in values}) > 1:
-            batch[name] = values  # objects rendered at different sizes: resized on the device
+        elif name == "rgba":
+            if len({v[0].shape for v in values}) > 1:  # render sizes differ: resized on the device
+                batch[name] = [torch.stack(v) for v in values]
+            else:
+                views = [view for v in values for view in v]
+                batch[name] = _stack(views, (len(values[0]), *views[0].shape))
         elif isinstance(values[0], torch.Tensor):
-            batch[name] = torch.stack(values)
+            batch[name] = _stack(values, tuple(values[0].shape))
         else:
             batch[name] = values
     return batch

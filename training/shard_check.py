@@ -15,9 +15,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import webdataset as wds
-
 from training.samples import CorruptSample, cached_sample, image_sample
+from training.tar_stream import tar_samples
 
 MAX_CHECKED = 64  # local shards read at start-up, spread evenly over the list
 
@@ -39,7 +38,7 @@ def first_good_sample(url: str, cached: bool, limit: int) -> dict:
     """The first usable sample of shard ``url`` as the loader would make it (its ``meta`` too).
     Raises DataError when the shard is no tar, or ``limit`` samples in a row (or all) fail."""
     errors: list[str] = []
-    stream = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+    stream = tar_samples([{"url": url}])  # the loader's own reader: no handler, errors raise
     rng = random.Random(0)
     try:
         for sample in stream:
