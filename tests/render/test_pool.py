@@ -40,3 +40,36 @@ def test_timeouts_are_enforced_while_no_job_is_ready(tmp_path):
         assert time.monotonic() - started < 4.5  # not after the 5 s "download"
         assert len(asked) > 10  # the source was polled, not waited on
         assert list(results) == []
+
+
+def test_scene_reuse_between_views_gives_the_same_pixels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from models.cameras import camera_to_world
+
+    path = write_samples(tmp_path / "src", ["front_marker"])["front_marker"]
+    views = [
+        {"c2w": camera_to_world(20.0, azimuth, 2.5).tolist(), "fov_deg": 40.0}
+        for azimuth in (30.0, 120.0, 250.0)
+    ]
+    settings = SETTINGS | dict(res=32, samples=4, key_light=1.0)
+    jobs = [
+        {
+            "id": f"reuse-{reuse}",
+            "path": str(path),
+            "out_dir": str(tmp_path / f"reuse-{reuse}"),
+            "views": views,
+            "settings": settings | {"persistent_data": reuse},
+        }
+        for reuse in (True, False)
+    ]
+    with WorkerPool([{}], tmp_path / "logs", timeout_s=60) as pool:
+        results = {job["id"]: result for job, result in pool.run(jobs)}
+    assert all(result["ok"] for result in results.values()), results
+    for view in range(3):
+        with_reuse, without = (
+            np.asarray(Image.open(tmp_path / f"reuse-{r}" / f"{view:03d}.png"))
+            for r in (True, False)
+        )
+        assert with_reuse[..., 3].any() and np.array_equal(with_reuse, without), view
