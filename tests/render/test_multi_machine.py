@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -80,3 +81,27 @@ def test_slurm_array_tasks_never_install(tmp_path):
         assert "-m data_prep.render" in dry.stdout
     missing = _make("render-objaverse", "VENV=/nonexistent", env={"SLURM_ARRAY_TASK_ID": "7"})
     assert missing.returncode != 0 and "run 'make setup' once" in missing.stdout
+
+
+def test_scratch_is_node_local_and_per_run(tmp_path, monkeypatch):
+    from data_prep.runfiles import make_run_scratch, scratch_root
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "node-local"))
+    assert scratch_root() == tmp_path / "node-local" / "isotropic3d-render"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = scratch_root() / f"{socket.gethostname()}-{dead.pid}"
+    (stale / "0000001").mkdir(parents=True)  # left by a run killed with -9
+    work = make_run_scratch()
+    assert work == scratch_root() / f"{socket.gethostname()}-{os.getpid()}" and work.is_dir()
+    assert not stale.exists()
+    # a render run writes no scratch into the (shared) output folder
+    from data_prep.config import load_config
+    from data_prep.render import render
+
+    config = load_config(source="samples", out=str(tmp_path / "out"), count=1, res=16)
+    config.samples, config.num_quads, config.num_refs, config.progress = 1, 0, 1, False
+    assert render(config).rendered == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == [
+        ".lock-000"
+    ]
