@@ -61,7 +61,11 @@ def expand_shard_urls(sources: list[str]) -> list[str]:
             found = wds.shardlists.expand_urls(source)
             missing = [u for u in found if not Path(u).exists()]
             if missing:
-                what = "does not exist" if len(found) == 1 else f"names missing files {missing[:3]}"
+                what = (
+                    "does not exist"
+                    if len(found) == 1
+                    else f"{len(missing)} of its {len(found)} files do not exist, e.g. {missing[0]}"
+                )
                 raise FileNotFoundError(f"shards {source}: {what}")
         urls.extend(found)
     return urls

@@ -57,11 +57,13 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
             if header and len(header) < BLOCK:
                 raise tarfile.ReadError("truncated tar header")
             return  # end-of-archive (zero block) or a clean end
-        stored = _number(header[148:156])
+        try:
+            stored, size = _number(header[148:156]), _number(header[124:136])
+        except ValueError:
+            stored = size = -1
         if stored != sum(header[:148]) + 256 + sum(header[156:]):  # chksum field as spaces
             raise tarfile.ReadError("invalid tar header (bad checksum): not a tar file?")
         kind = header[156:157]
-        size = _number(header[124:136])
         if kind not in (b"x", b"L", b"g") and "size" in pending:  # pax size of a huge member
             size = int(pending["size"])
         data = _read(stream, size)
