@@ -142,3 +142,24 @@ def test_corrupt_samples_are_skipped_and_counted(corrupt_shards, tmp_path):
     assert sum(int(b["skipped"]) for b in batches) == 2
     manifest = json.dumps(keys)
     assert len(set(keys)) == good, manifest
+
+
+def _epoch(loader) -> list:
+    return [(k, tuple(c.tolist())) for b in loader for k, c in zip(b["key"], b["choice"])]
+
+
+def test_persistent_workers_draw_a_fresh_stream_each_epoch(rendered_shards, tmp_path):
+    config = tiny_config(tmp_path, rendered_shards, "data.num_workers=2", "data.steps_per_epoch=4")
+    loader = _loader(config)
+    first = _epoch(loader)
+    workers = loader.pipeline[0]._iterator._workers  # the DataLoader under the WebLoader
+    pids = [w.pid for w in workers]
+    second = _epoch(loader)
+    assert [w.pid for w in loader.pipeline[0]._iterator._workers] == pids  # the same processes
+    assert all(w.is_alive() for w in workers)
+    assert len(first) == len(second) == 4 * config.data.batch_size and first != second
+    # the workers read the new epoch from the shared position: a loader started at epoch 1
+    # draws what the persistent workers drew in their second epoch
+    fresh = _loader(config)
+    fresh._epoch = 0
+    assert _epoch(fresh) == second
