@@ -1,7 +1,11 @@
 """Generate views for a batch of the data module with the project's sampler (models.sample) and
-compare them with the ground truth: sample grids during training, and the learning check."""
+compare them with the ground truth: sample grids during training (from the weight EMA), and the
+learning check."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -17,6 +21,28 @@ def _model_and_policy(model_or_module) -> tuple[MultiViewDiffusion, EMAFramePoli
     return model_or_module.frozen.model, policy
 
 
+@contextlib.contextmanager
+def ema_weights(module) -> Iterator[None]:
+    """The training module's UNet with its weight EMA copied in, the live weights restored after
+    (the EMA is what gets exported and used). Without an EMA, or under ZeRO-3 (partitioned
+    weights), the live weights are used."""
+    ema = getattr(module, "weight_ema", None)
+    params = dict(module.unet.named_parameters())
+    if ema is None or any(hasattr(p, "ds_id") for p in params.values()):
+        yield
+        return
+    with torch.no_grad():
+        live = {n: params[n].detach().clone() for n in ema.names}
+        for name in ema.names:
+            params[name].copy_(ema.shadow[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name in ema.names:
+                params[name].copy_(live[name])
+
+
 @torch.no_grad()
 def generate_views(
     model_or_module,
@@ -26,12 +52,26 @@ def generate_views(
     seed: int = 0,
     scramble_cameras: bool = False,
     reference_frame: bool | None = None,
+    use_ema: bool = True,
 ) -> torch.Tensor:
     """Views ``[B,V,3,H,W]`` in [0,1] for each object's reference at its ground-truth cameras.
     ``scramble_cameras`` rolls the azimuths by one view (each view is asked for its neighbour's
     camera), the control of the learning check. The stage-2 reference frame is used when the
-    module is a stage-2 one (override with ``reference_frame``)."""
+    module is a stage-2 one (override with ``reference_frame``). A training module samples with
+    its weight EMA (``use_ema=False``: the live weights)."""
     model, policy = _model_and_policy(model_or_module)
+    weights = (
+        ema_weights(model_or_module)
+        if use_ema and not isinstance(model_or_module, MultiViewDiffusion)
+        else contextlib.nullcontext()
+    )
+    with weights:
+        return _generate(
+            model, policy, batch, steps, guidance, seed, scramble_cameras, reference_frame
+        )
+
+
+def _generate(model, policy, batch, steps, guidance, seed, scramble_cameras, reference_frame):
     use_ref = policy is not None if reference_frame is None else reference_frame
     was_training = model.unet.training
     model.unet.eval()

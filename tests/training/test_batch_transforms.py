@@ -85,3 +85,29 @@ def test_per_view_decode_matches_the_batched_one():
     torch.testing.assert_close(
         rgba[:3].clamp(0, 1) * 2 - 1, batch["views"][0, 0], atol=2e-6, rtol=0
     )
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_the_reference_is_vae_encoded_only_in_stage2(stage, rendered_shards, tmp_path):
+    from train_helpers import tiny_config
+
+    from models.bundle import build_model
+    from training.datamodule import ShardDataModule
+    from training.module import FineTuneModule
+
+    config = tiny_config(tmp_path, rendered_shards, stage=stage)
+    data = ShardDataModule(config.data, ref_image=stage == 2)
+    raw = next(iter(data.make_loader(config.data.train, progress=lambda: 0)))
+    batch = data.on_after_batch_transfer(raw, 0)  # what the trainer hands the module
+    assert ("ref_image" in batch) == (stage == 2)
+    module = FineTuneModule(config, build_model("tiny", seed=0))
+    encoded = []
+    encode = module.frozen.vae.encode
+    module.frozen.vae.encode = lambda images, **kw: (
+        encoded.append(len(images)),
+        encode(images, **kw),
+    )[1]
+    latents, _, ref_latent = module.encode_batch(batch, torch.Generator().manual_seed(0))
+    b = config.data.batch_size
+    assert encoded == [b * 4 + (b if stage == 2 else 0)]
+    assert latents.shape[:2] == (b, 4) and len(ref_latent) == (b if stage == 2 else 0)
