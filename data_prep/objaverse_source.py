@@ -206,7 +206,7 @@ class ObjaverseSource(Source):
         if missing:
             workers = max(1, min(self.options.download_workers, len(missing)))
             with ThreadPoolExecutor(workers) as pool:
-                parsed = pool.map(lambda f: self._json_gz(f"metadata/{f}.json.gz"), missing)
+                parsed = pool.map(lambda f: _slim(self._json_gz(f"metadata/{f}.json.gz")), missing)
                 self._metadata.update(zip(missing, parsed))
         found = {}
         for uid in uids:
@@ -295,6 +295,24 @@ class ObjaverseSource(Source):
         for uid in object_ids:
             if uid in paths:
                 (self.cache / paths[uid]).unlink(missing_ok=True)
+
+
+ANNOTATION_KEYS = ("name", "license", "viewerUrl", "user")  # all a run keeps of an annotation
+
+
+def _slim(annotations: dict) -> dict:
+    """Only the fields a run uses (full annotations of 800K objects would take gigabytes)."""
+    slim = {}
+    for uid, info in annotations.items():
+        kept = {key: info[key] for key in ANNOTATION_KEYS if key in info}
+        if isinstance(kept.get("user"), dict):
+            kept["user"] = {
+                k: kept["user"][k]
+                for k in ("username", "displayName", "profileUrl")
+                if k in kept["user"]
+            }
+        slim[uid] = kept
+    return slim
 
 
 def attribution(uid: str, info: dict, license_: str) -> dict:
