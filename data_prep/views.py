@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from data_prep.config import RenderConfig
-from models.cameras import OrbitRanges, random_pose, sample_orbit_group
+from models.cameras import OrbitRanges, random_pose, relative_radius_of, sample_orbit_group
 
 
 @dataclass
@@ -56,8 +56,8 @@ def plan_views(object_id: str, config: RenderConfig) -> ViewPlan:
         name: torch.cat([getattr(group, name) for group in groups]).tolist()
         for name in ("fov_deg", "elevation_deg", "azimuth_deg", "distance")
     }
-    half_fov = np.radians(np.asarray(cat["fov_deg"])) / 2
-    relative = (np.asarray(cat["distance"]) * np.tan(half_fov)).tolist()
+    relative = relative_radius_of(torch.tensor(cat["fov_deg"]), torch.tensor(cat["distance"]))
+    relative = relative.tolist()
     quads = [list(range(4 * q, 4 * q + 4)) for q in range(config.num_quads)]
     refs = list(range(4 * config.num_quads, 4 * config.num_quads + config.num_refs))
     return ViewPlan(c2w=c2w, relative_radius=relative, quads=quads, refs=refs, **cat)

@@ -112,6 +112,12 @@ def distance_for_fov(fov_deg: torch.Tensor | float, relative_radius: torch.Tenso
     return _as_float_tensor(relative_radius) / torch.tan(fov / 2)
 
 
+def relative_radius_of(fov_deg: torch.Tensor | float, distance: torch.Tensor | float):
+    """Inverse of :func:`distance_for_fov`: ``distance * tan(fov / 2)``."""
+    fov = torch.deg2rad(_as_float_tensor(fov_deg))
+    return _as_float_tensor(distance) * torch.tan(fov / 2)
+
+
 def fit_distance(fov_deg: torch.Tensor | float, radius: float = OBJECT_RADIUS) -> torch.Tensor:
     """The closest distance at which a sphere of ``radius`` at the origin is wholly in view of a
     camera with full field of view ``fov_deg`` looking at the origin: ``radius / sin(fov / 2)``."""

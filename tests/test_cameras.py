@@ -106,6 +106,9 @@ def test_framing_definition_fits_the_bounding_sphere_with_a_margin():
         assert at_fit.item() == pytest.approx(1.0, rel=1e-5)
         assert silhouette_fraction(fov, fit_distance(fov) * 0.95).item() > 1.0
         assert silhouette_fraction(fov, fit_distance(fov) * 1.05).item() < 1.0
+    from models.cameras import relative_radius_of
+
+    assert relative_radius_of(40.0, distance_for_fov(40.0, 0.93)).item() == pytest.approx(0.93)
     # MVDream's training ranges keep the normalised object's sphere well inside every view
     worst = worst_case_fraction((15.0, 60.0), (0.9, 1.1))
     assert 0.8 < worst < 0.9
