@@ -1,4 +1,4 @@
-"""Meshes with each failure mode of issue 10, generated here, rendered once per module: framing
+"""Generated meshes with each failure mode real collections contain, rendered once per module: framing
 of extreme proportions, animated roots, embedded lights, empty renders, colliding names, and a
 resume that changes a pixel setting."""
 
