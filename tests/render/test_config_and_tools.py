@@ -52,6 +52,10 @@ def test_bad_keys_and_values_are_named(tmp_path):
         load_config(res=2)
     with pytest.raises(ValueError, match="'fov_deg'"):
         load_config(fov_deg=(40.0, 20.0))
+    # ranges whose closest, widest view would crop the normalised object are refused
+    with pytest.raises(ValueError, match=r"'relative_radius' \[0.7, 1.1\].*crops objects"):
+        load_config(relative_radius=(0.7, 1.1))
+    assert load_config(relative_radius=(0.8, 1.1), fov_deg=(15.0, 20.0)).fov_deg == (15.0, 20.0)
 
 
 def test_command_line_flags_override_the_config():
