@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -110,12 +111,19 @@ def extract_mesh(field, cfg) -> trimesh.Trimesh:
     colours = np.concatenate([to_uint8(albedo), np.full((len(verts), 1), 255, np.uint8)], 1)
     # marching_cubes returns faces wound for an outward normal along +gradient; density grows
     # inwards, so flip them to point outwards.
-    return trimesh.Trimesh(
+    mesh = trimesh.Trimesh(
         vertices=verts.astype(np.float32) @ _TO_Y_UP.T,
         faces=faces[:, ::-1],
         vertex_colors=colours,
         process=False,
     )
+    # Recorded in mesh.json and shown in the report: a fallen-back level usually means the
+    # "mesh" is the initial blob, not the object.
+    configured = float(exp.mesh_threshold)
+    mesh.metadata.update(
+        iso_level=level, configured_level=configured, iso_fallback=level != configured
+    )
+    return mesh
 
 
 def save_mesh(field, cfg, folder: Path) -> list[Path]:
@@ -128,4 +136,6 @@ def save_mesh(field, cfg, folder: Path) -> list[Path]:
         path = folder / f"mesh.{fmt}"
         mesh.export(path)
         paths.append(path)
+    info = {k: mesh.metadata[k] for k in ("iso_level", "configured_level", "iso_fallback")}
+    (folder / "mesh.json").write_text(json.dumps(info, indent=2) + "\n")
     return paths
