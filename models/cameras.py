@@ -239,3 +239,25 @@ def random_pose(generator: torch.Generator, ranges: OrbitRanges = OrbitRanges())
 def fov_from_focal(focal_px: float, image_size: int) -> float:
     """Inverse of :func:`focal_length_px`, in degrees."""
     return math.degrees(2 * math.atan(0.5 * image_size / focal_px))
+
+
+def legacy_sampling_cameras(
+    elevation_deg: float, azimuths_deg: torch.Tensor | list[float]
+) -> torch.Tensor:
+    """Camera inputs ``[V, 16]`` exactly as the released Isotropic3D multi-view sampler builds
+    them (its ``get_camera``, used by its 2D sampling scripts): its loop converts the elevation
+    from degrees to radians again on every pass and the matrix builder converts once more, so
+    frame ``k``'s elevation is converted ``k + 2`` times (15 deg: frame 0 at 0.26 deg, frames 1-3
+    at ~0 deg), and every azimuth twice. Azimuths are taken as given (``get_camera`` steps
+    ``start + k * span / V`` without wrapping at 360). Only for 2D sampling with a model whose
+    ``legacy_double_radians`` flag is set; SDS uses :func:`camera_to_world` with the flag (every
+    angle converted exactly twice), as the released guidance does."""
+    azimuths = _as_float_tensor(azimuths_deg).reshape(-1).to(torch.float64)
+    elevation = torch.tensor(float(elevation_deg), dtype=torch.float64)
+    elevations = []
+    for _ in range(azimuths.numel()):
+        elevation = torch.deg2rad(elevation)  # once more per frame, as the released loop does
+        elevations.append(elevation)
+    # camera_to_world converts each angle once more: elevations k + 2 times, azimuths twice.
+    c2w = camera_to_world(torch.stack(elevations), torch.deg2rad(azimuths))
+    return camera_embedding(c2w).to(torch.float32)

@@ -128,3 +128,46 @@ def test_framing_definition_fits_the_bounding_sphere_with_a_margin():
     uv, _ = project_points(point, c2w, fov, 200)
     expected = 100 * (1 + silhouette_fraction(fov, dist).item())
     assert uv[0, 0].item() == pytest.approx(expected, rel=1e-4)
+
+
+def _released_get_camera(num_frames, elevation=15.0, azimuth_start=0.0, azimuth_span=360.0):
+    """The released Isotropic3D sampler's cameras, re-derived in numpy for this test: a y-up
+    OpenGL look-at whose angles go through np.radians, then the Blender flip; its loop applies
+    np.deg2rad to the (reassigned) elevation on every pass and to each azimuth once."""
+    import numpy as np
+
+    cameras = []
+    for azimuth in np.arange(
+        azimuth_start, azimuth_span + azimuth_start, azimuth_span / num_frames
+    ):
+        elevation = np.deg2rad(elevation)  # reassigned: compounds frame after frame
+        e, a = np.radians(elevation), np.radians(np.deg2rad(azimuth))
+        pos = np.array([np.cos(e) * np.sin(a), np.sin(e), np.cos(e) * np.cos(a)])
+        forward = -pos / np.linalg.norm(pos)
+        right = np.cross(forward, [0.0, 1.0, 0.0])
+        right /= np.linalg.norm(right)
+        up = np.cross(right, forward)
+        gl = np.eye(4)
+        gl[:3, :3] = np.array([right, up / np.linalg.norm(up), -forward]).T
+        gl[:3, 3] = pos
+        flip_yz = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+        cameras.append((flip_yz @ gl).flatten())
+    return torch.tensor(np.stack(cameras)).float()
+
+
+def test_legacy_sampling_cameras_reproduce_the_released_get_camera():
+    from models.cameras import legacy_sampling_cameras
+
+    for elevation in (15.0, 0.0, 30.0):
+        expected = _released_get_camera(4, elevation)
+        got = legacy_sampling_cameras(elevation, orthogonal_azimuths(0.0, 4))
+        assert torch.allclose(got, expected, atol=1e-6), elevation
+    got = legacy_sampling_cameras(15.0, [0.0, 90.0, 180.0, 270.0]).view(4, 4, 4)
+    heights = torch.rad2deg(torch.asin(got[:, 2, 3]))  # elevation of each camera centre
+    twice = math.degrees(math.radians(math.radians(15.0)))  # 0.26 deg
+    assert heights[0].item() == pytest.approx(twice, rel=1e-4)
+    assert heights[1:].abs().max().item() < 0.005  # frames 1-3 sit at ~0 deg
+    # SDS keeps the guidance's cameras: every frame's angles converted exactly twice.
+    sds = camera_embedding(camera_to_world(15.0, orthogonal_azimuths(0.0, 4), 1.0, True))
+    assert torch.allclose(sds[0], got.view(4, 16)[0], atol=1e-6)
+    assert not torch.allclose(sds[1:], got.view(4, 16)[1:], atol=1e-5)
