@@ -50,7 +50,12 @@ def check_folder(folder: Path, part_count: int, settings: dict) -> None:
                 f"into {part_count}: a different layout would render objects twice; use the same "
                 "--part-count (SLURM array size, WORLD_SIZE) or another --out"
             )
-        if "fingerprint" in old and old["fingerprint"] != fingerprint(settings):
+        if "fingerprint" not in old:
+            raise ValueError(
+                f"{path} was written by an older renderer that recorded no settings fingerprint "
+                "(other framing and pixel settings): render into another --out"
+            )
+        if old["fingerprint"] != fingerprint(settings):
             raise ValueError(_differences(path, old.get("settings", {}), settings))
 
 
@@ -94,11 +99,12 @@ class Manifest:
         }
         if self.path.exists():
             old = json.loads(self.path.read_text())
-            if old.get("fingerprint", self.data["fingerprint"]) != self.data["fingerprint"]:
-                raise ValueError(_differences(self.path, old.get("settings", {}), settings))
-            for key, value in settings.items():  # manifests from before the fingerprint
-                if key in old.get("settings", {}) and old["settings"][key] != value:
-                    raise ValueError(_differences(self.path, old["settings"], settings))
+            if old.get("fingerprint") != self.data["fingerprint"]:
+                raise ValueError(
+                    _differences(self.path, old.get("settings", {}), settings)
+                    or f"{self.path} was written by an older renderer (no settings fingerprint): "
+                    "render into another --out"
+                )
             self.data.update({k: old[k] for k in ("done", "failed", "warnings", "shards")})
         self.reconcile()
 

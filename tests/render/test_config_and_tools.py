@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from data_prep.config import (
     config_from_args,
     load_config,
 )
-from data_prep.manifest import Manifest
+from data_prep.manifest import Manifest, check_folder
 from data_prep.render import render, worker_envs
 from data_prep.runfiles import lock_partition
 from data_prep.summary import contact_sheet, main, summarise
@@ -76,6 +77,14 @@ def test_resume_refuses_changed_settings(tmp_path):
     Manifest(tmp_path, 0, 1, {"res": 32, "seed": 0})  # same settings: fine
     with pytest.raises(ValueError, match="res=32"):
         Manifest(tmp_path, 0, 1, {"res": 64, "seed": 0})
+    # a folder from before the fingerprint (other framing) is never resumed
+    old = json.loads((tmp_path / "manifest-000.json").read_text())
+    del old["fingerprint"]
+    (tmp_path / "manifest-000.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="older renderer"):
+        Manifest(tmp_path, 0, 1, {"res": 32, "seed": 0})
+    with pytest.raises(ValueError, match="older renderer"):
+        check_folder(tmp_path, 1, {"res": 32, "seed": 0})
 
 
 def test_summary_counts_from_the_manifest_and_the_sheet_samples_objects(
