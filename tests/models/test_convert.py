@@ -20,7 +20,7 @@ from models.convert import (
     main,
 )
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = {
     "mvdream": ("mvdream_sd21_base_4view.keys.json", {"schedule_buffers": 12, "text_encoder": 294}),
     "isotropic3d": (
@@ -49,7 +49,6 @@ def _assign(model, imported):
         model.image_encoder.visual.load_state_dict(imported.image_encoder, strict=True, assign=True)
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared fixtures not present")
 @pytest.mark.parametrize("fmt", sorted(CASES))
 def test_published_layout_maps_exactly_and_round_trips(fmt):
     fixture, ignored_counts = CASES[fmt]
