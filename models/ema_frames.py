@@ -1,6 +1,6 @@
 """Stage-2 Explicit Multi-view Attention (EMA) frames: V noisy target frames + 1 clean reference.
 
-The public material leaves four choices open (DESIGN.md section 3); :class:`EMAFramePolicy` makes
+The public material leaves four choices open (docs/design.md, section 4); :class:`EMAFramePolicy` makes
 each an option with the documented default. The reference frame is appended last in each object's
 group, so a batch is object-major ``(b (V+1))`` and the UNet runs with ``num_views = V + 1``.
 Training and sampling both call :func:`assemble_ema_frames`.
