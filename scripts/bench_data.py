@@ -6,7 +6,8 @@ batched on the training device (training.batch_transforms), timed here on the CP
 In one run on the same shards this prints: bare decoding (PIL and torchvision.io.decode_png, and
 PIL's reduced decoding for a half-resolution run), the data path's ms/view and objects/s per core,
 its ratio to the faster bare decoder (goal <= 1.25x), and the latent-cache path (objects/s per
-core). The anchor is one GPU's appetite: the 4-view training step of docs/design.md (421 img/s on
+core). Times are this process's CPU time (one thread): a per-core cost that other jobs on a shared
+machine disturb far less than wall time. The anchor is one GPU's appetite: the 4-view training step of docs/design.md (421 img/s on
 an H200, ~105 objects/s); the script prints how many cores feed 10x that.
 """
 
@@ -85,10 +86,10 @@ def decoders() -> dict[str, Callable[[bytes], object]]:
 
 
 def ms_per_view(decode: Callable[[bytes], object], pngs: list[bytes]) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     for data in pngs:
         decode(data)
-    return (time.perf_counter() - start) / len(pngs) * 1e3
+    return (time.process_time() - start) / len(pngs) * 1e3
 
 
 def stream(shards: Path, res: int, batch_size: int, cached: bool):
@@ -112,12 +113,12 @@ def stream(shards: Path, res: int, batch_size: int, cached: bool):
 def objects_per_s(batches, count: int, batch_size: int, kept: list | None = None) -> float:
     """Objects per second through the loader-worker side (one core, in this process); the
     batches go to ``kept`` when given."""
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(count):
         batch = next(batches)
         if kept is not None:
             kept.append(batch)
-    return count * batch_size / (time.perf_counter() - start)
+    return count * batch_size / (time.process_time() - start)
 
 
 def device_ms_per_view(batches: list[dict], res: int) -> float:
@@ -125,11 +126,11 @@ def device_ms_per_view(batches: list[dict], res: int) -> float:
     this CPU core: on a GPU it is a few kernels."""
     from training.batch_transforms import image_batch
 
-    start = time.perf_counter()
+    start = time.process_time()
     for batch in batches:
         image_batch(batch, res, ref_image=True)
     views = sum(len(b["key"]) for b in batches) * VIEWS_PER_OBJECT
-    return (time.perf_counter() - start) / views * 1e3
+    return (time.process_time() - start) / views * 1e3
 
 
 def make_cache(shards: Path, folder: Path, res: int) -> Path:

@@ -39,7 +39,7 @@ class ViewChoice:
 
 def read_meta(sample: dict) -> dict:
     try:
-        meta = json.loads(sample["meta.json"])
+        meta = json.loads(bytes(sample["meta.json"]))  # members may be memoryviews
         cameras = np.load(io.BytesIO(sample["cameras.npy"]), allow_pickle=False)
     except KeyError as error:
         raise CorruptSample(f"{where(sample)}: missing member {error}") from error
@@ -95,15 +95,15 @@ def decode_view(sample: dict, index: int) -> torch.Tensor:
     if data is None:
         raise CorruptSample(f"{where(sample)}: missing {name}")
     try:
-        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (pinned here)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (pinned here);
+            warnings.simplefilter("ignore")  # the bytes are read-only, which decode_png is too
             image = decode_png(
-                torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB_ALPHA
+                torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB_ALPHA
             )
         if image.dtype == torch.uint8:
             return image.permute(1, 2, 0).contiguous()  # a view: decode_png writes HWC
-    except RuntimeError:
-        pass  # not a PNG libpng reads: PIL has the last word (and the error message)
+    except (RuntimeError, ValueError):
+        pass  # not a PNG libpng reads (or empty): PIL has the last word (and the error message)
     try:
         with Image.open(io.BytesIO(data)) as opened:
             return torch.from_numpy(np.array(opened.convert("RGBA"), dtype=np.uint8))

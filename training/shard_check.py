@@ -47,7 +47,7 @@ def first_good_sample(url: str, cached: bool, limit: int) -> dict:
                     out = cached_sample(sample, rng, False)
                 else:
                     out = image_sample(sample, rng, "white", False)
-                out["meta.json"] = sample["meta.json"]
+                out["meta.json"] = bytes(sample["meta.json"])
                 return out
             except CorruptSample as error:
                 errors.append(str(error))

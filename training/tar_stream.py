@@ -5,13 +5,17 @@ adds to every member for its float mtime): ~2.5 ms per 12-member object, as much
 PNGs (scripts/bench_data.py). The loader needs little of it: regular files' names and bytes, in
 order. This reader parses the ustar header itself (checksum-checked, so a file of random bytes
 is an error, not garbage samples), honours pax ``path``/``size`` records and GNU long names, and
-skips everything else. Shards are opened by webdataset's ``gopen`` (files, ``pipe:``, http) and
-members are grouped into samples exactly as ``webdataset.tarfile_to_samples`` groups them (the
-key is the name up to the first dot of its base name), with ``__key__`` and ``__url__``.
+skips everything else. Local shards are memory-mapped: a member is a read-only ``memoryview``
+of the file's pages, so the views a sample does not use are never read or copied; other shards are
+opened by webdataset's ``gopen`` (``pipe:``, http) and give ``bytes``. Members are grouped into
+samples exactly as ``webdataset.tarfile_to_samples`` groups them (the key is the name up to the
+first dot of its base name), with ``__key__`` and ``__url__``.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -24,9 +28,9 @@ _META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta
 
 
 def _number(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # base-256 (GNU) for values past the octal field
+    if field[0] & 0x80:  # base-256 (GNU) for values past the octal field
         return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
+    text = field.strip(b"\0 ")
     return int(text, 8) if text else 0
 
 
@@ -41,19 +45,44 @@ def _pax(data: bytes) -> dict[str, str]:
     return records
 
 
-def _read(stream, size: int) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise tarfile.ReadError(f"unexpected end of data ({len(data)} of {size} bytes)")
-    return data
+class _Mapped:
+    """``read`` over a memory-mapped local file, as zero-copy memoryview slices. The mapping
+    lives as long as a slice of it does (samples in the shuffle buffer hold their members)."""
+
+    def __init__(self, path: str) -> None:
+        with open(path, "rb") as file:
+            empty = os.fstat(file.fileno()).st_size == 0
+            mapped = b"" if empty else mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.view, self.pos = memoryview(mapped), 0
+
+    def read(self, size: int) -> memoryview:
+        out = self.view[self.pos : self.pos + size]
+        self.pos += size
+        return out
+
+    def close(self) -> None:
+        self.view = memoryview(b"")  # unmapped once the last member slice is gone
 
 
-def tar_members(stream) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular file of the tar stream ``stream``, in order."""
+def _open(url: str):
+    if url.startswith("file:"):
+        url = url[len("file:") :]
+    if "://" in url or url.startswith("pipe:"):
+        return gopen(url, "rb")
+    return _Mapped(url)
+
+
+_ZERO = bytes(BLOCK)
+
+
+def tar_members(stream) -> Iterator[tuple[str, memoryview]]:
+    """(name, data) of each regular file of the tar stream ``stream``, in order; ``data`` is a
+    read-only memoryview (of the mapped file, or of the bytes read from a stream)."""
     pending: dict[str, str] = {}
+    read = stream.read
     while True:
-        header = stream.read(BLOCK)
-        if len(header) < BLOCK or header.count(0) == BLOCK:
+        header = bytes(read(BLOCK))
+        if len(header) < BLOCK or header == _ZERO:
             if header and len(header) < BLOCK:
                 raise tarfile.ReadError("truncated tar header")
             return  # end-of-archive (zero block) or a clean end
@@ -61,18 +90,21 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
             stored, size = _number(header[148:156]), _number(header[124:136])
         except ValueError:
             stored = size = -1
-        if stored != sum(header[:148]) + 256 + sum(header[156:]):  # chksum field as spaces
+        if stored != sum(header) - sum(header[148:156]) + 256:  # chksum field as spaces
             raise tarfile.ReadError("invalid tar header (bad checksum): not a tar file?")
         kind = header[156:157]
-        if kind not in (b"x", b"L", b"g") and "size" in pending:  # pax size of a huge member
+        if "size" in pending and kind not in (b"x", b"L", b"g"):  # pax size of a huge member
             size = int(pending["size"])
-        data = _read(stream, size)
-        _read(stream, -size % BLOCK)
+        padded = size + (-size % BLOCK)
+        data = memoryview(read(padded))  # the member and its padding in one read
+        if len(data) != padded:
+            raise tarfile.ReadError(f"unexpected end of data ({len(data)} of {padded} bytes)")
+        data = data[:size]
         if kind == b"x":  # pax extended header for the next member
-            pending = _pax(data)
+            pending = _pax(bytes(data))
             continue
         if kind == b"L":  # GNU long name for the next member
-            pending = {"path": data.rstrip(b"\0").decode("utf-8", "replace")}
+            pending = {"path": bytes(data).rstrip(b"\0").decode("utf-8", "replace")}
             continue
         if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers...: skip
             pending = {}
@@ -87,8 +119,8 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
         yield name, data
 
 
-def group_samples(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[dict]:
-    """Consecutive members with one key -> one sample ``{"__key__", "__url__", ext: bytes}``."""
+def group_samples(members: Iterable[tuple[str, memoryview]], url: str) -> Iterator[dict]:
+    """Consecutive members with one key -> one sample ``{"__key__", "__url__", ext: data}``."""
     sample: dict | None = None
     for name, data in members:
         match = _KEY.match(name)
@@ -115,7 +147,7 @@ def tar_samples(
     for source in sources:
         url = source["url"]
         try:
-            stream = gopen(url, "rb")
+            stream = _open(url)
             try:
                 yield from group_samples(tar_members(stream), url)
             finally:
