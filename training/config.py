@@ -130,7 +130,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "stage": (1, 2),
     "data.background": ("random", "white", "black", "gray"),
     "train.schedule": ("constant", "cosine", "linear"),
-    "train.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
+    "train.precision": ("auto", "32", "bf16-mixed", "bf16-true", "16-mixed"),
     "stage2.ref_timestep": ("same", "zero"),
     "stage2.ref_camera": ("zeros", "true"),
     "strategy.name": ("auto", "deepspeed", "ddp", "single"),

@@ -95,8 +95,19 @@ class FineTuneModule(pl.LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.unet))
 
     def _unet_call(self, *args, **kwargs) -> torch.Tensor:
+        """The UNet on inputs in its own dtype (DeepSpeed bf16 and ``bf16-true`` hold bf16
+        weights and add no autocast; the step builds its inputs in fp32), prediction in fp32
+        for the loss. Integer timesteps are left as they are."""
         unet = self._compiled if self._compiled is not None else self.unet
-        return unet(*args, **kwargs)
+        dtype = self.unet.conv_in.weight.dtype
+
+        def cast(value: Any) -> Any:
+            is_float = isinstance(value, torch.Tensor) and value.is_floating_point()
+            return value.to(dtype) if is_float else value
+
+        args = tuple(cast(a) for a in args)
+        kwargs = {k: cast(v) for k, v in kwargs.items()}
+        return unet(*args, **kwargs).float()
 
     def on_fit_start(self) -> None:
         dtype = torch.bfloat16 if "bf16" in self.trainer.precision else torch.float32

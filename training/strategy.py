@@ -1,7 +1,9 @@
 """Pick accelerator, precision and distributed strategy from the run config.
 
 GPU default: DeepSpeed ZeRO-2 (ZeRO-3 and CPU offload as options), DDP as the alternative. CPU: DDP
-on gloo (Lightning's DeepSpeed strategy refuses CPU) or a single process. The frozen VAE and image
+on gloo or a single process; ``strategy.name=deepspeed`` on a machine without a GPU runs DeepSpeed's
+CPU accelerator on gloo (:class:`CPUDeepSpeedStrategy`), a test/debug mode that executes the GPU
+default's code path (ZeRO partitioning, bf16 engine, sharded checkpoints), not a speed path. The frozen VAE and image
 encoder are never part of the wrapped module (see training.module), so ZeRO neither partitions nor
 casts them, and ``exclude_frozen_parameters`` has nothing to drop.
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning_fabric.utilities.seed import reset_seed
 from pytorch_lightning.strategies import (
     DDPStrategy,
     DeepSpeedStrategy,
@@ -32,6 +35,50 @@ class Launch:
     num_nodes: int
     precision: str
     strategy: Strategy | str
+
+
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's DeepSpeed strategy on CPU processes (DeepSpeed's CPU accelerator, gloo).
+
+    Lightning refuses a non-CUDA accelerator in ``setup_environment``, validates CUDA device indices
+    in ``setup_distributed`` and hands DeepSpeed ``root_device.index`` (None on a CPU); these three
+    points are all that differ. ``DS_ACCELERATOR=cpu`` must be set before DeepSpeed is imported
+    (:func:`use_cpu_deepspeed`)."""
+
+    def setup_environment(self) -> None:
+        DDPStrategy.setup_environment(self)  # skips the CUDA-only check
+
+    def setup_distributed(self) -> None:
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    @property
+    def root_device(self) -> torch.device:
+        return torch.device("cpu", self.local_rank)  # DeepSpeed reads the index as its rank
+
+
+def use_cpu_deepspeed() -> None:
+    """Select DeepSpeed's CPU accelerator; an error if DeepSpeed already picked another."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if os.environ["DS_ACCELERATOR"] != "cpu":
+        raise ConfigError(
+            f"strategy.name: deepspeed without a GPU needs DS_ACCELERATOR=cpu, "
+            f"got DS_ACCELERATOR={os.environ['DS_ACCELERATOR']}"
+        )
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        raise ConfigError(
+            "strategy.name: DeepSpeed was imported with a GPU accelerator before the CPU one "
+            "could be selected; set DS_ACCELERATOR=cpu"
+        )
+    # DeepSpeed would JIT-compile its shared-memory all-reduce kernel at init (minutes of C++ on a
+    # small machine, every rank racing for the build lock); gloo does the collectives instead.
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def resolve_accelerator(config: RunConfig) -> str:
@@ -59,10 +106,12 @@ def resolve_devices(config: RunConfig, accelerator: str) -> int:
     return max(torch.cuda.device_count(), 1) if accelerator == "gpu" else 1
 
 
-def resolve_precision(config: RunConfig, accelerator: str) -> str:
+def resolve_precision(config: RunConfig, accelerator: str, name: str = "") -> str:
+    """``auto``: bf16 on GPUs and under DeepSpeed (whose engine then holds bf16 weights and fp32
+    masters, on a CPU too), fp32 for CPU DDP / single."""
     if config.train.precision != "auto":
         return config.train.precision
-    return "bf16-mixed" if accelerator == "gpu" else "32"
+    return "bf16-mixed" if accelerator == "gpu" or name == "deepspeed" else "32"
 
 
 def deepspeed_config(config: RunConfig) -> dict[str, Any]:
@@ -108,23 +157,22 @@ def strategy_name(config: RunConfig, accelerator: str, devices: int) -> str:
             devices * config.strategy.num_nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
         )
         return "ddp" if multi else "single"
-    if name == "deepspeed" and accelerator != "gpu":
-        raise ConfigError(
-            "strategy.name: deepspeed runs on CUDA GPUs only (Lightning refuses CPU); use ddp on CPU"
-        )
     return name
 
 
 def build_launch(config: RunConfig) -> Launch:
     accelerator = resolve_accelerator(config)
     devices = resolve_devices(config, accelerator)
-    precision = resolve_precision(config, accelerator)
     name = strategy_name(config, accelerator, devices)
+    precision = resolve_precision(config, accelerator, name)
     backend = config.strategy.backend
     if backend == "auto":
         backend = "nccl" if accelerator == "gpu" else "gloo"
     if name == "deepspeed":
-        strategy: Strategy | str = DeepSpeedStrategy(
+        if accelerator == "cpu":
+            use_cpu_deepspeed()
+        kind = DeepSpeedStrategy if accelerator == "gpu" else CPUDeepSpeedStrategy
+        strategy: Strategy | str = kind(
             config=deepspeed_config(config),
             process_group_backend=backend,
             exclude_frozen_parameters=True,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from models.bundle import save_model
 from training.callbacks import FinalCheckpoint, MetricsFile, SampleGrids, Throughput
@@ -97,9 +98,7 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
         num_sanity_val_steps=0,
         default_root_dir=str(out),
         deterministic=False,
-        plugins=[]
-        if launch.strategy.__class__.__name__ == "DeepSpeedStrategy"
-        else [AtomicCheckpointIO()],
+        plugins=[] if isinstance(launch.strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()],
         **validation_args(config),
     )
 
