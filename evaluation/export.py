@@ -1,4 +1,5 @@
-"""Exports of a trained field: N-view renders, a turntable video and a vertex-coloured mesh."""
+"""Exports of a trained field: N-view renders, a turntable video and a vertex-coloured mesh (small
+disconnected pieces -- floaters -- dropped by default)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import trimesh
 from PIL import Image
 from skimage.measure import marching_cubes
 
-from evaluation.renderer import OccupancyGrid, RenderSettings, render_views
+from evaluation.renderer import OccupancyGrid, render_settings, render_views
 from evaluation.views import CameraBatch, orbit_cameras
 
 # Blender world (z up, front on -Y) -> glTF/OBJ (y up, front on +Z): the inverse of the mapping
@@ -31,11 +32,14 @@ def render_cameras(
 ) -> dict[str, torch.Tensor]:
     """Deterministic (unjittered, albedo) renders at ``cameras``; rgb ``[B,H,W,3]`` in [0,1]."""
     device = next(field.parameters()).device
-    settings = RenderSettings(
-        samples_per_ray=cfg.renderer.samples_per_ray,
+    settings = render_settings(
+        cfg,
+        device,
         stratified=False,
         background=tuple(background or cfg.renderer.background),
         chunk_rays=cfg.renderer.eval_chunk_rays,
+        proposal_samples=cfg.renderer.samples_per_ray,  # no cap: no gradient, chunked
+        surface_samples=cfg.renderer.samples_per_ray,
     )
     out = render_views(
         field,
@@ -88,6 +92,24 @@ def save_turntable(field, occupancy, cfg, path: Path) -> Path:
     return path
 
 
+def drop_floaters(mesh: trimesh.Trimesh, min_fraction: float) -> tuple[trimesh.Trimesh, dict]:
+    """Keep the connected components (faces sharing an edge) whose face count is at least
+    ``min_fraction`` of the largest one's; the largest is always kept."""
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, len(mesh.faces))
+    sizes = np.bincount(labels) if len(labels) else np.zeros(0, int)
+    info = {"components": int(len(sizes)), "dropped_components": 0, "dropped_faces": 0}
+    if len(sizes) <= 1:
+        return mesh, info
+    keep = sizes >= min_fraction * sizes.max()
+    mask = keep[labels]
+    info["dropped_components"] = int((~keep).sum())
+    info["dropped_faces"] = int((~mask).sum())
+    if mask.all():
+        return mesh, info
+    kept = mesh.submesh([np.nonzero(mask)[0]], append=True, repair=False)
+    return kept, info
+
+
 @torch.no_grad()
 def extract_mesh(field, cfg) -> trimesh.Trimesh:
     """Marching cubes on the density grid, vertex colours from the albedo at the vertices."""
@@ -120,9 +142,13 @@ def extract_mesh(field, cfg) -> trimesh.Trimesh:
     # Recorded in mesh.json and shown in the report: a fallen-back level usually means the
     # "mesh" is the initial blob, not the object.
     configured = float(exp.mesh_threshold)
+    floaters = {"components": None, "dropped_components": 0, "dropped_faces": 0}
+    if exp.drop_floaters:
+        mesh, floaters = drop_floaters(mesh, float(exp.floater_min_fraction))
     mesh.metadata.update(
-        iso_level=level, configured_level=configured, iso_fallback=level != configured
-    )
+        iso_level=level, configured_level=configured, iso_fallback=level != configured,
+        drop_floaters=bool(exp.drop_floaters), **floaters,
+    )  # fmt: skip
     return mesh
 
 
@@ -136,6 +162,8 @@ def save_mesh(field, cfg, folder: Path) -> list[Path]:
         path = folder / f"mesh.{fmt}"
         mesh.export(path)
         paths.append(path)
-    info = {k: mesh.metadata[k] for k in ("iso_level", "configured_level", "iso_fallback")}
+    keys = ("iso_level", "configured_level", "iso_fallback", "drop_floaters", "components",
+            "dropped_components", "dropped_faces")  # fmt: skip
+    info = {k: mesh.metadata[k] for k in keys}
     (folder / "mesh.json").write_text(json.dumps(info, indent=2) + "\n")
     return paths

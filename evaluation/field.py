@@ -1,9 +1,10 @@
 """The 3D field optimised by SDS: a multi-resolution hash grid + two small MLPs, in plain PyTorch.
 
 Density ``sigma(x) = softplus(mlp_d(enc(x)) + blob(x))`` with the Magic3D blob bias (a dense ball
-at start-up so SDS has something to shape), albedo ``sigmoid(mlp_c(enc(x)))``. Normals come from
-the density gradient (central finite differences by default; autograd as an option). Points are in
-world units inside the cube ``[-radius, radius]^3``.
+at start-up so SDS has something to shape), albedo ``sigmoid(mlp_c(enc(x)))``. Normals are the
+normalised negative density gradient: analytic by default (the released recipe), computed in closed
+form alongside the forward pass (hash-grid weight derivatives carried through the MLP); central
+finite differences as an option. Points are in world units inside the cube ``[-radius, radius]^3``.
 """
 
 from __future__ import annotations
@@ -60,12 +61,15 @@ class HashGrid(nn.Module):
         self.table = nn.Parameter(torch.empty(offsets[-1], features_per_level))
         nn.init.uniform_(self.table, -init_std, init_std)
 
-    def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        """``x01`` ``[N, 3]`` in ``[0, 1]`` -> features ``[N, levels * features_per_level]``."""
+    def forward(self, x01: torch.Tensor, with_grad: bool = False):
+        """``x01`` ``[N, 3]`` in ``[0, 1]`` -> features ``[N, levels * features_per_level]``;
+        with ``with_grad`` also their spatial Jacobian ``[N, 3, levels * features_per_level]``
+        (d features / d x01, from the derivative of the trilinear weights: exact, and itself
+        differentiable in the table, so analytic normals cost no double backward)."""
         res = self.resolution.to(x01.dtype)  # [L]
         pos = x01.clamp(0.0, 1.0)[:, None, :] * res[None, :, None]  # [N, L, 3]
         base = pos.detach().floor().clamp_max(res[None, :, None] - 1)
-        frac = pos - base  # differentiable in x (for analytic normals)
+        frac = pos - base
         # Per axis, the two vertex coordinates (base, base + 1) already multiplied by the axis'
         # stride (dense levels) or prime (hashed levels); the 8 corners are then one broadcast
         # add / xor of the three axes. int32 arithmetic wraps like tiny-cuda-nn's uint32 hash,
@@ -87,8 +91,19 @@ class HashGrid(nn.Module):
         index = (index + self.offset32.view(1, -1, 1, 1, 1)).flatten(2).long()  # [N, L, 8]
         feats = self.table[index]  # [N, L, 8, F]
         w = torch.stack([1 - frac, frac], dim=-1)  # [N, L, 3, 2]
-        weights = w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]
-        return (feats * weights.flatten(2)[..., None]).sum(2).flatten(1)
+        wx, wy, wz = w[:, :, 0, :, None, None], w[:, :, 1, None, :, None], w[:, :, 2, None, None, :]
+        weights = (wx * wy * wz).flatten(2)  # [N, L, 8]
+        out = (feats * weights[..., None]).sum(2).flatten(1)
+        if not with_grad:
+            return out
+        sign = torch.tensor([-1.0, 1.0], dtype=x01.dtype, device=x01.device)
+        dx, dy, dz = sign[:, None, None], sign[None, :, None], sign[None, None, :]
+        dweights = torch.stack(  # d weights / d frac per axis: [N, L, 3, 8]
+            [(dx * wy * wz).flatten(2), (wx * dy * wz).flatten(2), (wx * wy * dz).flatten(2)], 2
+        )
+        inside = ((x01 > 0) & (x01 < 1)).to(x01.dtype)  # the clamp has no gradient outside
+        jac = torch.einsum("nlcf,nlac->nalf", feats, dweights) * res[None, None, :, None]
+        return out, (jac.flatten(2) * inside[:, :, None])
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
@@ -107,6 +122,26 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "exp": lambda x: torch.exp(x.clamp_max(15.0)),  # clamp keeps the backward finite
     "relu": F.relu,
 }
+# d activation / d input, for the closed-form density gradient (analytic normals)
+_DERIVATIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softplus": torch.sigmoid,
+    "exp": lambda x: torch.exp(x.clamp_max(15.0)),
+    "relu": lambda x: (x > 0).to(x.dtype),
+}
+
+
+def _mlp_with_jacobian(
+    net: nn.Sequential, h: torch.Tensor, jac: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of a bias-free ReLU MLP with the forward-mode Jacobian ``jac`` ``[N, 3, D]``
+    carried along (three tangents, one per world axis)."""
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            h, jac = layer(h), jac @ layer.weight.T.to(jac.dtype)
+        else:  # ReLU
+            jac = jac * (h > 0).to(jac.dtype)[:, None, :]
+            h = F.relu(h)
+    return h, jac
 
 
 class Field(nn.Module):
@@ -118,6 +153,10 @@ class Field(nn.Module):
             raise ValueError(
                 f"config key 'field.density_activation': {cfg.density_activation!r} is not one "
                 f"of {sorted(_ACTIVATIONS)}"
+            )
+        if cfg.normal not in ("analytic", "finite_difference"):
+            raise ValueError(
+                f"config key 'field.normal': {cfg.normal!r} is not analytic or finite_difference"
             )
         grid = cfg.grid
         self.encoding = HashGrid(
@@ -134,6 +173,7 @@ class Field(nn.Module):
         self.radius = float(cfg.radius)
         self.blob_scale, self.blob_std = float(cfg.blob_scale), float(cfg.blob_std)
         self.activation = _ACTIVATIONS[cfg.density_activation]
+        self.derivative = _DERIVATIVES[cfg.density_activation]
         self.normal_mode, self.normal_eps = cfg.normal, float(cfg.normal_eps)
 
     def param_groups(self, lr_grid: float, lr_mlp: float) -> list[dict]:
@@ -158,15 +198,26 @@ class Field(nn.Module):
         """``[N, 3]`` world points -> density ``[N]``."""
         return self._density_from(x, self._encode(x))
 
+    def _analytic(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Density, albedo and ``grad(sigma)`` in closed form (the exact gradient autograd would
+        give, as the reference's ``normal_type: analytic``, without a double backward)."""
+        enc, jac = self.encoding((x / self.radius + 1.0) * 0.5, with_grad=True)
+        jac = jac * (0.5 / self.radius)  # d x01 / d x
+        raw, raw_jac = _mlp_with_jacobian(self.density_net, enc, jac)
+        norm = x.norm(dim=-1, keepdim=True)
+        blob_grad = -(self.blob_scale / self.blob_std) * x / norm.clamp_min(1e-8)
+        pre = raw[:, 0] + self.blob(x)
+        grad = self.derivative(pre)[:, None] * (raw_jac[:, :, 0] + blob_grad)
+        return {
+            "density": self.activation(pre),
+            "albedo": torch.sigmoid(self.feature_net(enc)),
+            "grad": grad,
+        }
+
     def normals(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Outward unit normals ``-grad(sigma) / |grad(sigma)|``, ``[N, 3]``."""
         if self.normal_mode == "analytic":
-            create = torch.is_grad_enabled()  # second order only when training
-            with torch.enable_grad():
-                if sigma is None or not x.requires_grad or not sigma.requires_grad:
-                    x = x.detach().requires_grad_(True)
-                    sigma = self.density(x)
-                (grad,) = torch.autograd.grad(sigma.sum(), x, create_graph=create)
+            grad = self._analytic(x)["grad"]
         else:
             eps = self.normal_eps
             offsets = torch.eye(3, dtype=x.dtype, device=x.device) * eps
@@ -177,14 +228,16 @@ class Field(nn.Module):
 
     def forward(self, x: torch.Tensor, with_normals: bool = False) -> dict[str, torch.Tensor]:
         if with_normals and self.normal_mode == "analytic":
-            x = x if x.requires_grad else x.detach().requires_grad_(True)
+            out = self._analytic(x)
+            out["normal"] = -F.normalize(out.pop("grad"), dim=-1, eps=1e-8)
+            return out
         enc = self._encode(x)
         out = {
             "density": self._density_from(x, enc),
             "albedo": torch.sigmoid(self.feature_net(enc)),
         }
         if with_normals:
-            out["normal"] = self.normals(x, out["density"])
+            out["normal"] = self.normals(x)
         return out
 
 

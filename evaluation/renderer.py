@@ -2,21 +2,26 @@
 ``forward(x, with_normals)`` (the learned :class:`evaluation.field.Field` or an analytic one).
 
 Rays come from the camera convention of ``models/cameras.py`` (OpenGL axes: the camera looks down
-its -Z, +Y up, pixel rows go down). Samples are stratified between the ray's entry and exit of the
-scene cube; an occupancy grid drops samples in empty cells before the field is evaluated, and rays
-that miss the cube are never evaluated at all. Compositing is front-to-back alpha over a solid
-background colour.
+its -Z, +Y up, pixel rows go down). Sampling follows nerfacc's occupancy-grid estimator as the
+released recipe uses it: march at the fixed step ``1.732 * 2 * radius / samples_per_ray`` (one
+stratified offset per ray), keep the positions in occupied cells, evaluate their density without
+gradient and keep those with alpha above ``alpha_threshold`` while the transmittance is above
+``early_stop`` -- the samples near surfaces -- then run the field with gradient (and normals) on
+those. Every stage has a static shape: each ray keeps at most ``proposal_samples`` occupied
+positions and ``surface_samples`` surface samples (compacted with a cumulative-sum rank, not a
+boolean gather), so a step has no host sync and compiles to one graph per resolution. Compositing
+is front-to-back alpha over a solid background colour.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluation.field import shade
 from models.cameras import focal_length_px
 
 
@@ -75,12 +80,16 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def update(self, field: nn.Module, step_size: float, generator: torch.Generator | None = None):
         cell = 2 * self.radius / self.resolution
-        jitter = torch.rand(self.cells.shape, generator=generator).to(self.density.device)
+        device = self.density.device
+        if generator is not None and generator.device == device:
+            jitter = torch.rand(self.cells.shape, generator=generator, device=device)
+        else:
+            jitter = torch.rand(self.cells.shape, generator=generator).to(device)
         points = -self.radius + (self.cells.to(jitter.dtype) + jitter) * cell
-        sigma = torch.cat([field.density(chunk) for chunk in points.split(65536)])
+        sigma = torch.cat([field.density(chunk) for chunk in points.split(262144)])
         self.density.copy_(torch.maximum(self.density * self.decay, sigma.to(self.density.dtype)))
         alpha = 1 - torch.exp(-self.density * step_size)
-        threshold = min(self.threshold, alpha.mean().item())
+        threshold = alpha.mean().clamp_max(self.threshold)  # a tensor: no host sync
         occupied = (alpha > threshold).float().view(1, 1, *(self.resolution,) * 3)
         if self.dilate > 0:
             occupied = F.max_pool3d(occupied, 2 * self.dilate + 1, stride=1, padding=self.dilate)
@@ -97,21 +106,173 @@ class OccupancyGrid(nn.Module):
 
 @dataclass
 class RenderSettings:
-    samples_per_ray: int = 64
+    samples_per_ray: int = 512  # march step = 1.732 * 2 * radius / samples_per_ray (nerfacc's)
     stratified: bool = True
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     chunk_rays: int = 0  # 0: all rays at once (needed for gradients); >0 splits no-grad renders
     shading: str = "albedo"  # albedo | diffuse | textureless
-    ambient: float = 1.0  # ambient share of the light in diffuse modes
+    ambient: float = 1.0  # ambient share of the light in diffuse modes (the rest is diffuse)
     need_normals: bool = False
-    normal_min_weight: float = 1e-4  # normals only at samples whose weight exceeds this
+    proposal_samples: int = 0  # occupied positions kept per ray (0: samples_per_ray, no cap)
+    surface_samples: int = 0  # samples per ray the field runs on with gradient (0: proposal's)
+    alpha_threshold: float = 0.01  # nerfacc's alpha_thre of the recipe's renderer
+    early_stop: float = 1e-4  # nerfacc's early_stop_eps (transmittance)
+    compile: bool = False  # run the step through torch.compile (one graph per shape)
+    proposal_dtype: torch.dtype | None = None  # autocast dtype of the no-grad density pass
 
 
-def _composite(sigma: torch.Tensor, t: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Front-to-back weights ``T_i * alpha_i`` for densities ``[R, S]``."""
-    alpha = 1.0 - torch.exp(-sigma * delta)
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], 1), 1)
-    return alpha * trans[:, :-1]
+def render_settings(cfg, device: torch.device, **changes) -> RenderSettings:
+    """The renderer settings of the config (``renderer.*``, ``speed.*``); ``changes`` on top."""
+    rcfg = cfg.renderer
+    bf16 = cfg.speed.proposal_bf16 and device.type == "cuda"
+    settings = RenderSettings(
+        samples_per_ray=rcfg.samples_per_ray,
+        background=tuple(rcfg.background),
+        proposal_samples=rcfg.proposal_samples,
+        surface_samples=rcfg.surface_samples,
+        alpha_threshold=rcfg.alpha_threshold,
+        early_stop=rcfg.early_stop,
+        proposal_dtype=torch.bfloat16 if bf16 else None,
+    )
+    return dataclasses.replace(settings, **changes)
+
+
+def step_size(radius: float, samples_per_ray: int) -> float:
+    """The march step of the recipe's renderer: ``1.732 * 2 * radius / samples_per_ray``."""
+    return 1.732 * 2 * radius / samples_per_ray
+
+
+def _exclusive_transmittance(alpha: torch.Tensor) -> torch.Tensor:
+    ones = torch.ones_like(alpha[:, :1])
+    return torch.cumprod(torch.cat([ones, 1 - alpha + 1e-10], 1), 1)[:, :-1]
+
+
+def _first_k(mask: torch.Tensor, values: torch.Tensor, k: int, fill: torch.Tensor):
+    """The first ``k`` entries of each row of ``values`` where ``mask`` holds, packed to the
+    front of ``[R, k]`` (rank by cumulative sum, written with a scatter: a static shape), with
+    their validity and each row's count before the cap."""
+    rank = mask.long().cumsum(1) - 1
+    slot = torch.where(mask & (rank < k), rank, torch.full_like(rank, k))  # k = discard slot
+    out = fill[:, None].expand(-1, k + 1).clone()
+    out.scatter_(1, slot, values)
+    count = mask.sum(1)
+    valid = torch.arange(k, device=mask.device)[None] < count[:, None]
+    return out[:, :k], valid, count
+
+
+def _render_core(
+    field: nn.Module,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    offsets: torch.Tensor,
+    occupied: torch.Tensor | None,
+    shade_params: torch.Tensor,
+    lights: torch.Tensor,
+    background: torch.Tensor,
+    radius: float,
+    step: float,
+    march: int,
+    proposal: int,
+    surface: int,
+    alpha_threshold: float,
+    early_stop: float,
+    want_normals: bool,
+    proposal_dtype: torch.dtype | None,
+) -> dict[str, torch.Tensor]:
+    """The static-shape render of ``[R]`` rays; see the module docstring."""
+    rays = origins.shape[0]
+    near, far, hit = ray_cube(origins, dirs, radius)
+    near = torch.where(hit, near, torch.zeros_like(near))
+    with torch.no_grad():
+        index = torch.arange(march, device=origins.device, dtype=origins.dtype)
+        t = near[:, None] + (index[None] + offsets[:, None]) * step  # [R, march]
+        mask = hit[:, None] & (t < far[:, None])
+        if occupied is not None:
+            res = occupied.shape[0]
+            points = origins[:, None] + dirs[:, None] * t[..., None]
+            cell = ((points + radius) / (2 * radius) * res).long().clamp(0, res - 1)
+            mask = mask & occupied[cell[..., 0], cell[..., 1], cell[..., 2]]
+        t_prop, valid_prop, _ = _first_k(mask, t, proposal, near)
+        points = origins[:, None] + dirs[:, None] * t_prop[..., None]
+        autocast = torch.autocast(origins.device.type, proposal_dtype or torch.float32,
+                                  enabled=proposal_dtype is not None)  # fmt: skip
+        with autocast:
+            sigma = field.density(points.reshape(-1, 3)).reshape(rays, proposal).float()
+        alpha = 1 - torch.exp(-torch.where(valid_prop, sigma, 0.0) * step)
+        keep = valid_prop & (alpha > alpha_threshold)
+        keep = keep & (_exclusive_transmittance(alpha) > early_stop)
+        t_surf, valid, count = _first_k(keep, t_prop, surface, near)
+    points = origins[:, None] + dirs[:, None] * t_surf[..., None]  # [R, K, 3]
+    out = field(points.reshape(-1, 3), with_normals=want_normals)
+    sigma = torch.where(valid, out["density"].reshape(rays, surface).to(origins.dtype), 0.0)
+    alpha = 1 - torch.exp(-sigma * step)
+    weights = alpha * _exclusive_transmittance(alpha)  # [R, K]
+    colour = out["albedo"].reshape(rays, surface, 3).to(origins.dtype)
+    result = {}
+    if want_normals:
+        normal = out["normal"].reshape(rays, surface, 3).to(origins.dtype)
+        # Shading as one formula for the three modes (no branch: one compiled graph):
+        # base * (ambient + diffuse * max(n.l, 0)), base = albedo or white (textureless);
+        # albedo mode is ambient 1, diffuse 0.
+        textureless, ambient, diffuse = shade_params[0], shade_params[1], shade_params[2]
+        light_dir = F.normalize(lights[:, None] - points, dim=-1)
+        lambert = (normal * light_dir).sum(-1, keepdim=True).clamp_min(0.0)
+        base = colour + textureless * (1 - colour)
+        colour = base * (ambient + diffuse * lambert)
+        facing = (normal * dirs[:, None]).sum(-1).clamp_min(0.0)
+        opacity = weights.sum(-1)
+        result["normal"] = (weights[..., None] * normal).sum(1)
+        result["orient"] = (weights.detach() * facing**2).sum()
+        result["orient_rays"] = (opacity.detach() > 0).sum()
+    else:
+        result["normal"] = torch.zeros_like(origins)
+    opacity = weights.sum(-1)
+    result["rgb"] = (weights[..., None] * colour).sum(1) + (1 - opacity[:, None]) * background
+    result["alpha"] = opacity
+    result["depth"] = (weights * t_surf).sum(-1) / opacity.clamp_min(1e-8) * (opacity > 1e-4)
+    result["truncated"] = (count > surface).float().mean()  # rays that had more surface samples
+    return result
+
+
+_compiled_core = None
+
+
+def _core(compiled: bool):
+    global _compiled_core
+    if not compiled:
+        return _render_core
+    if _compiled_core is None:
+        # shapes are static per (resolution, views): one graph each, no dynamic shapes
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        _compiled_core = torch.compile(_render_core, dynamic=False)
+    return _compiled_core
+
+
+def _offsets(rays: int, stratified: bool, like: torch.Tensor, generator) -> torch.Tensor:
+    """One stratification offset per ray, drawn on the rays' device."""
+    if not stratified:
+        return torch.full((rays,), 0.5, device=like.device, dtype=like.dtype)
+    if generator is not None and generator.device == like.device:
+        return torch.rand(rays, generator=generator, device=like.device, dtype=like.dtype)
+    if generator is not None:  # a CPU generator for device rays: draw on the device instead
+        seed = torch.randint(0, 2**62, (1,), generator=generator).item()
+        device_gen = torch.Generator(like.device).manual_seed(seed)
+        return torch.rand(rays, generator=device_gen, device=like.device, dtype=like.dtype)
+    return torch.rand(rays, device=like.device, dtype=like.dtype)
+
+
+def shade_parameters(settings: RenderSettings, device: torch.device) -> torch.Tensor:
+    """``[textureless, ambient, diffuse]`` of a shading mode (see ``_render_core``)."""
+    if settings.shading == "albedo":
+        values = (0.0, 1.0, 0.0)
+    elif settings.shading in ("diffuse", "textureless"):
+        ambient = float(settings.ambient)
+        values = (float(settings.shading == "textureless"), ambient, 1.0 - ambient)
+    else:
+        raise ValueError(
+            f"unknown shading mode {settings.shading!r} (albedo, diffuse, textureless)"
+        )
+    return torch.tensor(values, device=device)
 
 
 def render_rays(
@@ -125,72 +286,40 @@ def render_rays(
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Render ``[R]`` rays. Returns ``rgb [R,3]``, ``alpha [R]``, ``depth [R]`` (distance along
-    the ray of the expected hit, 0 where empty), ``normal [R,3]`` and ``orient`` (Ref-NeRF
-    orientation penalty summed over rays, only with normals). ``light_position`` ``[R,3]``."""
-    rays, samples = origins.shape[0], settings.samples_per_ray
-    near, far, hit = ray_cube(origins, dirs, radius)
-    near, far = torch.where(hit, near, 0.0), torch.where(hit, far, 1.0)
-    steps = torch.arange(samples, device=origins.device, dtype=origins.dtype)
-    if settings.stratified:
-        offsets = torch.rand((rays, samples), generator=generator).to(origins)
-    else:
-        offsets = torch.full((rays, samples), 0.5, device=origins.device, dtype=origins.dtype)
-    span = far - near
-    t = near[:, None] + span[:, None] * (steps[None] + offsets) / samples  # [R, S]
-    delta = torch.cat([t[:, 1:] - t[:, :-1], span[:, None] - t[:, -1:] + near[:, None]], 1)
-    points = origins[:, None] + dirs[:, None] * t[..., None]  # [R, S, 3]
-    keep = hit[:, None].expand(rays, samples)
-    if occupancy is not None:
-        keep = keep & occupancy.query(points.reshape(-1, 3)).reshape(rays, samples)
-    flat_keep = keep.reshape(-1)
-    flat_points = points.reshape(-1, 3)
-    kept_points = flat_points[flat_keep]
-    sigma = torch.zeros(rays * samples, device=origins.device, dtype=origins.dtype)
-    colour = torch.zeros(rays * samples, 3, device=origins.device, dtype=origins.dtype)
-    normal = torch.zeros_like(colour)
-    if kept_points.shape[0]:
-        out = field(kept_points)
-        sigma = sigma.masked_scatter(flat_keep, out["density"].to(sigma.dtype))
-        colour = colour.masked_scatter(flat_keep[:, None], out["albedo"].to(colour.dtype))
-    weights = _composite(sigma.reshape(rays, samples), t, delta)  # [R, S]
+    the ray of the expected hit, 0 where empty), ``normal [R,3]``, ``truncated`` (share of rays
+    with more surface samples than ``surface_samples``) and, with normals, ``orient``/
+    ``orient_rays`` (the Ref-NeRF orientation penalty summed over samples, and the rays with
+    any opacity). ``light_position`` ``[R,3]``; ``generator`` draws the stratification."""
+    march = settings.samples_per_ray
+    proposal = settings.proposal_samples or march
+    surface = settings.surface_samples or proposal
     want_normals = settings.need_normals or settings.shading != "albedo"
-    if want_normals:
-        # Normals cost 6 density evaluations (finite differences) or a double backward, so
-        # they are computed only where a sample's weight is visible at all.
-        visible = weights.detach().reshape(-1) > settings.normal_min_weight
-        visible_points = flat_points[visible]
-        if visible_points.shape[0]:
-            normals = field.normals(visible_points).to(normal.dtype)
-            normal = normal.masked_scatter(visible[:, None], normals)
-            if settings.shading != "albedo":
-                light = None
-                if light_position is not None:
-                    light = light_position[:, None].expand(rays, samples, 3).reshape(-1, 3)
-                    light = light[visible]
-                shaded = shade(
-                    colour[visible],
-                    normals,
-                    visible_points,
-                    light,
-                    settings.shading,
-                    settings.ambient,
-                )
-                shaded = torch.zeros_like(colour).masked_scatter(visible[:, None], shaded)
-                colour = torch.where(visible[:, None], shaded, colour * settings.ambient)
-    alpha = weights.sum(-1)
-    background = torch.tensor(settings.background, device=origins.device, dtype=origins.dtype)
-    result = {
-        "rgb": (weights[..., None] * colour.reshape(rays, samples, 3)).sum(1)
-        + (1 - alpha[:, None]) * background,
-        "alpha": alpha,
-        "depth": (weights * t).sum(-1) / alpha.clamp_min(1e-8) * (alpha > 1e-4),
-        "normal": (weights[..., None] * normal.reshape(rays, samples, 3)).sum(1),
-    }
-    if want_normals:
-        facing = (normal.reshape(rays, samples, 3) * dirs[:, None]).sum(-1).clamp_min(0.0)
-        result["orient"] = (weights.detach() * facing**2).sum()
-        result["orient_rays"] = (alpha.detach() > 0).sum()
-    return result
+    if settings.shading != "albedo" and light_position is None:
+        raise ValueError(f"shading mode {settings.shading!r} needs a light position")
+    lights = origins if light_position is None else light_position.to(origins)
+    occupied = None
+    if occupancy is not None:
+        res = occupancy.resolution
+        occupied = occupancy.occupied.view(res, res, res)
+    return _core(settings.compile)(
+        field,
+        origins,
+        dirs,
+        _offsets(origins.shape[0], settings.stratified, origins, generator),
+        occupied,
+        shade_parameters(settings, origins.device),
+        lights,
+        torch.tensor(settings.background, device=origins.device, dtype=origins.dtype),
+        float(radius),
+        step_size(radius, march),
+        march,
+        min(proposal, march),
+        min(surface, proposal, march),
+        float(settings.alpha_threshold),
+        float(settings.early_stop),
+        want_normals,
+        settings.proposal_dtype,
+    )
 
 
 def render_views(
@@ -230,7 +359,9 @@ def render_views(
         )
     result = {}
     for key in parts[0]:
-        if parts[0][key].dim() == 0:
+        if key == "truncated":
+            result[key] = sum(p[key] for p in parts) / len(parts)
+        elif parts[0][key].dim() == 0:
             result[key] = sum(p[key] for p in parts)
         else:
             merged = torch.cat([p[key] for p in parts])

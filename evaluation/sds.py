@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tqdm import tqdm
 
 from evaluation.field import Field
 from evaluation.guidance import MultiViewGuidance, _no_timer, annealed_fraction
-from evaluation.renderer import OccupancyGrid, RenderSettings, render_views
+from evaluation.renderer import OccupancyGrid, render_settings, render_views, step_size
 from evaluation.views import sample_lights, sample_sds_cameras
 
 
@@ -28,16 +29,18 @@ def orientation_weight(sds_cfg, step: int) -> float:
 
 
 def step_shading(material_cfg, step: int, generator: torch.Generator) -> tuple[str, float]:
-    """(shading mode, ambient share) for one step: albedo in albedo mode and during the
-    ambient-only warm-up, then diffuse or (with ``textureless_prob``) textureless."""
+    """(shading mode, ambient share) for one step, threestudio's diffuse-with-point-light
+    material: albedo during the ambient-only warm-up; then albedo with probability
+    ``1 - diffuse_prob``, else textureless with ``textureless_prob``, else diffuse. Soft shading
+    draws the diffuse share uniformly per step (ambient = 1 - diffuse). Draws come from the CPU
+    generator: no device sync."""
     if material_cfg.mode == "albedo" or step < material_cfg.ambient_only_steps:
         return "albedo", 1.0
-    ambient = (
-        torch.rand((), generator=generator).item()
-        if material_cfg.soft_shading
-        else material_cfg.ambient
-    )
-    textureless = torch.rand((), generator=generator).item() < material_cfg.textureless_prob
+    draws = torch.rand(3, generator=generator).tolist()
+    if draws[0] > material_cfg.diffuse_prob:
+        return "albedo", 1.0
+    ambient = 1.0 - draws[2] if material_cfg.soft_shading else material_cfg.ambient
+    textureless = draws[1] < material_cfg.textureless_prob
     return ("textureless" if textureless else "diffuse"), ambient
 
 
@@ -49,8 +52,16 @@ def build_occupancy(cfg) -> OccupancyGrid | None:
 
 
 def sample_step_size(cfg) -> float:
-    """Typical distance between samples along a ray through the cube (for occupancy alphas)."""
-    return 2 * cfg.field.radius * 3**0.5 / cfg.renderer.samples_per_ray
+    """The renderer's march step (nerfacc's ``render_step_size``; also the occupancy alphas')."""
+    return step_size(cfg.field.radius, cfg.renderer.samples_per_ray)
+
+
+def use_compile(cfg, device: torch.device) -> bool:
+    """``speed.compile``: auto compiles on CUDA, and on CPU when a C++ compiler is present."""
+    value = cfg.speed.compile
+    if value == "auto":
+        return device.type == "cuda" or shutil.which(os.environ.get("CXX", "g++")) is not None
+    return bool(value)
 
 
 @dataclass
@@ -60,9 +71,13 @@ class FieldState:
     step: int = 0
 
 
-def save_checkpoint(path: Path, state: FieldState, optimizer, generator, cfg) -> None:
-    """Field, occupancy, optimizer, RNG and config: enough to resume or to re-export."""
+def save_checkpoint(
+    path: Path, state: FieldState, optimizer, generator, cfg, device_generator=None
+) -> None:
+    """Field, occupancy, optimizer, RNG (CPU and render device) and config: enough to resume or
+    to re-export."""
     payload = {
+        "device_generator": None if device_generator is None else device_generator.get_state(),
         "field": state.field.state_dict(),
         "occupancy": None if state.occupancy is None else state.occupancy.state_dict(),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
@@ -89,11 +104,13 @@ def load_checkpoint(path: Path, cfg, device: torch.device) -> tuple[FieldState, 
 
 
 def make_optimizer(field: Field, optim_cfg) -> torch.optim.Optimizer:
+    cuda = field.encoding.table.is_cuda
     return torch.optim.AdamW(
         field.param_groups(optim_cfg.lr_grid, optim_cfg.lr_mlp),
         betas=tuple(optim_cfg.betas),
         eps=optim_cfg.eps,
         weight_decay=optim_cfg.weight_decay,
+        fused=cuda or None,  # one kernel for all parameters on CUDA (same update)
     )
 
 
@@ -106,28 +123,37 @@ def sds_step(
     generator: torch.Generator,
     camera_input,
     timer=_no_timer,
+    device_generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """One optimisation step's loss (not yet backpropagated). ``camera_input`` turns a
     :class:`CameraBatch` into the model's camera vectors (the model's own convention);
-    ``timer(name)`` wraps the render, VAE and UNet parts (for the benchmark)."""
+    ``timer(name)`` wraps the render, VAE and UNet parts (for the benchmark). ``generator``
+    (CPU) draws cameras, shading and timesteps; ``device_generator`` (on the render device;
+    default: ``generator`` when that is the device) draws the ray stratification. Nothing here
+    reads a value back from the device."""
     device = cond.device
     resolution, batch_views = phase(cfg.sds, step)
     cameras = sample_sds_cameras(generator, cfg.cameras, batch_views)
     c2w = cameras.c2w().to(device)
     shading, ambient = step_shading(cfg.material, step, generator)
-    lights = None
-    if shading != "albedo":
-        lights = sample_lights(
-            generator, c2w, cfg.material.light_perturb, tuple(cfg.material.light_distance)
-        )
+    # Lights are drawn every step (one per view group), whatever the shading, as the released
+    # sampler does; the shading mode decides whether they are used.
+    lights = sample_lights(
+        generator,
+        c2w,
+        cfg.material.light_perturb,
+        tuple(cfg.material.light_distance),
+        cfg.cameras.views,
+    )
     orient_weight = orientation_weight(cfg.sds, step)
-    settings = RenderSettings(
-        samples_per_ray=cfg.renderer.samples_per_ray,
+    settings = render_settings(
+        cfg,
+        device,
         stratified=True,
-        background=tuple(cfg.renderer.background),
         shading=shading,
         ambient=ambient,
         need_normals=orient_weight > 0,
+        compile=use_compile(cfg, device),
     )
     with timer("render"):
         out = render_views(
@@ -139,12 +165,12 @@ def sds_step(
             settings,
             state.occupancy,
             lights,
-            generator,
+            device_generator or generator,
         )
     camera = camera_input(cameras).to(device)
     guide = guidance(out["rgb"], camera, cond, step, generator, timer)
     loss = guide["loss"]
-    terms = {"sds": guide["loss"].detach(), "t": guide["t"]}
+    terms = {"sds": guide["loss"].detach(), "t": guide["t"], "trunc": out["truncated"]}
     if "orient" in out:
         orient = out["orient"] / out["orient_rays"].clamp_min(1)
         loss = loss + orient_weight * orient
@@ -170,6 +196,10 @@ def optimise(
     """Run (or resume from ``checkpoint``) the SDS optimisation; returns the trained field."""
     device = cond.device
     generator = torch.Generator().manual_seed(int(cfg.seed))
+    # The ray stratification is drawn on the render device (no host-made tensor per step).
+    device_generator = (
+        generator if device.type == "cpu" else torch.Generator(device).manual_seed(int(cfg.seed))
+    )
     if checkpoint.exists():
         state, payload = load_checkpoint(checkpoint, cfg, device)
         optimizer = make_optimizer(state.field, cfg.optim)
@@ -177,6 +207,8 @@ def optimise(
             optimizer.load_state_dict(payload["optimizer"])
         if payload["generator"] is not None:
             generator.set_state(payload["generator"])
+        if payload.get("device_generator") is not None and device_generator is not generator:
+            device_generator.set_state(payload["device_generator"])
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed))
@@ -191,16 +223,21 @@ def optimise(
         step = state.step
         occ_cfg = cfg.renderer.occupancy
         if state.occupancy is not None and step % occ_cfg.update_every == 0:
-            state.occupancy.update(state.field, sample_step_size(cfg), generator)
-        terms = sds_step(state, guidance, cond, cfg, step, generator, camera_input)
+            state.occupancy.update(state.field, sample_step_size(cfg), device_generator)
+        terms = sds_step(
+            state, guidance, cond, cfg, step, generator, camera_input,
+            device_generator=device_generator,
+        )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
         state.step += 1
         bar.update(1)
-        bar.set_postfix({k: f"{float(v):.4g}" for k, v in terms.items() if k != "loss"})
+        if state.step % cfg.speed.log_every == 0 or state.step == total:
+            # the only read-back of device values: every speed.log_every steps
+            bar.set_postfix({k: f"{float(v):.4g}" for k, v in terms.items() if k != "loss"})
         if state.step % cfg.sds.checkpoint_every == 0 or state.step == total:
-            save_checkpoint(checkpoint, state, optimizer, generator, cfg)
+            save_checkpoint(checkpoint, state, optimizer, generator, cfg, device_generator)
     bar.close()
     state.field.eval()
     return state

@@ -51,5 +51,8 @@ class SphereField(nn.Module):
     def normals(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"density": self.density(x), "albedo": self.colour.expand(x.shape[0], 3)}
+    def forward(self, x: torch.Tensor, with_normals: bool = False) -> dict[str, torch.Tensor]:
+        out = {"density": self.density(x), "albedo": self.colour.expand(x.shape[0], 3)}
+        if with_normals:
+            out["normal"] = self.normals(x)
+        return out

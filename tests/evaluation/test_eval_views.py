@@ -12,7 +12,13 @@ from models.cameras import camera_embedding, camera_to_world
 
 
 def test_groups_are_isotropic_and_within_ranges():
-    cfg = load_config(overrides=["cameras.elevation_deg=[5,25]", "cameras.fov_deg=[20,50]"])
+    cfg = load_config(
+        overrides=[
+            "cameras.elevation_deg=[5,25]",
+            "cameras.fov_deg=[20,50]",
+            "cameras.elevation_sampling=uniform",  # threestudio's: test_eval_recipe.py
+        ]
+    )
     generator = torch.Generator().manual_seed(0)
     starts = []
     for _ in range(400):
@@ -47,7 +53,7 @@ def test_cameras_look_at_the_origin_from_the_configured_distance():
 
 def test_lights_sit_near_the_camera_side():
     c2w = orbit_cameras(4, 0.0, 40.0, 1.0).c2w()
-    lights = sample_lights(torch.Generator().manual_seed(0), c2w, 0.3, (0.8, 1.5))
+    lights = sample_lights(torch.Generator().manual_seed(0), c2w, 0.3, (0.8, 1.5), 4)
     cos = torch.nn.functional.cosine_similarity(lights, c2w[:, :3, 3], dim=-1)
     assert cos.min() > 0.3
     assert lights.norm(dim=-1).min() >= 0.8 - 1e-5 and lights.norm(dim=-1).max() <= 1.5 + 1e-5
