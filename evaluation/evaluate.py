@@ -1,8 +1,10 @@
 """Evaluate one object: SDS from its CLIP embedding, exports, scores, ``result.json``.
 
 The :class:`Evaluator` holds what every object shares (the frozen model, the guidance, the scoring
-CLIP, LPIPS) so a worker builds them once. An object is done when its ``result.json`` exists; an
-interrupted object resumes from its field checkpoint.
+CLIP, LPIPS) so a worker builds them once. An object is done when its ``result.json`` exists
+(with the fingerprint of the model, config and scorer that made it, ``evaluation/fingerprint.py``);
+an interrupted object resumes from its field checkpoint; ``fingerprint.json`` says what an
+unfinished object was started with.
 """
 
 from __future__ import annotations
@@ -14,18 +16,28 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from evaluation import export
 from evaluation.guidance import MultiViewGuidance
 from evaluation.inputs import EvalObject, ObjectRef, on_background, save_rgba
-from evaluation.metrics import build_clip_scorer, build_lpips, image_scores
+from evaluation.metrics import (
+    NOT_MEANINGFUL,
+    build_clip_scorer,
+    build_lpips,
+    clip_entry,
+    image_scores,
+)
 from evaluation.multiview import multiview_scores
+from evaluation.report_views import save_geometry_views
 from evaluation.sds import optimise
 from evaluation.views import CameraBatch, orbit_cameras
 from models.bundle import MultiViewDiffusion, build_model, load_model
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
+FAILED = "failed.json"
+STARTED = "fingerprint.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,9 +98,23 @@ class Evaluator:
         """The model's camera vectors, in its own convention (legacy flag of Isotropic3D)."""
         return self.model.cameras(cameras.elevation_deg, cameras.azimuth_deg, cameras.distance)
 
-    def __call__(self, ref: ObjectRef, folder: Path) -> dict:
+    def provenance(self) -> dict:
+        """What made the results: the model (folder and its recorded origin) and the scorer."""
+        return {
+            "model": self.cfg.model.path or f"random:{self.cfg.model.size}",
+            "model_source": self.model.source,
+            "legacy_double_radians": self.model.legacy_double_radians,
+            "clip_backbone": self.clip.name,
+            "clip_meaningful": self.clip.meaningful,
+            "lpips": self.lpips_note if self.lpips is not None else None,
+        }
+
+    def __call__(self, ref: ObjectRef, folder: Path, fingerprint: dict | None = None) -> dict:
         cfg, start = self.cfg, time.time()
         folder.mkdir(parents=True, exist_ok=True)
+        if fingerprint is not None:  # what this (maybe interrupted) object was started with
+            write_json_atomic(folder / STARTED, fingerprint)
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         obj = ref.load()
         save_rgba(obj.reference, folder / "reference.png")
         with torch.no_grad():
@@ -103,18 +129,34 @@ class Evaluator:
             description=obj.id,
         )
         files = self.export(state, folder)
+        mesh_file = folder / "mesh" / "mesh.json"
+        mesh = json.loads(mesh_file.read_text()) if mesh_file.is_file() else None
         scores = self.score(obj, state, folder)
-        notes = [] if self.lpips is not None else [self.lpips_note]
+        files["sampled"] = sorted((folder / "sampled").glob("view_*.png"))
+        notes = list(obj.warnings)
+        if self.lpips is None:
+            notes.append(self.lpips_note)
+        if not self.clip.meaningful:
+            notes.append(f"CLIP {self.clip.name}: {NOT_MEANINGFUL}; no CLIP score recorded")
+        if mesh and mesh.get("iso_fallback"):
+            notes.append(
+                f"mesh: export.mesh_threshold {mesh['configured_level']:g} misses the density "
+                f"range; fell back to the mean density {mesh['iso_level']:.4g} (likely a blob)"
+            )
+        provenance = self.provenance()
         result = {
             "id": obj.id,
             "source": obj.source,
             "steps": state.step,
             "seconds": round(time.time() - start, 2),
-            "model": cfg.model.path or f"random:{cfg.model.size}",
+            "model": provenance["model"],
             "clip_backbone": self.clip.name,
+            "provenance": provenance,
+            "mesh": mesh,
             **scores,
             "files": {k: [str(p.relative_to(folder)) for p in v] for k, v in files.items()},
             "notes": notes,
+            "fingerprint": fingerprint,
         }
         write_json_atomic(folder / RESULT, result)  # written last: marks the object done
         return result
@@ -127,6 +169,7 @@ class Evaluator:
                 export.save_turntable(state.field, state.occupancy, cfg, folder / "turntable.mp4")
             ],
             "mesh": export.save_mesh(state.field, cfg, folder / "mesh"),
+            **save_geometry_views(state.field, state.occupancy, cfg, folder),
         }
 
     def score(self, obj: EvalObject, state, folder: Path) -> dict:
@@ -140,15 +183,17 @@ class Evaluator:
             state.field, state.occupancy, cams, clip_cfg.resolution, cfg, background
         )["rgb"].permute(0, 3, 1, 2)
         reference = on_background(obj.reference, background)[None]
-        scores: dict = dict(self.clip.similarity(reference, renders))
+        scores: dict = clip_entry(self.clip, self.clip.similarity(reference, renders))
         scores.update({"psnr": None, "ssim": None, "lpips": None})
         if obj.reference_pose is not None:
-            pose = obj.reference_pose
+            # The pose refers to the image as given (not the recentred conditioning image).
+            pose, given = obj.reference_pose, obj.pose_reference
             cam = CameraBatch(*(torch.tensor([float(pose[k])]) for k in _POSE_KEYS))
-            size = obj.reference.shape[-1]
+            size = given.shape[-1]
             pred = export.render_cameras(state.field, state.occupancy, cam, size, cfg)["rgb"]
-            target = on_background(obj.reference, tuple(cfg.renderer.background))[None]
-            scores.update(image_scores(pred.permute(0, 3, 1, 2), target, self.lpips))
+            target = on_background(given, tuple(cfg.renderer.background))[None]
+            pose_scores = image_scores(pred.permute(0, 3, 1, 2), target, self.lpips)
+            scores.update({k: pose_scores[k] for k in ("psnr", "ssim", "lpips")})
         scores.update(self.multiview_score(obj, folder))
         return scores
 
@@ -163,3 +208,10 @@ _POSE_KEYS = ("elevation_deg", "azimuth_deg", "fov_deg", "distance")
 
 def is_done(folder: Path) -> bool:
     return (folder / RESULT).is_file()
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

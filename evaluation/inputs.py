@@ -2,12 +2,20 @@
 
 A shard object gives its reference view (the first of ``refs``, else the first view) with its
 known pose, and its first azimuth-orthogonal quadruple as ground truth for the 2D multi-view score.
+
+Images: non-square ones are padded to a square (never squashed); an RGB image without alpha gets
+its background estimated from its border (with a warning) so it can be recentred like RGBA. A
+known ``inputs.reference_pose`` refers to the image as given (padded to a square, not
+recentred): PSNR/SSIM compare the render at that pose with that image, while the recentred
+image conditions the model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,16 +27,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class EvalObject:
     id: str
-    reference: torch.Tensor  # [4,H,W] RGBA in [0,1] (alpha 1 for RGB inputs)
+    reference: torch.Tensor  # [4,S,S] RGBA in [0,1], recentred: what conditions the model
     reference_pose: dict | None = None  # elevation_deg, azimuth_deg, fov_deg, distance
+    pose_reference: torch.Tensor | None = None  # [4,S,S] the image as given (padded) at the pose
     gt_views: torch.Tensor | None = None  # [4,4,H,W] RGBA of one quad
     gt_pose: dict | None = None  # lists per view: elevation_deg, azimuth_deg, fov_deg, distance
     source: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -37,6 +48,7 @@ class ObjectRef:
 
     id: str
     load: Callable[[], EvalObject]
+    digest: Callable[[], str]  # hash of the source bytes: a changed input is a changed result
 
 
 def to_rgba_tensor(image: Image.Image) -> torch.Tensor:
@@ -82,21 +94,71 @@ def recenter(rgba: torch.Tensor, ratio: float) -> torch.Tensor:
     return out
 
 
+def pad_to_square(rgba: torch.Tensor) -> torch.Tensor:
+    """Centre ``[4,H,W]`` on a transparent square of side ``max(H, W)`` (a square image keeps
+    its field of view across its longer side)."""
+    height, width = rgba.shape[1:]
+    side = max(height, width)
+    if height == width:
+        return rgba
+    out = torch.zeros(4, side, side, dtype=rgba.dtype)
+    top, left = (side - height) // 2, (side - width) // 2
+    out[:, top : top + height, left : left + width] = rgba
+    return out
+
+
+def estimate_background(rgb: torch.Tensor, tolerance: float = 0.1) -> tuple[torch.Tensor, list]:
+    """Alpha for an RGB image ``[3,H,W]`` without one: the background colour is the median of
+    the border pixels; pixels within ``tolerance`` (max channel difference) of it are
+    background. Returns RGBA and the colour. A heuristic: objects touching the border in the
+    background colour lose those parts, hence the warning the caller records."""
+    border = torch.cat([rgb[:, 0], rgb[:, -1], rgb[:, :, 0], rgb[:, :, -1]], dim=1)
+    colour = border.median(dim=1).values
+    alpha = ((rgb - colour[:, None, None]).abs().amax(0) > tolerance).to(rgb.dtype)
+    return torch.cat([rgb, alpha[None]]), [round(float(c), 3) for c in colour]
+
+
 def _image_object(path: Path, inputs_cfg) -> EvalObject:
-    rgba = to_rgba_tensor(Image.open(path))
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError) as err:  # unreadable, truncated, not an image
+        raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from err
+    warnings: list[str] = []
+    rgba = to_rgba_tensor(image)
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    as_given = pad_to_square(rgba)  # the image as given: what a known pose refers to
+    if not has_alpha:
+        rgba, colour = estimate_background(rgba[:3])
+        if bool(rgba[3].all()) or not bool(rgba[3].any()):
+            rgba = torch.cat([rgba[:3], torch.ones_like(rgba[3:])])
+            warnings.append(
+                f"{path.name}: RGB without alpha and no uniform background found; the whole "
+                "image is the object (give an RGBA image with a transparent background)"
+            )
+        else:
+            warnings.append(
+                f"{path.name}: RGB without alpha; background estimated as the border colour "
+                f"{colour} (give an RGBA image for an exact mask)"
+            )
+        log.warning(warnings[-1])
     if inputs_cfg.recenter and bool((rgba[3] < 1).any()):
         rgba = recenter(rgba, inputs_cfg.foreground_ratio)
-    pose = None
+    rgba = pad_to_square(rgba)
+    pose = pose_reference = None
     if inputs_cfg.reference_pose is not None:
         from models.cameras import distance_for_fov
 
         pose = dict(inputs_cfg.reference_pose)
         pose["distance"] = float(distance_for_fov(pose["fov_deg"], pose.pop("relative_radius")))
+        pose_reference = resize_rgba(as_given, inputs_cfg.size)
     return EvalObject(
         id=object_id(path.stem),
         reference=resize_rgba(rgba, inputs_cfg.size),
         reference_pose=pose,
-        source={"path": str(path)},
+        pose_reference=pose_reference,
+        source={"path": str(path), "size": list(image.size), "alpha": has_alpha},
+        warnings=warnings,
     )
 
 
@@ -122,6 +184,13 @@ def _shard_members(path: Path, key: str) -> dict[str, bytes]:
     return members
 
 
+def _members_digest(members: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(members):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(members[name]).digest())
+    return digest.hexdigest()[:16]
+
+
 def _pose(meta: dict, index: int) -> dict:
     return {
         k: float(meta[k][index]) for k in ("elevation_deg", "azimuth_deg", "fov_deg", "distance")
@@ -143,10 +212,12 @@ def _shard_object(key: str, members: dict[str, bytes], shard: Path, inputs_cfg) 
         gt_views = torch.stack([view(i) for i in quad])
         poses = [_pose(meta, i) for i in quad]
         gt_pose = {k: [p[k] for p in poses] for k in poses[0]}
+    reference = view(ref_index)
     return EvalObject(
         id=key,
-        reference=view(ref_index),
+        reference=reference,
         reference_pose=_pose(meta, ref_index),
+        pose_reference=reference,  # shard views are never recentred
         gt_views=gt_views,
         gt_pose=gt_pose,
         source={"shard": str(shard), "license": meta.get("license"), "origin": meta.get("source")},
@@ -173,13 +244,22 @@ def list_objects(inputs_cfg) -> list[ObjectRef]:
         for path in files:
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 load = lambda p=path: _image_object(p, inputs_cfg)  # noqa: E731
-                refs.append(ObjectRef(object_id(path.stem), load))
+                digest = lambda p=path: hashlib.sha256(p.read_bytes()).hexdigest()[:16]  # noqa: E731
+                refs.append(ObjectRef(object_id(path.stem), load, digest))
     else:
         shards = [root] if root.is_file() else sorted(root.rglob("*.tar"))
         for shard in shards:
             for key in _shard_keys(shard):
                 load = lambda s=shard, k=key: _shard_object(k, _shard_members(s, k), s, inputs_cfg)  # noqa: E731
-                refs.append(ObjectRef(key, load))
+                digest = lambda s=shard, k=key: _members_digest(_shard_members(s, k))  # noqa: E731
+                refs.append(ObjectRef(key, load, digest))
+    if not refs:
+        what = (
+            "shards (.tar) with samples"
+            if kind == "shards"
+            else f"images ({', '.join(IMAGE_SUFFIXES)})"
+        )
+        raise ValueError(f"inputs.path: no {what} found in {root}")
     ids = [r.id for r in refs]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]

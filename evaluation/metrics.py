@@ -30,9 +30,12 @@ TINY_VISION = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "pa
 class ClipScorer(torch.nn.Module):
     """Image embeddings of a CLIP vision tower, L2-normalised, for cosine similarities."""
 
-    def __init__(self, visual: torch.nn.Module, image_size: int, name: str):
+    def __init__(self, visual: torch.nn.Module, image_size: int, name: str, meaningful: bool):
         super().__init__()
         self.visual, self.image_size, self.name = visual.eval(), image_size, name
+        # A random-init tower (``tiny``) gives numbers that say nothing about the object (it
+        # scores a blank white image ~0.99 against any reference): they are never a score.
+        self.meaningful = meaningful
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -51,11 +54,11 @@ class ClipScorer(torch.nn.Module):
         return F.normalize(self.visual(pixels).float(), dim=-1)
 
     def similarity(self, reference: torch.Tensor, views: torch.Tensor) -> dict[str, float]:
-        """Mean cosine between one reference ``[1,3,H,W]`` and N views ``[N,3,H,W]``, raw
-        (in [-1,1]) and x100 (the usual reporting unit), plus the per-view values."""
+        """Mean cosine between one reference ``[1,3,H,W]`` and N views ``[N,3,H,W]``: ``raw``
+        (in [-1,1]), ``x100`` (the usual reporting unit) and ``per_view``."""
         cos = (self.embed(views) @ self.embed(reference).T).squeeze(-1)
         raw = float(cos.mean())
-        return {"clip_raw": raw, "clip_x100": 100.0 * raw, "clip_per_view": cos.tolist()}
+        return {"raw": raw, "x100": 100.0 * raw, "per_view": cos.tolist()}
 
 
 def build_clip_scorer(clip_cfg, device: torch.device | str = "cpu", seed: int = 0) -> ClipScorer:
@@ -66,7 +69,7 @@ def build_clip_scorer(clip_cfg, device: torch.device | str = "cpu", seed: int = 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             visual = _build_vision_tower(32, CLIPVisionCfg(**TINY_VISION))
-        return ClipScorer(visual, TINY_VISION["image_size"], "tiny").to(device)
+        return ClipScorer(visual, TINY_VISION["image_size"], "tiny", meaningful=False).to(device)
     if open_clip.get_model_config(name) is None:
         raise ValueError(f"config key 'metrics.clip.backbone': unknown open_clip model {name!r}")
     source = clip_cfg.local_path or clip_cfg.pretrained
@@ -82,15 +85,49 @@ def build_clip_scorer(clip_cfg, device: torch.device | str = "cpu", seed: int = 
         ) from err
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple | list) else size
-    return ClipScorer(model.visual, int(size), f"{name}/{clip_cfg.pretrained}").to(device)
+    weights = Path(clip_cfg.local_path).name if clip_cfg.local_path else clip_cfg.pretrained
+    # No weights at all (pretrained null, no file) is a random tower too.
+    scorer = ClipScorer(model.visual, int(size), f"{name}/{weights}", meaningful=bool(source))
+    return scorer.to(device)
+
+
+NOT_MEANINGFUL = "not meaningful: random-init CLIP tower"
+
+
+def clip_entry(scorer: ClipScorer, sims: dict[str, float], prefix: str = "clip") -> dict:
+    """The result keys of a CLIP similarity: ``{prefix}_raw/_x100/_per_view`` from a real
+    backbone; from a random tower those are null and the numbers sit under
+    ``{prefix}_random_tower`` (pipeline checks only), so no table or average can show them."""
+    if scorer.meaningful:
+        return {f"{prefix}_{k}": v for k, v in sims.items()}
+    empty = {f"{prefix}_{k}": None for k in sims}
+    return {**empty, f"{prefix}_random_tower": {**sims, "note": NOT_MEANINGFUL}}
+
+
+def psnr_per_view(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
+    values = peak_signal_noise_ratio(
+        pred.float(), target.float(), data_range=1.0, dim=(1, 2, 3), reduction="none"
+    )
+    return [float(v) for v in values.reshape(-1)]
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    return float(peak_signal_noise_ratio(pred.float(), target.float(), data_range=1.0))
+    """PSNR of each view, averaged over views (as papers report it; not the PSNR of the pooled
+    MSE, which a single bad view would dominate differently)."""
+    values = psnr_per_view(pred, target)
+    return sum(values) / len(values)
+
+
+def ssim_per_view(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
+    values = structural_similarity_index_measure(
+        pred.float(), target.float(), data_range=1.0, reduction="none"
+    )
+    return [float(v) for v in values.reshape(-1)]
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
-    return float(structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0))
+    values = ssim_per_view(pred, target)
+    return sum(values) / len(values)
 
 
 _LPIPS_BACKBONES = {
@@ -144,6 +181,7 @@ def build_lpips(lpips_cfg, device: torch.device | str = "cpu"):
 
 
 def lpips(metric, pred: torch.Tensor, target: torch.Tensor) -> float | None:
+    """LPIPS of each view, averaged over views (torchmetrics' ``mean`` reduction)."""
     if metric is None:
         return None
     device = next(metric.parameters(), torch.empty(0)).device
@@ -152,11 +190,15 @@ def lpips(metric, pred: torch.Tensor, target: torch.Tensor) -> float | None:
 
 
 def image_scores(pred: torch.Tensor, target: torch.Tensor, lpips_metric=None) -> dict:
-    """PSNR, SSIM and LPIPS of ``pred`` against ``target`` (both ``[B,3,H,W]`` in [0,1])."""
+    """PSNR, SSIM and LPIPS of ``pred`` against ``target`` (both ``[B,3,H,W]`` in [0,1]), each
+    the mean over the ``B`` views, plus the per-view PSNR and SSIM."""
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    psnrs, ssims = psnr_per_view(pred, target), ssim_per_view(pred, target)
     return {
-        "psnr": psnr(pred, target),
-        "ssim": ssim(pred, target),
+        "psnr": sum(psnrs) / len(psnrs),
+        "ssim": sum(ssims) / len(ssims),
         "lpips": lpips(lpips_metric, pred, target),
+        "psnr_per_view": psnrs,
+        "ssim_per_view": ssims,
     }

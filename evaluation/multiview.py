@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.inputs import EvalObject, on_background, save_rgba
-from evaluation.metrics import image_scores
+from evaluation.metrics import clip_entry, image_scores
 from models.cameras import orthogonal_azimuths
 from models.sample import sample_views
 
@@ -20,6 +20,18 @@ EMPTY = {
     "mv_clip_raw": None,
     "mv_clip_x100": None,
 }
+
+
+def reference_frame_setting(value) -> bool | None:
+    """``metrics.multiview.reference_frame``: ``auto`` (None: the model folder decides; stage-2
+    models sample with their clean reference frame), or true/false."""
+    if value in ("auto", None):
+        return None
+    if isinstance(value, bool):
+        return value
+    raise ValueError(
+        f"config key 'metrics.multiview.reference_frame': {value!r} not auto|true|false"
+    )
 
 
 def multiview_scores(evaluator, obj: EvalObject, folder: Path) -> dict:
@@ -41,6 +53,7 @@ def multiview_scores(evaluator, obj: EvalObject, folder: Path) -> dict:
         seed=int(cfg.seed),
         guidance_scale=mv.guidance_scale,
         steps=mv.steps,
+        use_reference_frame=reference_frame_setting(mv.get("reference_frame", "auto")),
         progress=False,
     )
     out = folder / "sampled"
@@ -49,16 +62,18 @@ def multiview_scores(evaluator, obj: EvalObject, folder: Path) -> dict:
     for index, image in enumerate(sample.images):
         save_rgba(image, out / f"view_{index:03d}.png")
     if obj.gt_views is None:
-        return dict(EMPTY)
+        return {**EMPTY, "mv_reference_frame": sample.used_reference_frame}
     size = sample.images.shape[-1]
     target = on_background(obj.gt_views, tuple(cfg.renderer.background))
     target = F.interpolate(target, (size, size), mode="bicubic", antialias=True).clamp(0, 1)
     scores = image_scores(sample.images, target, evaluator.lpips)
-    cos = (evaluator.clip.embed(sample.images) * evaluator.clip.embed(target)).sum(-1).mean()
+    cos = (evaluator.clip.embed(sample.images) * evaluator.clip.embed(target)).sum(-1)
+    sims = {"raw": float(cos.mean()), "x100": 100.0 * float(cos.mean()), "per_view": cos.tolist()}
     return {
-        "mv_psnr": scores["psnr"],
+        "mv_psnr": scores["psnr"],  # mean of the per-view PSNRs
         "mv_ssim": scores["ssim"],
         "mv_lpips": scores["lpips"],
-        "mv_clip_raw": float(cos),
-        "mv_clip_x100": 100.0 * float(cos),
+        "mv_psnr_per_view": scores["psnr_per_view"],
+        "mv_reference_frame": sample.used_reference_frame,
+        **clip_entry(evaluator.clip, sims, prefix="mv_clip"),
     }

@@ -3,8 +3,14 @@
 Objects are sorted by id and dealt round-robin to ``world_size`` workers; a worker's rank comes
 from ``--rank/--world-size``, a SLURM array (``SLURM_ARRAY_TASK_ID``/``_COUNT``) or
 ``RANK``/``WORLD_SIZE``. On a machine with several GPUs the process starts one worker per GPU
-(each sees only its GPU), so N machines x G GPUs split the objects N*G ways. Done objects (with a
-``result.json``) are skipped; an interrupted object resumes from its field checkpoint.
+(each sees only its GPU), so N machines x G GPUs split the objects N*G ways.
+
+A done object (``result.json``) is skipped only when it was made with the same model, config and
+scorer (``evaluation/fingerprint.py``); otherwise the run refuses and names what changed
+(``--rescore`` redoes exports and scores of a kept field, ``--recompute`` starts the object
+again). An interrupted object resumes from its field checkpoint. An object that fails is recorded
+(``failed.json``, shown in the report) and the others go on; the report is written even when a
+worker fails, and the exit code says that something failed.
 """
 
 from __future__ import annotations
@@ -12,18 +18,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import torch
 import yaml
 from tqdm import tqdm
 
+from evaluation import fingerprint as fp
 from evaluation.config import load_config
-from evaluation.evaluate import Evaluator, is_done
-from evaluation.inputs import list_objects
-from evaluation.report import build_report
+from evaluation.evaluate import FAILED, RESULT, STARTED, Evaluator, read_json, write_json_atomic
+from evaluation.inputs import ObjectRef, list_objects
+from evaluation.report import build_report, console_summary
 
 log = logging.getLogger("evaluation")
 
@@ -46,7 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rescore",
         action="store_true",
-        help="redo exports and scores of done objects from their field checkpoints (no SDS)",
+        help="redo exports and scores of done objects from their field checkpoints (no SDS; "
+        "more --steps continue the optimisation); refused if the model or SDS settings changed",
+    )
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="start again every object whose recorded model/config/scorer differ from this run",
     )
     parser.add_argument("--no-report", action="store_true", help="skip rebuilding the report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -108,14 +123,106 @@ def strip_partition_flags(argv: list[str]) -> list[str]:
     return out
 
 
+class Refused(SystemExit):
+    """Done objects were made with other settings; the message names them and the way out."""
+
+
+def plan(
+    refs: list[ObjectRef], out: Path, current: dict, rescore: bool, recompute: bool
+) -> tuple[list[tuple[ObjectRef, dict]], list[str]]:
+    """Which objects to evaluate (with their fingerprints) and which conflicts refuse the run."""
+    todo, conflicts = [], []
+    for ref in refs:
+        folder = out / "objects" / ref.id
+        try:
+            digest = ref.digest()
+        except OSError:
+            digest = None  # unreadable: evaluating it records the failure
+        mine = fp.make(current["cfg"], current["identity"], digest)
+        result = read_json(folder / RESULT)
+        started = read_json(folder / STARTED)
+        if result is not None:
+            changed = fp.changes(result.get("fingerprint"), mine)
+            if not changed and not rescore:
+                continue  # done with these very settings
+            kept_field = not set(changed) & set(fp.FIELD_GROUPS)
+            fewer = int(result.get("steps", 0)) > int(current["cfg"].sds.steps)
+            if rescore and kept_field and not fewer:
+                todo.append((ref, mine))
+                continue
+        elif started is not None:
+            changed = fp.changes(started, mine)
+            changed = {g: v for g, v in changed.items() if g in fp.FIELD_GROUPS}
+            if not changed:
+                todo.append((ref, mine))  # interrupted: resumes from its field checkpoint
+                continue
+            fewer = False
+        else:
+            todo.append((ref, mine))
+            continue
+        if recompute:
+            reset(folder)
+            todo.append((ref, mine))
+            continue
+        what = "; ".join(f"{g}: {', '.join(lines[:3])}" for g, lines in changed.items())
+        if fewer:
+            what += f"; its field has {result['steps']} steps, more than sds.steps"
+        hint = "--recompute" if set(changed) & set(fp.FIELD_GROUPS) or fewer else "--rescore"
+        state = "done" if result else "started"
+        conflicts.append(f"{ref.id} ({state}) with other {what} [{hint}]")
+    return todo, conflicts
+
+
+def reset(folder: Path) -> None:
+    """Forget an object's results and field so it starts again (inputs are never touched)."""
+    for name in (RESULT, STARTED, FAILED, "field.pt"):
+        (folder / name).unlink(missing_ok=True)
+    for sub in ("views", "normal", "textureless", "mesh", "sampled"):
+        shutil.rmtree(folder / sub, ignore_errors=True)
+
+
+def refusal_message(conflicts: list[str]) -> str:
+    shown = "\n  ".join(conflicts[:10]) + ("\n  ..." if len(conflicts) > 10 else "")
+    return (
+        f"refusing: {len(conflicts)} object(s) in this output folder were made with other "
+        f"settings than this run:\n  {shown}\n"
+        "Use another --out, --rescore (exports, scorer or more steps; keeps the field), or "
+        "--recompute (starts those objects again)."
+    )
+
+
+def record_failure(folder: Path, ref: ObjectRef, err: BaseException) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = folder / RESULT
+    if stale.is_file():  # a failed rescore: the old result no longer matches this run
+        os.replace(stale, folder / "result.stale.json")
+    write_json_atomic(
+        folder / FAILED,
+        {
+            "id": ref.id,
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exception(err)[-6:],
+        },
+    )
+
+
 def evaluate_partition(
-    cfg, out: Path, rank: int, world: int, progress: bool, rescore: bool = False
-) -> list[str]:
-    """Evaluate this worker's share; returns the ids it evaluated (skipped ones excluded).
-    ``rescore`` redoes done objects: their field checkpoint is complete, so only the exports
-    and scores run again (e.g. with another scoring backbone)."""
+    cfg,
+    out: Path,
+    rank: int,
+    world: int,
+    progress: bool,
+    rescore: bool = False,
+    recompute: bool = False,
+) -> tuple[list[str], list[str]]:
+    """Evaluate this worker's share; returns (evaluated ids, failed ids). ``rescore`` redoes done
+    objects' exports and scores from their field checkpoints (e.g. with another scoring backbone);
+    ``recompute`` starts again objects made with other settings."""
     refs = list_objects(cfg.inputs)[rank::world]
-    todo = [r for r in refs if rescore or not is_done(out / "objects" / r.id)]
+    current = {"cfg": cfg, "identity": fp.model_identity(cfg)}
+    todo, conflicts = plan(refs, out, current, rescore, recompute)
+    if conflicts:
+        raise Refused(refusal_message(conflicts))
     log.info(
         "rank %d/%d: %d objects, %d done, %d to go",
         rank,
@@ -125,13 +232,27 @@ def evaluate_partition(
         len(todo),
     )
     if not todo:
-        return []
+        return [], []
     evaluator = Evaluator(cfg, progress=progress)
-    done = []
-    for ref in tqdm(todo, desc=f"objects (rank {rank})", disable=not progress):
-        evaluator(ref, out / "objects" / ref.id)
+    done, failed = [], []
+    for ref, mine in tqdm(todo, desc=f"objects (rank {rank})", disable=not progress):
+        folder = out / "objects" / ref.id
+        try:
+            evaluator(ref, folder, mine)
+        except Exception as err:  # one bad object must not stop the others
+            log.error("object %s failed: %s: %s", ref.id, type(err).__name__, err)
+            record_failure(folder, ref, err)
+            failed.append(ref.id)
+            continue
+        (folder / FAILED).unlink(missing_ok=True)
         done.append(ref.id)
-    return done
+    return done, failed
+
+
+def write_expected(out: Path, cfg) -> None:
+    """All object ids of the input (every rank), so the report can name the missing ones."""
+    ids = [ref.id for ref in list_objects(cfg.inputs)]
+    write_json_atomic(out / "expected.json", {"inputs": str(cfg.inputs.path), "objects": ids})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,17 +271,30 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     rank, world = partition_from_env(args.rank, args.world_size)
+    write_expected(out, cfg)  # also fails at once on an empty or missing input folder
     gpus = local_gpus(args.gpus) if cfg.device in ("auto", "cuda") else []
-    if len(gpus) > 1:
-        code = spawn_per_gpu(strip_partition_flags(argv), gpus, rank, world)
-        if code:
-            raise SystemExit(f"a GPU worker failed with exit code {code}")
-    else:
-        evaluate_partition(cfg, out, rank, world, not args.no_progress, args.rescore)
+    problem = None
+    try:
+        if len(gpus) > 1:
+            code = spawn_per_gpu(strip_partition_flags(argv), gpus, rank, world)
+            if code:
+                problem = f"a GPU worker failed with exit code {code}"
+        else:
+            _, failed = evaluate_partition(
+                cfg, out, rank, world, not args.no_progress, args.rescore, args.recompute
+            )
+            if failed:
+                problem = f"{len(failed)} object(s) failed: {', '.join(failed[:10])}"
+    except Refused:
+        raise  # nothing was evaluated: the report of the folder is unchanged
+    except Exception as err:  # this worker died: still report what every worker finished
+        problem = f"rank {rank} failed: {type(err).__name__}: {err}"
+        log.exception(problem)
     if not args.no_report:
-        summary = build_report(out, cfg.report.clip_unit, cfg.report.embed_video)
-        clip = summary["clip"]
-        print(f"report: {out / 'index.html'}  clip ({cfg.report.clip_unit}) mean {clip['mean']}")
+        summary = build_report(out, cfg.report.clip_unit)
+        print(console_summary(out, summary, cfg.report.clip_unit))
+    if problem:
+        raise SystemExit(f"{problem} (reasons in {out / 'index.html'} and objects/*/failed.json)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Multi-view sampler: image -> CLIP embedding -> V views at given cameras (DDIM, CFG, seeded).
 
 ``python -m models.sample --image IMG --model DIR --out GRID.png`` writes a grid (reference image
-first, then the views); ``--views-dir`` also writes each view. ``--reference-frame`` adds the clean
-reference latent as an extra frame (stage-2 EMA models; the stage-2 paper setting at inference is
-without it).
+first, then the views); ``--views-dir`` also writes each view. A model folder that says it was
+trained in stage 2 (``model.json`` ``source.stage == 2``) samples with its clean reference latent
+as an extra frame, as it was trained; ``--no-reference-frame`` turns that off and
+``--reference-frame`` forces it on for any model. With the legacy Isotropic3D camera flag the
+cameras are the released sampler's own (``models.cameras.legacy_sampling_cameras``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.bundle import MultiViewDiffusion, load_model
-from models.cameras import orthogonal_azimuths
+from models.cameras import legacy_sampling_cameras, orthogonal_azimuths
 from models.ema_frames import EMAFramePolicy, assemble_ema_frames
 
 
@@ -28,6 +30,12 @@ class SampleResult:
     images: torch.Tensor  # [V,3,H,W] in [0,1]
     grid: Image.Image  # reference image, then the views, in one row
     cameras: torch.Tensor  # [V,16] camera inputs used
+    used_reference_frame: bool = False  # the clean reference latent joined the views
+
+
+def default_reference_frame(model: MultiViewDiffusion) -> bool:
+    """Stage-2 models were trained with the clean reference frame: they sample with it."""
+    return int((model.source or {}).get("stage") or 0) == 2
 
 
 def load_image(image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
@@ -67,11 +75,12 @@ def sample_views(
     seed: int = 0,
     guidance_scale: float | None = None,
     steps: int | None = None,
-    use_reference_frame: bool = False,
+    use_reference_frame: bool | None = None,
     policy: EMAFramePolicy = EMAFramePolicy(),
     progress: bool = True,
 ) -> SampleResult:
-    """Sample views of the object in ``image``; defaults come from the preset's ``sampling``."""
+    """Sample views of the object in ``image``; defaults come from the preset's ``sampling``.
+    ``use_reference_frame=None`` follows the model folder (on for stage-2 models)."""
     if model.image_encoder is None:
         raise ValueError("sample_views needs a model loaded with its image encoder")
     settings = model.preset["sampling"]
@@ -87,10 +96,15 @@ def sample_views(
     param = next(model.unet.parameters())
     device, dtype = param.device, param.dtype
 
+    if use_reference_frame is None:
+        use_reference_frame = default_reference_frame(model)
     reference = load_image(image).to(device)
     cond = model.image_encoder.encode(reference[None]).to(dtype)  # [1,1,D]
     context = torch.cat([cond, model.image_encoder.unconditional(1).to(dtype)])  # cond, uncond
-    cameras = model.cameras(torch.full_like(azimuths, float(elevation_deg)), azimuths)
+    if model.legacy_double_radians:  # the released sampler's cameras, quirks included
+        cameras = legacy_sampling_cameras(float(elevation_deg), azimuths)
+    else:
+        cameras = model.cameras(torch.full_like(azimuths, float(elevation_deg)), azimuths)
     cameras = cameras.to(device, dtype)
     reference_latent = reference_camera = None
     if use_reference_frame:
@@ -128,7 +142,7 @@ def sample_views(
 
     images = ((model.vae.decode(latents.to(dtype)).float() + 1) / 2).clamp(0, 1).cpu()
     grid = make_grid([on_white(reference).cpu(), *images], size)
-    return SampleResult(images=images, grid=grid, cameras=cameras.float().cpu())
+    return SampleResult(images, grid, cameras.float().cpu(), bool(use_reference_frame))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,7 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the preset's)")
     parser.add_argument("--guidance-scale", type=float, help="CFG scale (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reference-frame", action="store_true", help="stage-2 reference frame")
+    parser.add_argument(
+        "--reference-frame",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the clean reference latent as an extra frame (default: on for stage-2 models)",
+    )
     parser.add_argument("--reference-timestep", default="same", choices=["same", "zero"])
     parser.add_argument("--reference-camera", default="zeros", choices=["zeros", "true"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -173,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         views_dir.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(result.images):
             make_grid([img], img.shape[-1]).save(views_dir / f"view_{i}.png")
-    print(f"wrote {out} ({len(result.images)} views)")
+    frame = "with" if result.used_reference_frame else "without"
+    print(f"wrote {out} ({len(result.images)} views, {frame} the reference frame)")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def _args(images, out, *extra):
             "--gpus", "none", "--no-progress", *TINY_OVERRIDES, *extra]  # fmt: skip
 
 
-def test_images_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
+def test_images_end_to_end_then_rerun_skips(tmp_path, monkeypatch, capsys):
     images, out = _draw_images(tmp_path / "images"), tmp_path / "out"
     run.main(_args(images, out, "report.clip_unit=raw"))
     ids = sorted(p.name for p in (out / "objects").iterdir())
@@ -40,24 +40,41 @@ def test_images_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
     for object_id in ids:
         folder = out / "objects" / object_id
         result = json.loads((folder / "result.json").read_text())
-        assert result["steps"] == 2 and -1 <= result["clip_raw"] <= 1
-        assert result["clip_x100"] == pytest.approx(100 * result["clip_raw"])
-        assert len(result["clip_per_view"]) == 4 and result["psnr"] is None  # pose unknown
+        # the tiny tower is random: no CLIP score, the pipeline's number kept apart and labelled
+        assert result["steps"] == 2 and result["clip_raw"] is None and result["clip_x100"] is None
+        check = result["clip_random_tower"]
+        assert -1 <= check["raw"] <= 1 and len(check["per_view"]) == 4
+        assert "not meaningful" in check["note"] and any("CLIP tiny" in n for n in result["notes"])
+        assert result["psnr"] is None  # pose unknown
+        prov = result["provenance"]
+        assert prov["model"] == "random:tiny" and prov["clip_meaningful"] is False
+        assert set(result["fingerprint"]["groups"]) == {
+            "model", "reference", "sds", "steps", "exports", "scorer"
+        }  # fmt: skip
+        mesh_info = result["mesh"]
+        assert mesh_info == json.loads((folder / "mesh" / "mesh.json").read_text())
+        assert isinstance(mesh_info["iso_level"], float) and "iso_fallback" in mesh_info
         views = sorted((folder / "views").glob("view_*.png"))
         assert len(views) == 4 and Image.open(views[0]).size == (32, 32)
+        for kind in ("normal", "textureless"):
+            assert result["files"][kind] == [f"{kind}/view_{i:03d}.png" for i in range(4)]
+            assert Image.open(folder / kind / "view_000.png").size == (32, 32)
         assert len(imageio.mimread(folder / "turntable.mp4")) == 4
         mesh = trimesh.load(folder / "mesh" / "mesh.glb", force="mesh")
         assert len(mesh.faces) > 0 and (folder / "mesh" / "mesh.obj").stat().st_size > 0
-        assert len(list((folder / "sampled").glob("view_*.png"))) == 4
-        assert (folder / "field.pt").is_file()
+        assert len(result["files"]["sampled"]) == 4
+        assert (folder / "field.pt").is_file() and (folder / "config.yaml").is_file()
     report = json.loads((out / "results.json").read_text())
     assert report["clip_unit"] == "raw" and len(report["objects"]) == 2
-    mean = sum(r["clip"] for r in report["objects"]) / 2
-    assert report["summary"]["clip"]["mean"] == pytest.approx(mean)
-    for name in ("results.csv", "results.md", "contact_sheet.png", "plots/clip.png"):
+    assert report["summary"]["clip"] == {"mean": None, "std": None, "n": 0}
+    assert report["summary"]["seconds"]["n"] == 2
+    console = capsys.readouterr().out
+    assert "clip: not meaningful" in console and "2 done, 0 failed, 0 missing" in console
+    for name in ("results.csv", "results.md", "contact_sheet.png"):
         assert (out / name).stat().st_size > 0, name
     page = (out / "index.html").read_text()
-    assert page.count("data:video/mp4;base64,") == 2 and "tomato" in page and "duck_v2" in page
+    assert "base64" not in page and "objects/tomato/turntable.mp4" in page
+    assert "objects/duck_v2/normal/view_000.png" in page and "random:tiny" in page
 
     # Rerun: everything is done, so no evaluator (no model) is built and nothing is rewritten.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "objects").glob("*/result.json")}
@@ -69,14 +86,32 @@ def test_images_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
     run.main(_args(images, out, "report.clip_unit=raw"))
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "objects").glob("*/result.json")}
 
-    # --rescore: exports and scores again from the field checkpoints, without optimising.
+    # Another setting: refused before anything runs, naming what changed and the way out.
+    with pytest.raises(SystemExit, match=r"sds\.guidance_scale: 10\.0 -> 7\.5") as refused:
+        run.main(_args(images, out, "sds.guidance_scale=7.5"))
+    assert "--recompute" in str(refused.value) and "duck_v2 (done)" in str(refused.value)
+    with pytest.raises(SystemExit, match=r"metrics\.clip\.num_views: 4 -> 2 \[--rescore\]"):
+        run.main(_args(images, out, "metrics.clip.num_views=2"))
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "objects").glob("*/result.json")}
+
+    # --rescore: exports and scores again from the field checkpoints, without optimising; a
+    # changed SDS setting is still refused (the kept field was made with the old one).
     monkeypatch.undo()
     field_file = out / "objects" / "duck_v2" / "field.pt"
     field_stamp = field_file.stat().st_mtime_ns
+    with pytest.raises(SystemExit, match="sds.guidance_scale"):
+        run.main(_args(images, out, "--rescore", "sds.guidance_scale=7.5", "inputs.limit=1"))
     run.main(_args(images, out, "--rescore", "metrics.clip.num_views=2", "inputs.limit=1"))
     result = json.loads((out / "objects" / "duck_v2" / "result.json").read_text())
-    assert len(result["clip_per_view"]) == 2 and result["steps"] == 2
+    assert len(result["clip_random_tower"]["per_view"]) == 2 and result["steps"] == 2
     assert field_file.stat().st_mtime_ns == field_stamp  # the field was not optimised again
+    run.main(_args(images, out, "metrics.clip.num_views=2", "inputs.limit=1"))  # now done
+
+    # --recompute: the object starts again with the new SDS setting.
+    run.main(_args(images, out, "--recompute", "sds.guidance_scale=7.5", "inputs.limit=1"))
+    result = json.loads((out / "objects" / "duck_v2" / "result.json").read_text())
+    assert result["fingerprint"]["settings"]["sds:sds.guidance_scale"] == 7.5
+    assert field_file.stat().st_mtime_ns != field_stamp
 
 
 def test_shards_end_to_end_scores_against_ground_truth(rendered_shards, tiny_model_dir, tmp_path):
@@ -86,8 +121,11 @@ def test_shards_end_to_end_scores_against_ground_truth(rendered_shards, tiny_mod
     (result_file,) = list((out / "objects").glob("*/result.json"))
     result = json.loads(result_file.read_text())
     assert result["steps"] == 1 and result["model"] == str(tiny_model_dir)
-    for key in ("psnr", "ssim", "mv_psnr", "mv_ssim", "mv_clip_raw"):
+    for key in ("psnr", "ssim", "mv_psnr", "mv_ssim"):
         assert isinstance(result[key], float), key  # pose known, ground-truth quad present
+    assert result["mv_clip_raw"] is None and "raw" in result["mv_clip_random_tower"]
+    assert result["mv_psnr"] == pytest.approx(sum(result["mv_psnr_per_view"]) / 4)
+    assert result["mv_reference_frame"] is False  # a random-init folder is no stage-2 model
     assert result["lpips"] is None and any("LPIPS skipped" in n for n in result["notes"])
     assert result["source"]["shard"].endswith(".tar")
 

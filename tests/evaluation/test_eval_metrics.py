@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from evaluation.config import Cfg, load_config
-from evaluation.metrics import build_clip_scorer, build_lpips, image_scores, psnr, ssim
+from evaluation.metrics import (
+    build_clip_scorer,
+    build_lpips,
+    clip_entry,
+    image_scores,
+    psnr,
+    ssim,
+)
 from evaluation.report import summarise, table_rows
 
 
@@ -21,10 +28,32 @@ def scorer():
 def test_identical_images_have_cosine_one(scorer):
     image = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     result = scorer.similarity(image, image.repeat(3, 1, 1, 1))
-    assert result["clip_raw"] == pytest.approx(1.0, abs=1e-5)
-    assert result["clip_x100"] == pytest.approx(100.0, abs=1e-3)
+    assert result["raw"] == pytest.approx(1.0, abs=1e-5)
+    assert result["x100"] == pytest.approx(100.0, abs=1e-3)
     other = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
-    assert scorer.similarity(image, other)["clip_raw"] < 1.0 - 1e-4
+    assert scorer.similarity(image, other)["raw"] < 1.0 - 1e-4
+
+
+def test_a_random_tower_gives_no_clip_score(scorer):
+    assert scorer.meaningful is False and scorer.name == "tiny"
+    white, reference = torch.ones(1, 3, 48, 48), torch.rand(1, 3, 48, 48)
+    entry = clip_entry(scorer, scorer.similarity(reference, white.repeat(2, 1, 1, 1)))
+    assert entry["clip_raw"] is None and entry["clip_x100"] is None
+    assert entry["clip_per_view"] is None and "not meaningful" in entry["clip_random_tower"]["note"]
+    mv = clip_entry(scorer, scorer.similarity(reference, white), prefix="mv_clip")
+    assert mv["mv_clip_raw"] is None and "raw" in mv["mv_clip_random_tower"]
+
+
+def test_psnr_is_the_mean_of_per_view_psnrs():
+    target = torch.full((2, 3, 16, 16), 0.5)
+    pred = target.clone()
+    pred[0] += 0.1  # MSE 0.01 -> 20 dB
+    pred[1] += 0.01  # MSE 0.0001 -> 40 dB
+    scores = image_scores(pred, target)
+    assert scores["psnr_per_view"] == pytest.approx([20.0, 40.0], abs=1e-3)
+    assert scores["psnr"] == pytest.approx(30.0, abs=1e-3)  # not 10*log10(1/0.00505) = 22.97
+    assert psnr(pred, target) == pytest.approx(30.0, abs=1e-3)
+    assert len(scores["ssim_per_view"]) == 2
 
 
 def test_psnr_of_a_known_perturbation_matches_the_formula():
@@ -33,17 +62,18 @@ def test_psnr_of_a_known_perturbation_matches_the_formula():
     assert psnr(shifted, target) == pytest.approx(10 * math.log10(1 / 0.0025), abs=1e-3)
     noise = 0.02 * torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
     noisy = target + noise
-    mse = float(((noisy - target) ** 2).mean())
-    assert psnr(noisy, target) == pytest.approx(10 * math.log10(1 / mse), abs=1e-3)
+    mses = ((noisy - target) ** 2).flatten(1).mean(1).tolist()  # per view
+    expected = sum(10 * math.log10(1 / m) for m in mses) / len(mses)
+    assert psnr(noisy, target) == pytest.approx(expected, abs=1e-3)
     assert ssim(target, target) == pytest.approx(1.0, abs=1e-6)
     assert ssim(noisy, target) < 0.999
 
 
 def test_clip_score_does_not_depend_on_the_report_unit():
     results = [
-        {"id": "a", "clip_raw": 0.81, "psnr": 20.0, "mv_clip_raw": None},
-        {"id": "b", "clip_raw": 0.64, "psnr": None, "mv_clip_raw": 0.5},
-        {"id": "c", "clip_raw": 0.73, "psnr": 18.0, "mv_clip_raw": 0.7},
+        {"id": "a", "clip_raw": 0.81, "psnr": 20.0, "mv_clip_raw": None, "clip_backbone": "B"},
+        {"id": "b", "clip_raw": 0.64, "psnr": None, "mv_clip_raw": 0.5, "clip_backbone": "B"},
+        {"id": "c", "clip_raw": 0.73, "psnr": 18.0, "mv_clip_raw": 0.7, "clip_backbone": "B"},
     ]
     raw, x100 = table_rows(results, "raw"), table_rows(results, "x100")
     for r, h, res in zip(raw, x100, results):
@@ -55,7 +85,10 @@ def test_clip_score_does_not_depend_on_the_report_unit():
     s_raw, s_x100 = summarise(raw), summarise(x100)
     assert s_x100["clip"]["mean"] == pytest.approx(100 * s_raw["clip"]["mean"])
     assert s_x100["clip"]["std"] == pytest.approx(100 * s_raw["clip"]["std"])
-    assert s_raw["mv_clip"]["count"] == 2 and s_raw["psnr"]["count"] == 2
+    assert s_raw["mv_clip"]["n"] == 2 and s_raw["psnr"]["n"] == 2
+    # sample standard deviation (n - 1), as papers report it
+    assert s_raw["clip"]["std"] == pytest.approx(float(torch.tensor([0.81, 0.64, 0.73]).std()))
+    assert summarise(raw[:1])["clip"] == {"mean": 0.81, "std": None, "n": 1}
 
 
 def test_lpips_is_skipped_with_a_reason_when_weights_are_absent(tmp_path):

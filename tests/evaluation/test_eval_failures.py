@@ -1,0 +1,92 @@
+"""Failures: one unreadable image is recorded (reason in the report) while the others finish and
+the run exits non-zero; a failing GPU worker still leaves a report; an empty input folder is an
+error; a changed model is detected by content."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from eval_helpers import TINY_OVERRIDES
+from PIL import Image, ImageDraw
+
+from evaluation import fingerprint, run
+from evaluation.config import load_config
+from evaluation.inputs import list_objects
+
+
+def _args(images, out, *extra):
+    return ["--config", "configs/eval_tiny.yaml", "--images", str(images), "--out", str(out),
+            "--gpus", "none", "--no-progress", *TINY_OVERRIDES, "sds.steps=1",
+            "metrics.multiview.enabled=false", *extra]  # fmt: skip
+
+
+def test_one_bad_image_is_recorded_and_the_others_finish(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    image = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    ImageDraw.Draw(image).ellipse((8, 8, 32, 32), fill=(200, 40, 40, 255))
+    image.save(images / "good.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated" * 8)
+    with pytest.raises(SystemExit, match=r"1 object\(s\) failed: broken"):
+        run.main(_args(images, out))
+    assert (out / "objects" / "good" / "result.json").is_file()
+    failure = json.loads((out / "objects" / "broken" / "failed.json").read_text())
+    assert "cannot read the image" in failure["error"] and "broken.png" in failure["error"]
+    report = json.loads((out / "results.json").read_text())
+    assert [r["id"] for r in report["objects"]] == ["good"]
+    assert [f["id"] for f in report["failed"]] == ["broken"] and report["missing"] == []
+    page = (out / "index.html").read_text()
+    assert "<h2>Failed</h2>" in page and "cannot read the image" in page
+    assert "broken: ValueError:" in (out / "results.md").read_text()
+
+
+def test_a_failing_gpu_worker_still_leaves_a_report(tmp_path, monkeypatch):
+    codes = iter([0, 3])
+
+    class FakeChild:
+        def __init__(self, args, env):
+            self.code = next(codes)
+
+        def wait(self):
+            return self.code
+
+    monkeypatch.setattr(run.subprocess, "Popen", FakeChild)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGBA", (16, 16), (255, 0, 0, 255)).save(images / "a.png")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="a GPU worker failed with exit code 3"):
+        run.main(["--images", str(images), "--out", str(out), "--gpus", "0,1"])
+    assert (out / "index.html").is_file()
+    assert json.loads((out / "results.json").read_text())["missing"] == ["a"]
+
+
+def test_an_empty_folder_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"inputs.path: no images .* found in"):
+        run.main(["--images", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    cfg = load_config(overrides=[f"inputs.path={tmp_path / 'empty'}", "inputs.kind=shards"])
+    with pytest.raises(ValueError, match="no shards"):
+        list_objects(cfg.inputs)
+
+
+def test_the_model_fingerprint_follows_the_weights_not_the_folder(tiny_model_dir, tmp_path):
+    copy = tmp_path / "moved"
+    shutil.copytree(tiny_model_dir, copy)
+    cfg = load_config(overrides=[f"model.path={tiny_model_dir}"])
+    moved = load_config(overrides=[f"model.path={copy}"])
+    same = fingerprint.make(moved, fingerprint.model_identity(moved), "d")
+    original = fingerprint.make(cfg, fingerprint.model_identity(cfg), "d")
+    assert fingerprint.changes(original, same) == {}  # moving a folder changes nothing
+    weights = copy / "unet.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # one byte of the weights
+    weights.write_bytes(bytes(data))
+    changed = fingerprint.make(moved, fingerprint.model_identity(moved), "d")
+    diff = fingerprint.changes(original, changed)
+    assert list(diff) == ["model"] and "identity.unet.safetensors" in diff["model"][0]
+    other_image = fingerprint.make(cfg, fingerprint.model_identity(cfg), "e")
+    assert list(fingerprint.changes(original, other_image)) == ["reference"]
