@@ -132,6 +132,19 @@ def validate(cfg: Cfg) -> None:
     _check(0.0 <= sds.recon_std_rescale <= 1.0, "sds.recon_std_rescale", "must be in [0, 1]")
     _check(len(sds.t_end) == 2, "sds.t_end", "must be [min, max]")
     _check(cfg.material.mode in ("albedo", "diffuse"), "material.mode", "albedo or diffuse")
+    for key in ("diffuse_prob", "textureless_prob"):
+        _check(0.0 <= cfg.material[key] <= 1.0, f"material.{key}", "must be in [0, 1]")
+    rnd = cfg.renderer
+    for key in ("samples_per_ray", "proposal_samples", "surface_samples"):
+        _check(rnd[key] >= 1, f"renderer.{key}", "must be >= 1")
+    _check(
+        cfg.cameras.elevation_sampling in ("threestudio", "uniform"),
+        "cameras.elevation_sampling",
+        "threestudio or uniform",
+    )
+    _check(cfg.speed.compile in ("auto", True, False), "speed.compile", "auto, true or false")
+    _check(cfg.speed.log_every >= 1, "speed.log_every", "must be >= 1")
+    _check(sds.unet_compile in ("auto", True, False), "sds.unet_compile", "auto, on or off")
     _check(
         cfg.field.normal in ("finite_difference", "analytic"),
         "field.normal",
