@@ -148,6 +148,25 @@ RANGES: dict[str, tuple[float, float]] = {
     "data.max_consecutive_skips": (1, 1 << 30),
     "data.val_batches": (1, 1 << 20),
     "log.val_every_n_steps": (0, 1 << 30),
+    # Counts and periods: a 0 would divide by zero or never fire, far into a run.
+    "ema.update_every": (1, 1 << 30),
+    "ema.start_step": (0, 1 << 30),
+    "data.steps_per_epoch": (1, 1 << 30),
+    "data.num_workers": (0, 1024),
+    "data.prefetch_factor": (1, 1 << 10),
+    "data.shuffle_buffer": (0, 1 << 30),
+    "checkpoint.every_n_steps": (1, 1 << 30),
+    "checkpoint.keep_last": (1, 1 << 20),
+    "train.max_steps": (1, 1 << 40),
+    "train.warmup_steps": (0, 1 << 40),
+    "train.lr": (1e-12, 1.0),
+    "train.min_lr_ratio": (0.0, 1.0),
+    "train.grad_clip": (0.0, 1e9),
+    "log.every_n_steps": (1, 1 << 30),
+    "log.sample_every_n_steps": (0, 1 << 30),
+    "log.sample_objects": (1, 1 << 10),
+    "log.sample_steps": (1, 1 << 14),
+    "strategy.num_nodes": (1, 1 << 16),
 }
 
 
@@ -223,8 +242,6 @@ def _validate(config: RunConfig) -> None:
             raise ConfigError(f"{key}: {get_key(config, key)!r} is outside [{low}, {high}]")
     if len(config.train.betas) != 2:
         raise ConfigError(f"train.betas: expected two numbers, got {config.train.betas}")
-    if config.checkpoint.keep_last < 1:
-        raise ConfigError("checkpoint.keep_last: keep at least one checkpoint")
 
 
 def apply_override(tree: dict, assignment: str) -> None:
@@ -251,6 +268,9 @@ def load_config(
 ) -> RunConfig:
     """Load ``path`` (YAML; None = the built-in defaults), apply overrides, type-check, validate."""
     tree: dict = {}
+    named = Path(__file__).resolve().parents[1] / "configs" / f"{path}.yaml"
+    if path and "/" not in str(path) and not Path(path).exists() and named.is_file():
+        path = named  # a config's name (``stage1-tiny``) works as well as its path
     if path:
         try:
             tree = yaml.safe_load(Path(path).read_text()) or {}

@@ -31,7 +31,13 @@ class Plan:
     script: str | None = None  # the sbatch script (slurm)
 
 
-def default_config(stage: int) -> str:
+def default_config(stage: int, config: str | None = None) -> str:
+    """``CONFIG``: a YAML path, or a preset name (``tiny``, ``sd21-base``) meaning that preset's
+    file for this stage; none: ``sd21-base`` with a GPU, ``tiny`` without."""
+    if config and (ROOT / "configs" / f"stage{stage}-{config}.yaml").is_file():
+        return str(ROOT / "configs" / f"stage{stage}-{config}.yaml")
+    if config:
+        return config
     size = "sd21-base" if torch.cuda.is_available() else "tiny"
     return str(ROOT / "configs" / f"stage{stage}-{size}.yaml")
 
@@ -54,7 +60,7 @@ def train_args(args: argparse.Namespace, gpus: int) -> list[str]:
         "-m",
         "training.train",
         "--config",
-        args.config or default_config(args.stage),
+        default_config(args.stage, args.config),
         *overrides,
         *args.overrides,
     ]
