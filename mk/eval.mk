@@ -1,8 +1,12 @@
 # Evaluation targets (evaluation/). See docs/evaluation.md.
 #   make eval IMAGES=<folder of images, or of held-out shards> [MODEL=<model folder>] [OUT=outputs/eval]
 #             [STEPS=10000] [CONFIG=<YAML on top of configs/eval.yaml>] [GPUS=all|0,1|none]
-#             [ARGS="key.sub=value ... --rank R --world-size W"]
+#             [ARGS="key.sub=value ... --rank R --world-size W --rescore --recompute"]
+#   A rerun skips objects done with the same model, config and scorer and refuses (naming what
+#   changed) when they differ: --rescore redoes exports/scores of kept fields, --recompute starts
+#   those objects again. Failed objects are listed in the report; the exit code is then non-zero.
 #   make eval-report [OUT=...]   rebuild results.{json,csv,md}, plots, contact sheet and index.html
+#                                (ARGS="--clip-unit raw")
 #   make bench-sds               SDS it/s at 64 and 256 px, time split (sd21-base on GPU, tiny on CPU)
 #   make test-eval               the evaluation tests
 # Without MODEL, a random-init `tiny` model is used (pipeline check only; scores are meaningless).
