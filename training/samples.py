@@ -37,10 +37,34 @@ class ViewChoice:
     ref: int
 
 
+_NPY_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+
+
+def load_npy(data: bytes | memoryview) -> np.ndarray:
+    """``np.load(..., allow_pickle=False)`` of a small ``.npy`` member, without re-parsing (numpy
+    parses headers with ``ast.literal_eval``) a header seen before: every object of a shard has
+    the same one. Read-only when ``data`` is."""
+    view = memoryview(data)
+    if bytes(view[:8]) != b"\x93NUMPY\x01\x00":  # other versions: numpy itself
+        return np.load(io.BytesIO(view), allow_pickle=False)
+    end = 10 + int.from_bytes(view[8:10], "little")
+    header = bytes(view[:end])
+    if header not in _NPY_HEADERS:
+        stream = io.BytesIO(header)
+        np.lib.format.read_magic(stream)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not allowed (they would unpickle)")
+        _NPY_HEADERS[header] = (shape, fortran, dtype)
+    shape, fortran, dtype = _NPY_HEADERS[header]
+    array = np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=end)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
 def read_meta(sample: dict) -> dict:
     try:
         meta = json.loads(bytes(sample["meta.json"]))  # members may be memoryviews
-        cameras = np.load(io.BytesIO(sample["cameras.npy"]), allow_pickle=False)
+        cameras = load_npy(sample["cameras.npy"])
     except KeyError as error:
         raise CorruptSample(f"{where(sample)}: missing member {error}") from error
     except (ValueError, OSError) as error:
@@ -135,13 +159,14 @@ def image_sample(sample: dict, rng: random.Random, background: str, ref_in_targe
     meta = read_meta(sample)
     choice = choose_views(meta, rng, ref_in_targets)
     colour = background_colour(background, rng)
-    cameras = camera_embedding(meta["_cameras"])
+    chosen = [*choice.quad, choice.ref]
+    cameras = camera_embedding(meta["_cameras"][chosen])  # the 5 views used, not all
     return {
         "key": sample["__key__"],
-        "rgba": decode_views(sample, [*choice.quad, choice.ref]),
+        "rgba": decode_views(sample, chosen),
         "background": torch.tensor(colour, dtype=torch.float32),
-        "cameras": cameras[choice.quad],
-        "ref_camera": cameras[choice.ref],
+        "cameras": cameras[:4],
+        "ref_camera": cameras[4],
         "angles": meta["_angles"][choice.quad],
         "choice": torch.tensor(choice.quad + [choice.ref]),
     }
@@ -153,8 +178,8 @@ def cached_sample(sample: dict, rng: random.Random, ref_in_targets: bool) -> dic
     meta = read_meta(sample)
     choice = choose_views(meta, rng, ref_in_targets)
     try:
-        latents = torch.from_numpy(np.load(io.BytesIO(sample["latents.npy"])).astype(np.float32))
-        embeds = torch.from_numpy(np.load(io.BytesIO(sample["clip.npy"])).astype(np.float32))
+        latents = torch.from_numpy(load_npy(sample["latents.npy"]).astype(np.float32))
+        embeds = torch.from_numpy(load_npy(sample["clip.npy"]).astype(np.float32))
     except (KeyError, ValueError, OSError) as error:
         raise CorruptSample(f"{where(sample)}: bad latent cache entry: {error}") from error
     views = len(meta["_cameras"])

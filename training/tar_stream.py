@@ -100,8 +100,9 @@ def tar_members(stream) -> Iterator[tuple[str, memoryview]]:
         if len(data) != padded:
             raise tarfile.ReadError(f"unexpected end of data ({len(data)} of {padded} bytes)")
         data = data[:size]
-        if kind == b"x":  # pax extended header for the next member
-            pending = _pax(bytes(data))
+        if kind == b"x":  # pax extended header for the next member (mostly just an mtime)
+            record = bytes(data)
+            pending = _pax(record) if b" path=" in record or b" size=" in record else {}
             continue
         if kind == b"L":  # GNU long name for the next member
             pending = {"path": bytes(data).rstrip(b"\0").decode("utf-8", "replace")}
