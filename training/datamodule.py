@@ -307,13 +307,17 @@ class ShardDataModule(pl.LightningDataModule):
     def fixed_batch(self, count: int) -> dict:
         """A fixed batch of ``count`` objects (validation URLs, else training ones) for sample
         grids, in the training layout (images made on the CPU, white background)."""
+        if self.config.cached:  # the cache holds latents, not the images a grid shows
+            raise DataError(
+                "log.sample_every_n_steps: sample grids need rendered shards, but data.cached is "
+                "true (data.train and data.val are latent caches): set log.sample_every_n_steps=0"
+            )
         config = dataclasses.replace(
             self.config,
             batch_size=count,
             num_workers=0,
             shuffle_buffer=1,
             background="white",
-            cached=False,
         )
         stream = ShardStream(expand_shard_urls(self.config.val or self.config.train), config, False)
         stream.exact_skip = True

@@ -15,11 +15,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from models.bundle import save_model
-from training.callbacks import FinalCheckpoint, MetricsFile, SampleGrids, Throughput
+from training.callbacks import EMAUpdate, FinalCheckpoint, MetricsFile, SampleGrids, Throughput
 from training.checkpoints import (
     BASE_MODEL,
     CHECKPOINTS,
     AtomicCheckpointIO,
+    prune_signal_checkpoints,
     resolve_init,
     resolve_resume,
 )
@@ -63,11 +64,14 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
             mode="max",
             save_on_train_epoch_end=False,
         ),
+        EMAUpdate(),
         Throughput(config.log.every_n_steps, config.log.peak_tflops, config.data.resolution),
-        MetricsFile(out),
+        MetricsFile(out, config.log.every_n_steps),
         FinalCheckpoint(out / CHECKPOINTS, config.checkpoint.keep_last),
     ]
-    if config.log.sample_every_n_steps > 0 and config.log.logger != "none":
+    if config.log.sample_every_n_steps > 0 and config.log.logger != "none" and config.data.cached:
+        warnings.warn("no sample grids from a latent cache (it holds no images)", stacklevel=2)
+    elif config.log.sample_every_n_steps > 0 and config.log.logger != "none":
         batch = data.fixed_batch(config.log.sample_objects)
         callbacks.append(
             SampleGrids(
@@ -121,10 +125,12 @@ def run(config: RunConfig) -> pl.Trainer:
         ref_image=config.stage == 2,
     )
     first_samples = data.check()  # bad data stops here, in seconds, before any model is built
-    model = resolve_init(config.model.init, config.model.seed, config.model.init_ema, out)
+    rank = global_rank_from_env()
+    model = resolve_init(config.model.init, config.model.seed, config.model.init_ema, out, rank)
     if config.data.cached:  # a cache made by another VAE / encoder / resolution is refused
         check_cache_matches(first_samples, model, config.data.resolution)
-    if global_rank_from_env() == 0:
+    if rank == 0:
+        prune_signal_checkpoints(out, config.checkpoint.keep_last)
         save_config(config, out / "config.yaml")
         if not (
             out / BASE_MODEL / "model.json"
