@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     seconds = bench_model.best_round(steps, args.steps, args.rounds, device)
     images = {name: frames / s for name, s in seconds.items()}
-    flops = unet_train_flops_per_image(module)
+    flops = unet_train_flops_per_image(module, 4, args.resolution)  # at the benchmarked size
     peak = peak_tflops(args.peak_tflops)
     report = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",

@@ -34,11 +34,15 @@ def peak_tflops(configured: float) -> float:
     return 0.0
 
 
-def unet_train_flops_per_image(module: Any, num_views: int = 4) -> float:
-    """Forward FLOPs of one ``num_views``-view object counted by torch, times 3 for the backward,
-    per image. Stage 2 counts its extra reference frame."""
+def unet_train_flops_per_image(
+    module: Any, num_views: int = 4, resolution: int | None = None
+) -> float:
+    """Forward FLOPs of one ``num_views``-view object at the trained ``resolution`` (pixels; the
+    UNet's configured sample size if None) counted by torch, times 3 for the backward, per target
+    image. Stage 2 counts its extra reference frame."""
     unet = module.unet
-    side = unet.config.sample_size
+    down = module.frozen.model.latent_downsample
+    side = resolution // down if resolution else unet.config.sample_size
     frames = num_views + (1 if module.config.stage == 2 else 0)
     param = next(unet.parameters())
     x = torch.zeros(
@@ -55,8 +59,23 @@ def unet_train_flops_per_image(module: Any, num_views: int = 4) -> float:
     return 3.0 * counter.get_total_flops() / num_views
 
 
+class EMAUpdate(pl.Callback):
+    """The weight EMA update after each optimizer step. Lightning runs callbacks' batch-end hooks
+    before the module's and checkpoint callbacks last, so a periodic checkpoint taken at a step
+    holds that step's EMA (not one update behind)."""
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        module.update_weight_ema()
+
+
 class Throughput(pl.Callback):
-    """images/s (all ranks), MFU, peak GPU memory and the count of skipped corrupt samples."""
+    """images/s (all ranks), MFU, peak GPU memory and the count of skipped corrupt samples, every
+    N steps (the only host syncs: one all-reduce and one read of the device counters).
+
+    MFU counts each step's FLOPs by its branch (4-view joint attention or single views) at the
+    trained resolution."""
 
     def __init__(self, every_n_steps: int, peak: float, data_resolution: int) -> None:
         self.every = max(every_n_steps, 1)
@@ -64,68 +83,99 @@ class Throughput(pl.Callback):
         self.resolution = data_resolution
         self._t0 = 0.0
         self._images0 = 0
+        self._flops = 0.0
+        self.flops_per_image: dict[bool, float] = {}
 
     def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
         try:
-            module.flops_per_image = unet_train_flops_per_image(module)
+            self.flops_per_image = {
+                True: unet_train_flops_per_image(module, 4, self.resolution),
+                False: unet_train_flops_per_image(module, 1, self.resolution),
+            }
         except Exception:  # ZeRO-3 partitions weights: no stand-alone forward; MFU stays 0
-            module.flops_per_image = 0.0
-        self._t0, self._images0 = time.perf_counter(), module.images_seen
+            self.flops_per_image = {}
+        module.flops_per_image = self.flops_per_image.get(True, 0.0)
+        self._t0, self._images0, self._flops = time.perf_counter(), module.images_seen, 0.0
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
+        if self.flops_per_image:
+            images = batch["cameras"].shape[0] * batch["cameras"].shape[1]
+            self._flops += images * self.flops_per_image[module.multiview_step(step - 1)]
         if step % self.every:
             return
         now = time.perf_counter()
         elapsed = max(now - self._t0, 1e-9)
-        local = torch.tensor(
-            [module.images_seen - self._images0, module.skipped],
-            dtype=torch.float64,
-            device=module.device,
+        skipped = torch.as_tensor(module.skipped, device=module.device).double().reshape(1)
+        images = torch.tensor(
+            [module.images_seen - self._images0], dtype=torch.float64, device=module.device
         )
-        total = trainer.strategy.reduce(local, reduce_op="sum")
+        total = trainer.strategy.reduce(torch.cat([images, skipped]), reduce_op="sum")
         images_per_s = float(total[0]) / elapsed
         metrics = {"perf/images_per_s": images_per_s, "data/skipped": float(total[1])}
         peak = peak_tflops(self.peak)
-        if peak and module.flops_per_image:
-            achieved = images_per_s / trainer.world_size * module.flops_per_image
-            metrics["perf/mfu"] = achieved / (peak * 1e12)
+        if peak and self._flops:
+            metrics["perf/mfu"] = self._flops / elapsed / (peak * 1e12)
         if torch.cuda.is_available():
             metrics["perf/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         module.log_dict(metrics, rank_zero_only=True, batch_size=1)
         module.last_perf = metrics
-        self._t0, self._images0 = now, module.images_seen
+        self._t0, self._images0, self._flops = now, module.images_seen, 0.0
 
 
 class MetricsFile(pl.Callback):
-    """One JSON line per step (step, loss, branch, the objects and views seen): ``metrics.jsonl``
-    on rank 0, ``metrics.rank<R>.jsonl`` on the others. Easy to diff across runs and ranks."""
+    """``metrics.jsonl``, written by rank 0 every N steps: one JSON line per step (step, loss,
+    branch, and per rank the objects and views it trained on). Losses stay on the device until
+    the flush (one transfer for N steps); the ranks' sample lists are gathered at the flush."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, every_n_steps: int = 1) -> None:
         self.folder = Path(folder)
+        self.every = max(every_n_steps, 1)
+        self._pending: list[tuple[dict, torch.Tensor]] = []
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        rank = trainer.global_rank
-        path = self.folder / ("metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl")
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         record = {
             "step": trainer.global_step,
-            "loss": float(loss.detach()),
             "multiview": module.multiview_step(trainer.global_step - 1),
-            "keys": list(batch["key"]),
-            "views": batch["choice"].tolist(),
-            "skipped_local": module.skipped,
+            "samples": list(zip(batch["key"], batch["choice"].tolist())),
         }
-        record.update(getattr(module, "last_perf", {}) or {})
+        self._pending.append((record, loss.detach().float().reshape(1)))
+        if trainer.global_step % self.every == 0:
+            self.flush(trainer, module)
+
+    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
+        self.flush(trainer, module)
+
+    def flush(self, trainer: pl.Trainer, module: Any) -> None:
+        if not self._pending:
+            return
+        records = [r for r, _ in self._pending]
+        losses = torch.cat([loss for _, loss in self._pending]).tolist()
+        self._pending = []
+        per_rank = [records]
+        if trainer.world_size > 1:
+            per_rank = [None] * trainer.world_size
+            torch.distributed.all_gather_object(per_rank, records)
+        if not trainer.is_global_zero:
+            return
+        perf = getattr(module, "last_perf", {}) or {}
         module.last_perf = {}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
+        lines = []
+        for i, (record, loss) in enumerate(zip(records, losses)):
+            line = {"step": record["step"], "loss": loss, "multiview": record["multiview"]}
+            line["keys"] = [[k for k, _ in rank[i]["samples"]] for rank in per_rank]
+            line["views"] = [[v for _, v in rank[i]["samples"]] for rank in per_rank]
+            line["skipped_local"] = int(module.skipped)
+            lines.append(json.dumps({**line, **(perf if i == len(records) - 1 else {})}))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "metrics.jsonl").open("a") as stream:
+            stream.write("\n".join(lines) + "\n")
 
 
 class SampleGrids(pl.Callback):

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
-import pickle
 import re
-import warnings
+import shutil
+import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,8 @@ PRESETS = ("tiny", "sd21-base")
 BASE_MODEL = "base_model"  # run folder: frozen parts + initial UNet, written once at start
 CHECKPOINTS = "checkpoints"
 DS_TAG = "checkpoint"  # the tag Lightning's DeepSpeed strategy saves under
+COMPLETE = "complete.json"  # in a DeepSpeed folder: written once every rank's shard is on disk
+SIGNAL_PREFIX = "hpc_ckpt_"  # Lightning's SLURM signal-time checkpoints, in the run folder
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -66,17 +71,74 @@ def _unet_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_deepspeed_client_state(path: Path) -> dict:
+def _deepspeed_safe_globals() -> list:
+    """The few plain-data DeepSpeed classes its checkpoint files pickle (a loss scaler, an enum,
+    a named tuple): allow-listed for ``weights_only`` loading, so no other global, and no code, is
+    ever unpickled from a folder, ours or foreign."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str | Path, **kwargs) -> dict:
+    """``torch.load`` with ``weights_only=True`` and DeepSpeed's plain-data classes allowed."""
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+
+
+@contextlib.contextmanager
+def _weights_only_zero_to_fp32():
+    """DeepSpeed's shard merger (``zero_to_fp32``) loads every file with ``weights_only=False``;
+    run it with weights-only loads instead (the merging logic stays DeepSpeed's)."""
+    from deepspeed.utils import zero_to_fp32
+
+    def load(file, *args, **kwargs):
+        kwargs.pop("weights_only", None)
+        kwargs.pop("map_location", None)
+        return safe_load(file, **kwargs)
+
+    proxy = types.ModuleType("torch")
+    proxy.__dict__.update(torch.__dict__)
+    proxy.load = load
+    zero_to_fp32.torch = proxy
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # DeepSpeed stores a few Python objects of its own in this file (and loads it with
-        # weights_only=False itself); it is one our own run wrote, so read it the same way.
-        warnings.warn(
-            f"{path}: not loadable with weights_only=True ({error}); trusting DeepSpeed's file",
-            stacklevel=2,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
+        yield zero_to_fp32
+    finally:
+        zero_to_fp32.torch = torch
+
+
+def mark_complete(path: str | Path) -> None:
+    """Called on rank 0 after every rank has returned from its part of a DeepSpeed save: record
+    the shard files, written to a temporary name and renamed, so a folder is complete or unmarked."""
+    folder = Path(path) / DS_TAG
+    files = sorted(p.name for p in folder.iterdir() if p.suffix == ".pt")
+    marker = Path(path) / COMPLETE
+    partial = marker.with_name(marker.name + ".partial")
+    partial.write_text(json.dumps({"files": files}))
+    os.replace(partial, marker)
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint ``resume: auto`` may pick: a whole file (``.partial`` names are writes in
+    progress), or a DeepSpeed folder whose marker lists shards that all exist, one optimizer
+    shard per rank."""
+    if path.name.endswith(".partial"):
+        return False
+    if path.is_file():
+        return True
+    marker = path / COMPLETE
+    if not (path.is_dir() and marker.is_file()):
+        return False
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError):
+        return False
+    optim = [f for f in files if f.endswith("optim_states.pt")]
+    ranks = {int(m.group(1)) for f in optim if (m := re.search(r"zero_pp_rank_(\d+)_", f))}
+    whole = bool(optim) and ranks == set(range(len(optim)))
+    return whole and all((path / DS_TAG / f).is_file() for f in files)
 
 
 def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
@@ -84,10 +146,9 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     (stage 1-3: the fp32 master weights are gathered from the per-rank optimizer shards)."""
     path = Path(path)
     if is_deepspeed_checkpoint(path):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        client = _load_deepspeed_client_state(_deepspeed_model_file(path))
-        state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
+        client = safe_load(_deepspeed_model_file(path))
+        with _weights_only_zero_to_fp32() as zero_to_fp32:
+            state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
     elif path.is_file():
         client = torch.load(path, map_location="cpu", weights_only=True)
         state = client["state_dict"]
@@ -134,13 +195,36 @@ def model_from_checkpoint(
     return model
 
 
+def convert_once(target: Path, make, rank: int, timeout: float = 3600.0) -> Path:
+    """Rank 0 writes the model folder ``target`` into a temporary folder renamed into place; the
+    other ranks wait for it (polling the shared file system) instead of racing to write it."""
+    if (target / "model.json").is_file():
+        return target
+    if rank == 0:
+        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make(tmp)
+        os.replace(tmp, target)
+        return target
+    deadline = time.monotonic() + timeout
+    while not (target / "model.json").is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model.init: rank 0 did not finish writing {target}")
+        time.sleep(1.0)
+    return target
+
+
 def resolve_init(
-    init: str, seed: int, use_ema: bool = True, workdir: str | Path | None = None
+    init: str,
+    seed: int,
+    use_ema: bool = True,
+    workdir: str | Path | None = None,
+    rank: int = 0,
 ) -> MultiViewDiffusion:
     """``model.init``: a preset name (random init), our model folder, a training checkpoint of
     this stack (e.g. stage 1 for stage 2), or an MVDream ``.pt`` / Isotropic3D ``.ckpt`` file
     (converted by models.convert into ``workdir``; MVDream brings no image encoder, so the open_clip
-    weights come from the preset's pretrained tag)."""
+    weights come from the preset's pretrained tag). Conversions run once, on ``rank`` 0."""
     if init in PRESETS or init.endswith((".yaml", ".yml")):
         model = build_model(init, seed=seed)
         if model.image_encoder is not None:
@@ -157,18 +241,23 @@ def resolve_init(
         if latest is None:
             raise FileNotFoundError(f"model.init: no checkpoint found under {path}")
         path = latest
-    if is_deepspeed_checkpoint(path) or (
-        path.is_file() and path.suffix == ".ckpt" and _is_ours(path)
-    ):
+    if is_deepspeed_checkpoint(path):  # shards merged once into a model folder (rank 0)
+        target = (
+            Path(workdir or path.parent) / f"imported-{path.name}-{'ema' if use_ema else 'fp32'}"
+        )
+        make = lambda tmp: save_model(  # noqa: E731
+            model_from_checkpoint(read_checkpoint(path), use_ema), tmp, source={"init": str(path)}
+        )
+        return load_model(convert_once(target, make, rank))
+    if path.is_file() and path.suffix == ".ckpt" and _is_ours(path):
         return model_from_checkpoint(read_checkpoint(path), use_ema)
     if path.is_file():  # a published checkpoint: convert once into the run folder, then load
         from models.convert import convert
 
         fmt = "isotropic3d" if path.suffix == ".ckpt" else "mvdream"
         target = Path(workdir or path.parent) / f"imported-{path.stem}"
-        if not (target / "model.json").is_file():
-            convert(path, fmt, target, preset="sd21-base")
-        return load_model(target)
+        make = lambda tmp: convert(path, fmt, tmp, preset="sd21-base")  # noqa: E731
+        return load_model(convert_once(target, make, rank))
     raise FileNotFoundError(
         f"model.init: {init!r} is not a preset ({', '.join(PRESETS)}), a model folder or a checkpoint"
     )
@@ -187,23 +276,46 @@ def step_of(path: Path) -> int:
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete periodic checkpoint under ``folder/checkpoints``."""
     folder = Path(folder) / CHECKPOINTS
     if not folder.is_dir():
         return None
-    found = [
-        p
-        for p in folder.iterdir()
-        if step_of(p) >= 0 and (p.is_file() or is_deepspeed_checkpoint(p))
-    ]
+    found = [p for p in folder.iterdir() if step_of(p) >= 0 and is_complete(p)]
     return max(found, key=step_of) if found else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint was taken at, read from the checkpoint (weights-only)."""
+    if path.is_dir():
+        model_file = _deepspeed_model_file(path)
+        return int(safe_load(model_file, mmap=True).get("global_step", -1)) if model_file else -1
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+def signal_checkpoints(out: str | Path) -> list[Path]:
+    """Complete SLURM signal-time checkpoints in the run folder, oldest first by step."""
+    out = Path(out)
+    found = (
+        [p for p in out.glob(f"{SIGNAL_PREFIX}*.ckpt") if is_complete(p)] if out.is_dir() else []
+    )
+    return sorted(found, key=checkpoint_step)
+
+
+def prune_signal_checkpoints(out: str | Path, keep_last: int) -> None:
+    """``checkpoint.keep_last`` applies to signal-time checkpoints too (rank 0, at start)."""
+    for old in signal_checkpoints(out)[:-keep_last]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
 def resolve_resume(resume: str, out: str | Path) -> str | None:
+    """``auto``: the newest complete checkpoint, periodic or SLURM signal-time, by step."""
     if resume == "none":
         return None
     if resume == "auto":
-        latest = latest_checkpoint(out)
-        return str(latest) if latest else None
+        candidates = [p for p in [latest_checkpoint(out), *signal_checkpoints(out)[-1:]] if p]
+        if not candidates:
+            return None
+        return str(max(candidates, key=checkpoint_step))
     if not Path(resume).exists():
         raise FileNotFoundError(f"checkpoint.resume: {resume} does not exist")
     return resume

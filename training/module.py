@@ -229,7 +229,8 @@ class FineTuneModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, multiview = self.loss_for(batch, self.global_step)
-        self.skipped += int(batch["skipped"])
+        # Summed where it lives (the device): no host sync in the step; read every N steps.
+        self.skipped = self.skipped + batch["skipped"].sum()
         self.images_seen += batch["cameras"].shape[0] * batch["cameras"].shape[1]
         branch = "multiview" if multiview else "single"
         self.log(f"loss/{branch}", loss, prog_bar=True, batch_size=batch["cameras"].shape[0])
@@ -247,7 +248,9 @@ class FineTuneModule(pl.LightningModule):
         return loss
 
     # --- weight EMA ---------------------------------------------------------------------------
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def update_weight_ema(self) -> None:
+        """After each optimizer step (training.callbacks.EMAUpdate runs it before any checkpoint
+        callback, so a checkpoint holds the EMA of its own step)."""
         step = self.global_step  # already counts the optimizer step just taken
         if self.weight_ema is not None and step % self.config.ema.update_every == 0:
             self.weight_ema.update(self.unet, step)
@@ -256,7 +259,7 @@ class FineTuneModule(pl.LightningModule):
         if self.weight_ema is not None:
             checkpoint["weight_ema"] = self.weight_ema.state_dict()
         checkpoint["run_config"] = to_dict(self.config)
-        checkpoint["data_skipped"] = self.skipped
+        checkpoint["data_skipped"] = int(self.skipped)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.weight_ema is not None and "weight_ema" in checkpoint:

@@ -37,7 +37,23 @@ class Launch:
     strategy: Strategy | str
 
 
-class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+class MarkedDeepSpeedStrategy(DeepSpeedStrategy):
+    """DeepSpeed saves whose folder is marked complete (training.checkpoints.COMPLETE) once the
+    last rank has written its shard: a run killed mid-save leaves an unmarked folder that
+    ``resume: auto`` passes over."""
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any = None) -> None:
+        from training.checkpoints import mark_complete
+
+        filepath = self.broadcast(filepath)
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+        self.barrier("checkpoint-shards-written")
+        if self.is_global_zero:
+            mark_complete(filepath)
+        self.barrier("checkpoint-marked")
+
+
+class CPUDeepSpeedStrategy(MarkedDeepSpeedStrategy):
     """Lightning's DeepSpeed strategy on CPU processes (DeepSpeed's CPU accelerator, gloo).
 
     Lightning refuses a non-CUDA accelerator in ``setup_environment``, validates CUDA device indices
@@ -171,7 +187,7 @@ def build_launch(config: RunConfig) -> Launch:
     if name == "deepspeed":
         if accelerator == "cpu":
             use_cpu_deepspeed()
-        kind = DeepSpeedStrategy if accelerator == "gpu" else CPUDeepSpeedStrategy
+        kind = MarkedDeepSpeedStrategy if accelerator == "gpu" else CPUDeepSpeedStrategy
         strategy: Strategy | str = kind(
             config=deepspeed_config(config),
             process_group_backend=backend,

@@ -1,5 +1,6 @@
-"""Strategies on CPU: the DeepSpeed strategy and its config are built and validated by DeepSpeed's
-own config parser (the run itself needs a GPU: scripts/gpu_check.py); DDP uses gloo on CPU."""
+"""Strategies: the DeepSpeed strategy and its config are built and validated by DeepSpeed's own
+config parser; without a GPU, DeepSpeed runs on its CPU accelerator (runs: test_deepspeed.py);
+DDP uses gloo on CPU."""
 
 from __future__ import annotations
 
@@ -57,10 +58,19 @@ def test_deepspeed_zero3_with_cpu_offload_validates():
 def test_bad_deepspeed_settings_name_the_key():
     with pytest.raises(ConfigError, match="strategy.offload_params"):
         strategies.deepspeed_config(load_config(SD21, ["strategy.offload_params=true"]))
-    with pytest.raises(ConfigError, match="strategy.name"):  # Lightning's DeepSpeed refuses CPU
-        strategies.build_launch(
-            load_config(SD21, ["strategy.name=deepspeed", "strategy.accelerator=cpu"])
-        )
+
+
+def test_deepspeed_without_a_gpu_is_the_cpu_accelerator_in_bf16(monkeypatch):
+    """The test/debug mode: DeepSpeed's CPU accelerator, gloo, bf16 as on GPUs."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    launch = strategies.build_launch(
+        load_config(SD21, ["strategy.name=deepspeed", "strategy.accelerator=cpu"])
+    )
+    assert isinstance(launch.strategy, strategies.CPUDeepSpeedStrategy)
+    assert launch.precision == "bf16-mixed" and launch.strategy._process_group_backend == "gloo"
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    with pytest.raises(ConfigError, match="DS_ACCELERATOR"):
+        strategies.use_cpu_deepspeed()
 
 
 def test_cpu_uses_ddp_on_gloo_or_a_single_process(monkeypatch):

@@ -1,0 +1,222 @@
+"""The GPU default path run for real on CPU: Lightning + DeepSpeed (DeepSpeed's CPU accelerator,
+gloo), bf16, 2 ranks. A 2-node torchrun simulation under ZeRO-2 (stage 1) and a 2-rank ZeRO-3 run
+(stage 2) train, write sharded checkpoints marked complete, export to fp32/ and ema/ model folders
+that load, and a run whose newest save was cut short resumes from the last complete checkpoint on
+the uninterrupted run's loss curve."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+import torch
+from train_helpers import FAST, ROOT
+
+from models.bundle import load_model
+from training.checkpoints import (
+    COMPLETE,
+    DS_TAG,
+    export,
+    is_complete,
+    latest_checkpoint,
+    read_checkpoint,
+    safe_load,
+)
+
+STEPS = 4
+SETTINGS = [
+    *FAST, "log.every_n_steps=1", f"train.max_steps={STEPS}", "checkpoint.every_n_steps=2",
+    "checkpoint.keep_last=5", "data.exact_resume=true", "log.logger=none",
+    "strategy.name=deepspeed",
+]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"}
+
+
+def _launch(shards, out, stage: int, nodes: int, *extra: str) -> str:
+    """training.launch on 127.0.0.1 (``nodes`` torchrun agents, 2 ranks in all); the log."""
+    from training import launch
+
+    args = [
+        "--stage", str(stage), "--no-slurm", "--master-addr", "127.0.0.1",
+        "--master-port", str(_free_port()), "--data", str(shards), "--out", str(out),
+        "--nodes", str(nodes), "--gpus", str(2 // nodes), *SETTINGS, *extra,
+    ]  # fmt: skip
+    commands = launch.plan(launch.parse(args)).commands
+    procs = [
+        subprocess.Popen(
+            c, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for c in commands
+    ]
+    logs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(x[-4000:] for x in logs)
+    return "\n".join(logs)
+
+
+def _losses(out) -> dict[int, float]:
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records}  # a replayed step overwrites the cut one
+
+
+@pytest.fixture(scope="module")
+def zero2_run(rendered_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds_zero2")
+    log = _launch(rendered_shards, out, 1, 2)
+    return {"out": out, "log": log}
+
+
+def test_two_node_zero2_bf16_trains_and_marks_complete_checkpoints(zero2_run):
+    out = zero2_run["out"]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    ranks = list(zip(*[r["keys"] for r in records]))  # per rank, its objects of every step
+    assert len(ranks) == 2 and ranks[0] != ranks[1]  # the ranks trained on different samples
+    assert not (out / "metrics.rank1.jsonl").exists()  # one JSONL, rank 0's
+    for step in (2, 4):
+        folder = out / "checkpoints" / f"step={step:08d}.ckpt"
+        files = json.loads((folder / COMPLETE).read_text())["files"]
+        shards = sorted(f for f in files if f.endswith("optim_states.pt"))
+        assert shards == [f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+        assert is_complete(folder)
+        client = safe_load(folder / DS_TAG / "mp_rank_00_model_states.pt")
+        assert client["ds_config"]["bf16"]["enabled"] and client["global_step"] == step
+        # the periodic checkpoint is taken after its step's EMA update, not one behind
+        assert client["weight_ema"]["updates"] == step
+
+
+def _check_export(checkpoint, tmp_path) -> None:
+    ours = read_checkpoint(checkpoint)
+    written = export(checkpoint, tmp_path / "export")
+    assert set(written) == {"fp32", "ema"}
+    fp32, ema = load_model(written["fp32"]), load_model(written["ema"])
+    for name, tensor in ours.ema.items():  # the exported EMA is the EMA held in training
+        torch.testing.assert_close(dict(ema.unet.named_parameters())[name], tensor)
+    trained = dict(fp32.unet.named_parameters())
+    assert all(torch.equal(trained[n], t) for n, t in ours.unet.items() if n in trained)
+    assert all(t.dtype == torch.float32 for t in ours.unet.values())  # fp32 masters, merged
+    assert any(not torch.equal(trained[n], ema.unet.state_dict()[n]) for n in ours.ema)
+
+
+def test_export_from_zero2_shards(zero2_run, tmp_path):
+    _check_export(latest_checkpoint(zero2_run["out"]), tmp_path)
+
+
+def test_zero3_stage2_from_zero2_stage1_trains_and_exports(zero2_run, rendered_shards, tmp_path):
+    out = tmp_path / "zero3"
+    init = f"model.init={zero2_run['out']}"  # stage 2 starts from the ZeRO-2 stage-1 run
+    _launch(rendered_shards, out, 2, 1, "strategy.zero_stage=3", "train.max_steps=2", init)
+    assert (out / f"imported-step={STEPS:08d}.ckpt-ema" / "model.json").is_file()
+    latest = latest_checkpoint(out)
+    assert latest.name == "step=00000002.ckpt" and is_complete(latest)
+    assert (latest / DS_TAG / "zero_pp_rank_1_mp_rank_00_model_states.pt").is_file()
+    _check_export(latest, tmp_path)
+
+
+def test_cut_save_is_passed_over_and_resume_continues_the_loss_curve(
+    zero2_run, rendered_shards, tmp_path
+):
+    reference = zero2_run["out"]
+    out = tmp_path / "cut"
+    shutil.copytree(reference, out)
+    # What kill -9 during the step-4 save leaves: rank 1's shard missing (marker not yet
+    # written) and a DDP-style .partial file; the step-4 lines were not logged yet.
+    cut = out / "checkpoints" / f"step={STEPS:08d}.ckpt"
+    (cut / COMPLETE).unlink()
+    (cut / DS_TAG / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    (out / "checkpoints" / "step=00000009.ckpt.partial").write_bytes(b"truncated")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    assert latest_checkpoint(out).name == "step=00000002.ckpt"
+    log = _launch(rendered_shards, out, 1, 1)
+    assert "Restoring states from the checkpoint" in log
+    resumed, expected = _losses(out), _losses(reference)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    worst = max(abs(resumed[s] - expected[s]) for s in range(1, STEPS + 1))
+    print(f"DeepSpeed resume vs uninterrupted: max |loss difference| = {worst:.3g}")
+    for step in range(3, STEPS + 1):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), step
+    assert is_complete(cut) and read_checkpoint(cut).step == STEPS
+
+
+def test_bf16_true_lightning_step(rendered_shards, tmp_path):
+    """Lightning's bf16-true casts the UNet to bf16 with no autocast: the step must feed it bf16."""
+    from train_helpers import tiny_config
+
+    from training.train import run
+
+    config = tiny_config(
+        tmp_path, rendered_shards, "train.precision=bf16-true", "train.max_steps=2",
+        "checkpoint.every_n_steps=2", "log.logger=none", stage=2,
+    )  # fmt: skip
+    trainer = run(config)
+    assert trainer.global_step == 2
+    losses = _losses(tmp_path)
+    assert sorted(losses) == [1, 2] and all(0 < v < 10 for v in losses.values())
+
+
+class _Planted:
+    """Unpickling this runs code (touches a file): what a hostile checkpoint would carry."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+@pytest.mark.parametrize("which", ["model", "optimizer"])
+def test_foreign_deepspeed_folder_never_unpickles_code(zero2_run, tmp_path, which):
+    import pickle
+
+    folder = tmp_path / "foreign"
+    shutil.copytree(latest_checkpoint(zero2_run["out"]), folder)
+    ran = tmp_path / "code-ran"
+    name = (
+        "mp_rank_00_model_states.pt"
+        if which == "model"
+        else "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    )
+    state = torch.load(folder / DS_TAG / name, weights_only=False)  # our own file, as written
+    state["planted"] = _Planted(ran)
+    torch.save(state, folder / DS_TAG / name)
+    with pytest.raises(pickle.UnpicklingError):
+        read_checkpoint(folder)
+    assert not ran.exists()
+
+
+def test_init_from_a_zero_folder_is_converted_once_by_rank_0(zero2_run, tmp_path):
+    """The other ranks wait for rank 0's model folder instead of each merging the shards."""
+    import threading
+
+    from training.checkpoints import resolve_init
+
+    source = latest_checkpoint(zero2_run["out"])
+    waited: dict = {}
+    other = threading.Thread(
+        target=lambda: waited.update(model=resolve_init(str(source), 0, True, tmp_path, rank=1))
+    )
+    other.start()
+    other.join(timeout=2.0)
+    assert other.is_alive() and not list(tmp_path.iterdir())  # rank 1 waits, writes nothing
+    first = resolve_init(str(source), 0, True, tmp_path, rank=0)
+    other.join(timeout=60)
+    assert not other.is_alive()
+    assert [p.name for p in tmp_path.iterdir()] == [f"imported-{source.name}-ema"]  # renamed in
+    ema = read_checkpoint(source).ema
+    for model in (first, waited["model"]):
+        params = dict(model.unet.named_parameters())
+        assert all(torch.equal(params[n], t) for n, t in ema.items())
