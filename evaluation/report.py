@@ -118,13 +118,18 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     return summary
 
 
+RUN_KEYS = ("model", "model_origin", "steps", "clip_backbone", "config")
+
+
 def runs(rows: list[dict]) -> list[dict]:
-    """Distinct (model, steps, scorer, config) combinations with their object counts."""
-    keys = ("model", "model_origin", "steps", "clip_backbone", "config")
+    """Distinct (model, steps, scorer, config) combinations, numbered from 1 in order of first
+    appearance, with their object counts (each row's ``run`` is its number)."""
     seen: dict[tuple, dict] = {}
     for row in rows:
-        key = tuple(row[k] for k in keys)
-        seen.setdefault(key, {**{k: row[k] for k in keys}, "objects": 0})["objects"] += 1
+        key = tuple(row[k] for k in RUN_KEYS)
+        entry = seen.setdefault(key, {"run": len(seen) + 1, **{k: row[k] for k in RUN_KEYS}})
+        entry["objects"] = entry.get("objects", 0) + 1
+        row["run"] = entry["run"]
     return list(seen.values())
 
 
@@ -141,15 +146,24 @@ def mean_std(stats: dict) -> str:
     return f"{fmt(stats['mean'])}{std} (n={stats['n']})"
 
 
-ROW_COLUMNS = ["id"] + [c for c, _, _ in METRICS] + ["steps", "model", "clip_backbone", "config"]
+ROW_COLUMNS = [
+    "id",
+    *[c for c, _, _ in METRICS],
+    "steps",
+    "run",
+    "model",
+    "clip_backbone",
+    "config",
+]
 
 
 def write_tables(out: Path, rows, summary, clip_unit: str, results, failures, missing) -> None:
+    all_runs = runs(rows)
     data = {
         "clip_unit": clip_unit,
         "clip_note": "CLIP columns are null where the scoring tower is random: " + NOT_MEANINGFUL,
         "std": "sample standard deviation (n - 1) over objects; n = objects with a value",
-        "runs": runs(rows),
+        "runs": all_runs,
         "objects": rows,
         "summary": summary,
         "failed": failures,
@@ -167,18 +181,20 @@ def write_tables(out: Path, rows, summary, clip_unit: str, results, failures, mi
         "views; `-` where the tower is random: " + NOT_MEANINGFUL + "); mv_* = sampled views vs "
         "ground truth; PSNR/SSIM/LPIPS averaged over views; mean ± sample std (n objects).",
         "",
-        "| model | origin | steps | CLIP backbone | config (sds/exports/scorer) | objects |",
-        "|---|---|---|---|---|---|",
+        "| run | model | origin | steps | CLIP backbone | config (sds/exports/scorer) | objects |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for run in runs(rows):
+    for run in all_runs:
         lines.append(
-            f"| {run['model']} | {run['model_origin']} | {run['steps']} | {run['clip_backbone']} "
-            f"| {run['config']} | {run['objects']} |"
+            f"| {run['run']} | {run['model']} | {run['model_origin']} | {run['steps']} "
+            f"| {run['clip_backbone']} | {run['config']} | {run['objects']} |"
         )
+    if len(all_runs) > 1:
+        lines += ["", f"**Warning:** the means mix {len(all_runs)} runs (see the run column)."]
     lines += ["", "| " + " | ".join(ROW_COLUMNS) + " |", "|" + "---|" * len(ROW_COLUMNS)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in ROW_COLUMNS) + " |" for r in rows]
     means = [mean_std(summary[c]) for c, _, _ in METRICS]
-    lines.append("| **mean ± std (n)** | " + " | ".join(means) + " | | | | |")
+    lines.append("| **mean ± std (n)** | " + " | ".join(means) + " | | | | | |")
     if failures:
         lines += ["", "Failed objects:", ""]
         lines += [f"- {f['id']}: {f['error']}" for f in failures]

@@ -81,17 +81,20 @@ def _links(result: dict) -> str:
 
 def _runs_table(rows: list[dict]) -> list[str]:
     parts = [
-        "<table id='runs'><tr><th>model</th><th>origin</th><th>steps</th><th>CLIP backbone</th>"
-        "<th>config (sds/exports/scorer)</th><th>objects</th></tr>"
+        "<table id='runs'><tr><th>run</th><th>model</th><th>origin</th><th>steps</th>"
+        "<th>CLIP backbone</th><th>config (sds/exports/scorer)</th><th>objects</th></tr>"
     ]
-    for run in runs(rows):
+    table = runs(rows)
+    for run in table:
         cells = [run[k] for k in ("model", "model_origin", "steps", "clip_backbone", "config")]
         parts.append(
-            "<tr>"
+            f"<tr><td>{run['run']}</td>"
             + "".join(f"<td class='text'>{html.escape(fmt(c))}</td>" for c in cells)
             + f"<td>{run['objects']}</td></tr>"
         )
     parts.append("</table>")
+    if len(table) > 1:
+        parts.append(f"<p class='warn'>The means mix {len(table)} runs (see the run column).</p>")
     return parts
 
 
@@ -110,6 +113,7 @@ def _object_row(row: dict, result: dict, metric_columns: list[str]) -> str:
     cells += [f"<td>{t}</td>" for t in thumbs]
     cells += [_cell(row[c], c, row["clip_meaningful"]) for c in metric_columns]
     cells.append(_cell(row["steps"], "steps", True))
+    cells.append(_cell(row["run"], "run", True))
     mesh = fmt(row["mesh_iso"]) + (
         ' <span class="warn">fallback</span>' if row["mesh_fallback"] else ""
     )
@@ -170,7 +174,8 @@ def write_html(out: Path, rows, summary, results, failures, missing, clip_unit: 
     head = ['<th data-type="text">id</th>']
     head += [f"<th>{h}</th>" for h in ("reference", "render", "normal", "textureless", "sampled")]
     head += [f'<th data-type="num">{c}</th>' for c in metric_columns]
-    head += ['<th data-type="num">steps</th>', '<th data-type="num">mesh iso</th>']
+    head += ['<th data-type="num">steps</th>', '<th data-type="num">run</th>']
+    head += ['<th data-type="num">mesh iso</th>']
     head += ["<th>files</th>", "<th>notes</th>"]
     parts.append("<table id='objects'><thead><tr>" + "".join(head) + "</tr></thead><tbody>")
     parts += [_object_row(row, result, metric_columns) for row, result in zip(rows, results)]

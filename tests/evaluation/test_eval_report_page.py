@@ -137,6 +137,7 @@ def test_random_tower_numbers_are_never_shown_as_scores(tmp_path):
         folder.mkdir(parents=True)
         result = _result(oid, rng, "tiny")
         result["clip_raw"] = 0.9912  # an old result that still carries a random-tower number
+        result["steps"] = 5000 if oid == "c" else 10000  # two runs in one folder
         (folder / "result.json").write_text(json.dumps(result))
     summary = build_report(tmp_path, "x100")
     assert summary["clip"]["mean"] is None and summary["clip"]["n"] == 0
@@ -146,6 +147,8 @@ def test_random_tower_numbers_are_never_shown_as_scores(tmp_path):
     assert all(row["clip"] is None for row in data["objects"])
     assert "99.12" not in (tmp_path / "results.md").read_text()
     assert "random: CLIP not meaningful" in (tmp_path / "results.md").read_text()
+    assert [r["run"] for r in data["objects"]] == [1, 1, 2] and len(data["runs"]) == 2
+    assert "the means mix 2 runs" in (tmp_path / "results.md").read_text()
     csv_text = (tmp_path / "results.csv").read_text()
     assert "99.12" not in csv_text and "0.9912" not in csv_text
     page = (tmp_path / "index.html").read_text()
