@@ -14,3 +14,11 @@ bench: setup
 
 bench-data: setup
 	$(PYTHON) scripts/bench_data.py $(ARGS)
+
+# The tiny preset's VAE trained on the project's own renders (training/pretrain_vae.py): a model
+# folder (trained VAE, random UNet and image encoder) for `model.init`, PSNR on held-out views.
+#   make pretrain-vae DATA=outputs/render/samples OUT=outputs/models/tiny-vae ARGS="--steps 400"
+.PHONY: pretrain-vae
+pretrain-vae: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PYTHON) -m training.pretrain_vae \
+		--data $(or $(DATA),outputs/render/samples) --out $(or $(OUT),outputs/models/tiny-vae) $(ARGS)

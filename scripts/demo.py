@@ -1,10 +1,14 @@
 """`make demo`: the whole stack end to end on the built-in samples, offline, with the tiny model.
 
-render samples -> shards + contact sheet -> stage 1 -> stage 2 (from stage 1) -> export ->
-sample 4 views of a held-out object -> SDS image-to-3D on it -> CLIP-similarity report.
+render samples -> shards + contact sheet -> pretrain the tiny VAE on them -> stage 1 -> stage 2
+(from stage 1) -> export -> 4 views of training objects sampled at their ground-truth poses,
+scored beside three baselines (untrained, cameras rotated, another object's reference) -> SDS
+image-to-3D on a training object, scored at its ground-truth poses against the initial blob ->
+4 views of the held-out object (which the tiny model cannot generalise to) -> the figure.
 
 Each step runs the same command a user would type (printed before it runs), so the demo doubles
-as a walk-through. Rerunning resumes: renders, training runs and evaluations skip finished work.
+as a walk-through. Rerunning resumes: renders, the VAE, training runs and evaluations skip
+finished work.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-HELD_OUT = "car"  # the object kept out of training: sampled and lifted to 3D at the end
+HELD_OUT = "car"  # the object kept out of training: sampled at the end (no generalisation)
+SDS_OBJECT = (
+    "front_marker"  # a training object lifted to 3D (one colour per side: orientation shows)
+)
+SCORED = ["front_marker", "house", "mug", "tree"]  # training objects of the multi-view figure
 
 
 def run_step(title: str, command: list[str], timings: dict[str, float]) -> None:
@@ -80,15 +88,36 @@ def plot_losses(runs: dict[str, Path], dest: Path) -> Path:
     return dest
 
 
+def single_object_shard(shards: Path, key: str, folder: Path) -> Path:
+    """A shard holding only object ``key`` of ``shards`` (bytes unchanged): SDS's input."""
+    import webdataset as wds
+
+    from training.datamodule import expand_shard_urls
+
+    path = folder / "shard-000-000000.tar"
+    if path.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    stream = wds.WebDataset(expand_shard_urls([str(shards)]), shardshuffle=False)
+    sample = next((s for s in stream if s["__key__"] == key), None)
+    if sample is None:
+        raise KeyError(f"{key} is not in {shards}")
+    with wds.TarWriter(str(path.with_suffix(".tmp"))) as writer:
+        writer.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
+    path.with_suffix(".tmp").replace(path)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo", help="results folder")
     parser.add_argument("--res", type=int, default=64, help="render resolution (px)")
-    parser.add_argument("--stage1-steps", type=int, default=120, help="stage-1 optimizer steps")
-    parser.add_argument("--stage2-steps", type=int, default=60, help="stage-2 optimizer steps")
-    parser.add_argument(
-        "--sds-steps", type=int, default=60, help="SDS steps on the held-out object"
-    )
+    parser.add_argument("--vae-steps", type=int, default=400, help="VAE pretraining steps")
+    parser.add_argument("--stage1-steps", type=int, default=800, help="stage-1 optimizer steps")
+    parser.add_argument("--stage2-steps", type=int, default=300, help="stage-2 optimizer steps")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak LR of both stages")
+    parser.add_argument("--sds-steps", type=int, default=200, help="SDS steps")
+    parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the figures")
     parser.add_argument("--workers", type=int, default=2, help="Blender worker processes")
     args = parser.parse_args(argv)
 
@@ -116,14 +145,25 @@ def main(argv: list[str] | None = None) -> int:
         [py, "-m", "data_prep.summary", "summary", str(shards), "--sheet", str(sheet)],
         timings,
     )
+    vae = out / "vae_model"
+    run_step(
+        "pretrain the tiny VAE on the renders (held-out object: reconstruction PSNR)",
+        [py, "-m", "training.pretrain_vae", "--data", str(shards), "--heldout", str(held_shards)]
+        + ["--out", str(vae), "--steps", str(args.vae_steps)],
+        timings,
+    )
 
     stage1, stage2 = out / "stage1", out / "stage2"
-    common = [f"data.train=[{shards}]", "data.num_workers=1"]
+    # White backgrounds (what SDS renders on); every step on the 4-view branch: the demo's
+    # budget buys memorising 9 objects' quadruples, which the figures then check.
+    common = [f"data.train=[{shards}]", "data.num_workers=1", "data.background=white"]
+    common += [f"train.lr={args.lr}", "train.multiview_ratio=1.0", "data.batch_size=4"]
     run_step(
-        "stage 1: CLIP-image conditioning (tiny model, CPU)",
+        "stage 1: CLIP-image conditioning (tiny model with the pretrained VAE, CPU)",
         [py, "-m", "training.train", "--config", "configs/stage1-tiny.yaml", f"out={stage1}"]
         + common
-        + [f"train.max_steps={args.stage1_steps}", "log.sample_every_n_steps=60"],
+        + [f"model.init={vae}", f"train.max_steps={args.stage1_steps}"]
+        + [f"log.sample_every_n_steps={max(args.stage1_steps // 2, 1)}"],
         timings,
     )
     run_step(
@@ -131,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         [py, "-m", "training.train", "--config", "configs/stage2-tiny.yaml", f"out={stage2}"]
         + common
         + [f"model.init={stage1}", f"train.max_steps={args.stage2_steps}"]
-        + ["log.sample_every_n_steps=30"],
+        + [f"log.sample_every_n_steps={max(args.stage2_steps // 2, 1)}"],
         timings,
     )
     model = out / "model"
@@ -140,22 +180,23 @@ def main(argv: list[str] | None = None) -> int:
         [py, "-m", "training.checkpoints", str(stage2), "--out", str(model)],
         timings,
     )
-
-    image = reference_image(held_shards, out / "inputs" / f"{HELD_OUT}.png")
-    grid = out / "samples" / f"{HELD_OUT}_views.png"
+    multiview = out / "multiview"
     run_step(
-        "sample 4 views of the held-out object (stage-2 reference frame)",
-        [py, "-m", "models.sample", "--image", str(image), "--model", str(model / "ema")]
-        + ["--out", str(grid), "--elevation", "15", "--reference-frame", "--seed", "0"],
+        "sample 4 views of training objects at their ground-truth poses, beside 3 baselines",
+        [py, "-m", "evaluation.multiview_score", "--model", str(model / "ema")]
+        + ["--base-model", str(stage1 / "base_model"), "--shards", str(shards)]
+        + ["--objects", *SCORED, "--out", str(multiview), "--steps", str(args.sample_steps)],
         timings,
     )
+
+    sds_input = single_object_shard(shards, SDS_OBJECT, out / "shards" / "sds")
     evaluation = out / "eval"
     run_step(
-        "SDS image-to-3D on the held-out object's reference view, then scoring",
+        f"SDS image-to-3D on a training object ({SDS_OBJECT}) with the trained prior",
         [py, "-m", "evaluation.run", "--config", "configs/eval_tiny.yaml"]
-        + ["--images", str(held_shards), "--model", str(model / "ema"), "--out", str(evaluation)]
+        + ["--images", str(sds_input), "--model", str(model / "ema"), "--out", str(evaluation)]
         + ["--steps", str(args.sds_steps), "--gpus", "none"]
-        # the recipe's schedules scaled to the short run: anneal t over 80%, 64 -> higher px halfway
+        # the recipe's schedules scaled to the short run: anneal t over 80%, 32 -> 48 px halfway
         + [
             f"sds.t_anneal_steps={int(0.8 * args.sds_steps)}",
             f"sds.milestones=[{args.sds_steps // 2}]",
@@ -166,19 +207,46 @@ def main(argv: list[str] | None = None) -> int:
         ],
         timings,
     )
+    sds_scores = out / "sds_scores.json"
+    run_step(
+        "score the SDS object at its ground-truth poses against the initial blob",
+        [py, "-m", "evaluation.sds_gt_score", "--field", str(evaluation / "objects" / SDS_OBJECT)]
+        + ["--shards", str(sds_input), "--out", str(sds_scores)],
+        timings,
+    )
+
+    image = reference_image(held_shards, out / "inputs" / f"{HELD_OUT}.png")
+    grid = out / "samples" / f"{HELD_OUT}_views.png"
+    run_step(
+        "sample 4 views of the held-out object (unseen: the tiny model does not generalise)",
+        [py, "-m", "models.sample", "--image", str(image), "--model", str(model / "ema")]
+        + ["--out", str(grid), "--elevation", "15", "--seed", "0"],
+        timings,
+    )
     loss_plot = plot_losses({"stage 1": stage1, "stage 2": stage2}, out / "training_loss.png")
+    figure = out / "demo.png"
+    run_step(
+        "the demo's figure: ground truth, sampled views and SDS renders side by side",
+        [py, "scripts/demo_figures.py", "--demo", str(out), "--object", SDS_OBJECT]
+        + ["--out", str(figure)],
+        timings,
+    )
 
     total = time.perf_counter() - start
     results = {
         "shards": shards,
         "contact sheet": sheet,
+        "pretrained VAE (model folder, vae_metrics.json)": vae,
         "stage-1 run (checkpoints, tensorboard)": stage1,
         "stage-2 run (checkpoints, tensorboard)": stage2,
         "exported model (fp32/, ema/)": model,
         "training loss plot": loss_plot,
-        "sampled views": grid,
+        "views at GT poses + baselines (scores.json, views.png)": multiview,
         "SDS results (renders, video, mesh)": evaluation,
+        "SDS scores at GT poses vs the blob": sds_scores,
+        "held-out object's sampled views": grid,
         "report (open in a browser)": evaluation / "index.html",
+        "the demo's figure": figure,
     }
     print("\n==> timings")
     for title, seconds in timings.items():
@@ -186,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {total:7.1f} s  total")
     print("\n==> results")
     for name, path in results.items():
-        print(f"  {name:42s} {path}")
+        print(f"  {name:56s} {path}")
     (out / "demo_summary.json").write_text(
         json.dumps(
             {
