@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from evaluation.export import to_uint8
-from evaluation.renderer import RenderSettings, render_views
+from evaluation.renderer import render_settings, render_views
 from evaluation.views import orbit_cameras
 
 AMBIENT = 0.3  # share of unshaded light in the textureless views (keeps grazing faces visible)
@@ -24,14 +24,18 @@ def save_geometry_views(field, occupancy, cfg, folder: Path) -> dict[str, list[P
     cameras = orbit_cameras(exp.views, exp.elevation_deg, exp.fov_deg, exp.relative_radius)
     device = next(field.parameters()).device
     c2w = cameras.c2w().to(device)
-    settings = RenderSettings(
-        samples_per_ray=cfg.renderer.samples_per_ray,
+    # The exports' sampler (renderer.*), unjittered, with the renderer's textureless shading.
+    settings = render_settings(
+        cfg,
+        device,
         stratified=False,
         background=(1.0, 1.0, 1.0),
         chunk_rays=cfg.renderer.eval_chunk_rays,
         shading="textureless",
         ambient=AMBIENT,
         need_normals=True,
+        proposal_samples=cfg.renderer.samples_per_ray,  # no cap: no gradient, chunked (as exports)
+        surface_samples=cfg.renderer.samples_per_ray,
     )
     out = render_views(
         field,

@@ -66,3 +66,39 @@ def test_a_known_pose_refers_to_the_image_as_given(tmp_path):
     centred = obj.reference[3]
     assert _box(centred)[0] >= 30 and centred[20, 20] > 0.9
     assert not torch.allclose(obj.reference, obj.pose_reference)
+
+
+def test_the_pose_score_compares_with_the_image_as_given(tmp_path):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from eval_helpers import SphereField, tiny_config
+
+    from evaluation.evaluate import Evaluator
+    from evaluation.export import render_cameras
+    from evaluation.inputs import EvalObject, recenter, resize_rgba
+    from evaluation.metrics import build_clip_scorer
+    from evaluation.views import CameraBatch
+    from models.cameras import distance_for_fov
+
+    cfg = tiny_config()
+    field = SphereField(radius=0.3)
+    pose = {"elevation_deg": 10.0, "azimuth_deg": 30.0, "fov_deg": 40.0}
+    pose["distance"] = float(distance_for_fov(40.0, 0.9))
+    keys = ("elevation_deg", "azimuth_deg", "fov_deg", "distance")
+    render = render_cameras(field, None, CameraBatch(*(torch.tensor([pose[k]]) for k in keys)),
+                            32, cfg)  # fmt: skip
+    given = torch.cat([render["rgb"][0].permute(2, 0, 1), render["alpha"][0][None]])
+    recentred = resize_rgba(recenter(given, 0.85), 32)  # what conditions the model
+    obj = EvalObject("posed", recentred, reference_pose=pose, pose_reference=given)
+    evaluator = SimpleNamespace(
+        cfg=cfg,
+        clip=build_clip_scorer(cfg.metrics.clip),
+        lpips=None,
+        multiview_score=lambda *_: {},
+    )
+    state = SimpleNamespace(field=field, occupancy=None)
+    right = Evaluator.score(evaluator, obj, state, tmp_path)
+    wrong = Evaluator.score(evaluator, replace(obj, pose_reference=recentred), state, tmp_path)
+    assert right["psnr"] > 40 and right["ssim"] > 0.99  # the render at the pose is that image
+    assert wrong["psnr"] < right["psnr"] - 15  # the recentred crop is misaligned with the pose
