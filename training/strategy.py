@@ -85,11 +85,11 @@ def use_cpu_deepspeed() -> None:
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
-    if get_accelerator().device_name() != "cpu":
-        raise ConfigError(
-            "strategy.name: DeepSpeed was imported with a GPU accelerator before the CPU one "
-            "could be selected; set DS_ACCELERATOR=cpu"
-        )
+    if get_accelerator().device_name() != "cpu":  # detected before DS_ACCELERATOR was set
+        from deepspeed.accelerator import set_accelerator
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+        set_accelerator(CPU_Accelerator())
     # DeepSpeed would JIT-compile its shared-memory all-reduce kernel at init (minutes of C++ on a
     # small machine, every rank racing for the build lock); gloo does the collectives instead.
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")

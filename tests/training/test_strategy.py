@@ -68,6 +68,9 @@ def test_deepspeed_without_a_gpu_is_the_cpu_accelerator_in_bf16(monkeypatch):
     )
     assert isinstance(launch.strategy, strategies.CPUDeepSpeedStrategy)
     assert launch.precision == "bf16-mixed" and launch.strategy._process_group_backend == "gloo"
+    from deepspeed.accelerator import get_accelerator
+
+    assert get_accelerator().device_name() == "cpu"
     monkeypatch.setenv("DS_ACCELERATOR", "cuda")
     with pytest.raises(ConfigError, match="DS_ACCELERATOR"):
         strategies.use_cpu_deepspeed()
