@@ -54,7 +54,7 @@ def group_of(key: str) -> str | None:
     return DEFAULT_GROUP
 
 
-def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     """Size and three 1 MiB samples (start, middle, end): tells weight files apart without
     reading gigabytes."""
     size = path.stat().st_size
@@ -76,7 +76,7 @@ def model_identity(cfg) -> dict[str, Any]:
         "model_json": hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else None
     }
     for weights in sorted(folder.glob("*.safetensors")):
-        identity[weights.name] = _file_digest(weights)
+        identity[weights.name] = file_digest(weights)
     return identity
 
 

@@ -12,6 +12,7 @@ image conditions the model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -184,11 +185,12 @@ def _shard_members(path: Path, key: str) -> dict[str, bytes]:
     return members
 
 
-def _members_digest(members: dict[str, bytes]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(members):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(members[name]).digest())
-    return digest.hexdigest()[:16]
+@functools.lru_cache(maxsize=256)
+def _shard_digest(path: Path) -> str:
+    """One sampled digest per shard (not a scan per object: shards hold thousands)."""
+    from evaluation.fingerprint import file_digest
+
+    return file_digest(path)
 
 
 def _pose(meta: dict, index: int) -> dict:
@@ -251,7 +253,7 @@ def list_objects(inputs_cfg) -> list[ObjectRef]:
         for shard in shards:
             for key in _shard_keys(shard):
                 load = lambda s=shard, k=key: _shard_object(k, _shard_members(s, k), s, inputs_cfg)  # noqa: E731
-                digest = lambda s=shard, k=key: _members_digest(_shard_members(s, k))  # noqa: E731
+                digest = lambda s=shard, k=key: f"{_shard_digest(s)}:{k}"  # noqa: E731
                 refs.append(ObjectRef(key, load, digest))
     if not refs:
         what = (
