@@ -114,7 +114,9 @@ def test_images_end_to_end_then_rerun_skips(tmp_path, monkeypatch, capsys):
     assert field_file.stat().st_mtime_ns != field_stamp
 
 
-def test_shards_end_to_end_scores_against_ground_truth(rendered_shards, tiny_model_dir, tmp_path):
+def test_shards_end_to_end_scores_against_ground_truth(
+    rendered_shards, tiny_model_dir, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     args = _args(rendered_shards, out, "inputs.limit=1", "metrics.multiview.steps=2")
     run.main([*args, "--model", str(tiny_model_dir), "--steps", "1"])
@@ -128,6 +130,10 @@ def test_shards_end_to_end_scores_against_ground_truth(rendered_shards, tiny_mod
     assert result["mv_reference_frame"] is False  # a random-init folder is no stage-2 model
     assert result["lpips"] is None and any("LPIPS skipped" in n for n in result["notes"])
     assert result["source"]["shard"].endswith(".tar")
+    assert result["provenance"]["model_source"]["init"] == "random"
+    # a rerun with the same model, config and shards evaluates nothing again
+    monkeypatch.setattr(run, "Evaluator", lambda *_, **__: pytest.fail("evaluated again"))
+    run.main([*args, "--model", str(tiny_model_dir), "--steps", "1"])
 
 
 def test_partitions_are_disjoint_and_complete(rendered_shards, monkeypatch):
