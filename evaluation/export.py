@@ -40,6 +40,8 @@ def render_cameras(
         chunk_rays=cfg.renderer.eval_chunk_rays,
         proposal_samples=cfg.renderer.samples_per_ray,  # no cap: no gradient, chunked
         surface_samples=cfg.renderer.samples_per_ray,
+        proposal_fill=1.0,  # every slot: exact, no budget
+        surface_fill=1.0,
     )
     out = render_views(
         field,

@@ -16,6 +16,7 @@ is front-to-back alpha over a solid background colour.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +116,8 @@ class RenderSettings:
     need_normals: bool = False
     proposal_samples: int = 0  # occupied positions kept per ray (0: samples_per_ray, no cap)
     surface_samples: int = 0  # samples per ray the field runs on with gradient (0: proposal's)
+    proposal_fill: float = 1.0  # share of the [rays, proposal] slots evaluated (packed; 1: all)
+    surface_fill: float = 1.0  # share of the [rays, surface] slots evaluated (packed; 1: all)
     alpha_threshold: float = 0.01  # nerfacc's alpha_thre of the recipe's renderer
     early_stop: float = 1e-4  # nerfacc's early_stop_eps (transmittance)
     compile: bool = False  # run the step through torch.compile (one graph per shape)
@@ -130,6 +133,8 @@ def render_settings(cfg, device: torch.device, **changes) -> RenderSettings:
         background=tuple(rcfg.background),
         proposal_samples=rcfg.proposal_samples,
         surface_samples=rcfg.surface_samples,
+        proposal_fill=rcfg.proposal_fill,
+        surface_fill=rcfg.surface_fill,
         alpha_threshold=rcfg.alpha_threshold,
         early_stop=rcfg.early_stop,
         proposal_dtype=torch.bfloat16 if bf16 else None,
@@ -160,6 +165,42 @@ def _first_k(mask: torch.Tensor, values: torch.Tensor, k: int, fill: torch.Tenso
     return out[:, :k], valid, count
 
 
+def _pack_index(valid: torch.Tensor, fill: float):
+    """Indices (into the flattened ``[R, K]``) of at most ``ceil(fill * R * K)`` valid slots,
+    sample-major (every ray's first sample, then every ray's second, ...: an overflow drops the
+    deepest samples of all rays first), which of them are used, and how many were dropped."""
+    rays, k = valid.shape
+    budget = max(1, min(rays * k, math.ceil(fill * rays * k)))
+    order = valid.t().reshape(-1)
+    rank = order.long().cumsum(0) - 1
+    slot = torch.where(order & (rank < budget), rank, torch.full_like(rank, budget))
+    flat = torch.arange(rays * k, device=valid.device).view(rays, k).t().reshape(-1)
+    index = torch.zeros(budget + 1, dtype=torch.long, device=valid.device)
+    index = index.scatter(0, slot, flat)[:budget]
+    total = order.sum()
+    used = torch.arange(budget, device=valid.device) < total
+    return index, used, (total - budget).clamp_min(0)
+
+
+def _run_packed(
+    fn, points: torch.Tensor, valid: torch.Tensor, fill: float
+) -> tuple[dict, torch.Tensor]:
+    """``fn`` (a field call returning ``[n, ...]`` tensors) on the valid ``points`` ``[R, K, 3]``
+    only, packed into a buffer of static size (``fill`` of the slots); results are scattered
+    back to ``[R * K, ...]`` (zeros elsewhere). With ``fill >= 1`` every slot runs."""
+    flat = points.reshape(-1, 3)
+    if fill >= 1.0:
+        return fn(flat), torch.zeros((), device=points.device)
+    index, used, dropped = _pack_index(valid, fill)
+    out = fn(flat[index])
+    full = {}
+    for key, value in out.items():
+        mask = used.view(-1, *([1] * (value.dim() - 1))).to(value.dtype)
+        buffer = value.new_zeros(flat.shape[0], *value.shape[1:])
+        full[key] = buffer.index_put((index,), value * mask, accumulate=True)
+    return full, dropped.float() / valid.numel()
+
+
 def _render_core(
     field: nn.Module,
     origins: torch.Tensor,
@@ -174,6 +215,8 @@ def _render_core(
     march: int,
     proposal: int,
     surface: int,
+    proposal_fill: float,
+    surface_fill: float,
     alpha_threshold: float,
     early_stop: float,
     want_normals: bool,
@@ -197,13 +240,18 @@ def _render_core(
         autocast = torch.autocast(origins.device.type, proposal_dtype or torch.float32,
                                   enabled=proposal_dtype is not None)  # fmt: skip
         with autocast:
-            sigma = field.density(points.reshape(-1, 3)).reshape(rays, proposal).float()
+            prop, dropped_prop = _run_packed(
+                lambda x: {"density": field.density(x)}, points, valid_prop, proposal_fill
+            )
+        sigma = prop["density"].reshape(rays, proposal).float()
         alpha = 1 - torch.exp(-torch.where(valid_prop, sigma, 0.0) * step)
         keep = valid_prop & (alpha > alpha_threshold)
         keep = keep & (_exclusive_transmittance(alpha) > early_stop)
         t_surf, valid, count = _first_k(keep, t_prop, surface, near)
     points = origins[:, None] + dirs[:, None] * t_surf[..., None]  # [R, K, 3]
-    out = field(points.reshape(-1, 3), with_normals=want_normals)
+    out, dropped = _run_packed(
+        lambda x: field(x, with_normals=want_normals), points, valid, surface_fill
+    )
     sigma = torch.where(valid, out["density"].reshape(rays, surface).to(origins.dtype), 0.0)
     alpha = 1 - torch.exp(-sigma * step)
     weights = alpha * _exclusive_transmittance(alpha)  # [R, K]
@@ -231,6 +279,7 @@ def _render_core(
     result["alpha"] = opacity
     result["depth"] = (weights * t_surf).sum(-1) / opacity.clamp_min(1e-8) * (opacity > 1e-4)
     result["truncated"] = (count > surface).float().mean()  # rays that had more surface samples
+    result["dropped"] = dropped + dropped_prop  # slot shares the packed budgets left out
     return result
 
 
@@ -315,6 +364,8 @@ def render_rays(
         march,
         min(proposal, march),
         min(surface, proposal, march),
+        float(settings.proposal_fill),
+        float(settings.surface_fill),
         float(settings.alpha_threshold),
         float(settings.early_stop),
         want_normals,
@@ -359,7 +410,7 @@ def render_views(
         )
     result = {}
     for key in parts[0]:
-        if key == "truncated":
+        if key in ("truncated", "dropped"):
             result[key] = sum(p[key] for p in parts) / len(parts)
         elif parts[0][key].dim() == 0:
             result[key] = sum(p[key] for p in parts)

@@ -170,7 +170,12 @@ def sds_step(
     camera = camera_input(cameras).to(device)
     guide = guidance(out["rgb"], camera, cond, step, generator, timer)
     loss = guide["loss"]
-    terms = {"sds": guide["loss"].detach(), "t": guide["t"], "trunc": out["truncated"]}
+    terms = {
+        "sds": guide["loss"].detach(),
+        "t": guide["t"],
+        "trunc": out["truncated"],
+        "drop": out["dropped"],
+    }
     if "orient" in out:
         orient = out["orient"] / out["orient_rays"].clamp_min(1)
         loss = loss + orient_weight * orient

@@ -1,10 +1,13 @@
-"""SDS iterations/s at 64 and 256 px and where the time goes (`make bench-sds`).
+"""SDS iterations/s at 64 and 256 px, eager vs compiled, and where the time goes (`make bench-sds`).
 
 One SDS step = render (field + compositing, forward) -> VAE encode -> UNet (CFG, 2 x views) ->
 backward (VAE encoder + renderer + field) -> AdamW. On a GPU the model is ``sd21-base`` (random
 weights: the speed is the same) and the field/renderer use configs/eval.yaml; on CPU the model is
-``tiny`` and the field/renderer use configs/eval_tiny.yaml. Prints a table and the projected time
-of the full recipe (steps per phase from the config).
+``tiny`` and the field/renderer use configs/eval_tiny.yaml. Both modes run in one process, one
+after the other: eager (``speed.compile=false``, ``sds.unet_compile=off``) and compiled
+(``torch.compile`` of the render step; on CUDA also the UNet as CUDA graphs). Prints a table per
+mode, the compiled/eager ratio and the projected time of the full recipe (steps per phase from
+configs/eval.yaml).
 """
 
 from __future__ import annotations
@@ -39,17 +42,19 @@ def measure_sds(
     steps: int,
     warmup: int = 2,
     overrides: list[str] | None = None,
+    compiled: bool = True,
 ) -> dict:
     """SDS it/s per render size and ms per step of render / VAE encode / UNet / backward / AdamW
     (views per step from the recipe's phase at that size), and the projected minutes of the full
-    recipe (configs/eval.yaml's steps and milestone). Shared with scripts/gpu_check.py."""
-    overrides = list(overrides or [])
+    recipe (configs/eval.yaml's steps and milestone). ``compiled`` picks torch.compile of the
+    render step (and, on CUDA, CUDA graphs for the UNet) or plain eager. Warm-up steps (which
+    compile) are not timed. Shared with scripts/gpu_check.py."""
+    mode = ["speed.compile=true", "sds.unet_compile=auto"] if compiled else [
+        "speed.compile=false", "sds.unet_compile=off"]  # fmt: skip
+    overrides = [*mode, *(overrides or [])]
     gpu = device.type == "cuda"
     cfg = load_config(config, overrides)
     model = build_model(preset, seed=0, device=device)
-    guidance = MultiViewGuidance(
-        model, cfg.sds, cfg.cameras.views, device, autocast_dtype(cfg.precision, device)
-    )
     with torch.no_grad():
         cond = model.image_encoder.encode(torch.rand(1, 3, 256, 256, device=device))
 
@@ -73,6 +78,10 @@ def measure_sds(
             state.occupancy = state.occupancy.to(device)
         optimizer = make_optimizer(state.field, run_cfg.optim)
         generator = torch.Generator().manual_seed(0)
+        device_generator = generator if not gpu else torch.Generator(device).manual_seed(0)
+        guidance = MultiViewGuidance(
+            model, run_cfg.sds, cfg.cameras.views, device, autocast_dtype(cfg.precision, device)
+        )
         times: dict[str, float] = defaultdict(float)
         step_in_recipe = 0 if phase == 0 else int(recipe.milestones[0])
 
@@ -89,11 +98,11 @@ def measure_sds(
         for i in range(warmup + steps):
             keep = i >= warmup
             if state.occupancy is not None and i % run_cfg.renderer.occupancy.update_every == 0:
-                state.occupancy.update(state.field, sample_step_size(run_cfg), generator)
+                state.occupancy.update(state.field, sample_step_size(run_cfg), device_generator)
             begin = time.perf_counter()
             terms = sds_step(
                 state, guidance, cond, run_cfg, step_in_recipe + i, generator, camera_input,
-                lambda name, k=keep: timer(name, k),
+                lambda name, k=keep: timer(name, k), device_generator=device_generator,
             )  # fmt: skip
             with timer("backward", keep):
                 optimizer.zero_grad(set_to_none=True)
@@ -135,30 +144,42 @@ def main() -> None:
     sizes = [int(s) for s in args.resolutions.split(",")]
     print(f"device {device} ({torch.cuda.get_device_name() if gpu else 'CPU'}), model {preset}, "
           f"config {config}, {torch.get_num_threads()} CPU threads")  # fmt: skip
-    result = measure_sds(
-        preset, config, device, sizes, args.steps or (20 if gpu else 3), args.warmup,
-        args.overrides,
-    )  # fmt: skip
+    steps = args.steps or (20 if gpu else 3)
+    results = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        results[name] = measure_sds(
+            preset, config, device, sizes, steps, args.warmup, args.overrides, compiled
+        )
+        print(f"{name}:")
+        print_rows(name, results[name])
+    recipe = load_config().sds
+    for size in sizes:
+        ratio = results["compiled"]["rows"][size]["it_s"] / results["eager"]["rows"][size]["it_s"]
+        record_figure("sds", f"compiled / eager it/s at {size} px", ratio, "x")
+    for name, result in results.items():
+        if result["projected_min"] is not None:
+            print(f"projected full recipe, {name} ({recipe.milestones[0]} steps at {min(sizes)} "
+                  f"px + {recipe.steps - recipe.milestones[0]} at {max(sizes)} px): "
+                  f"{result['projected_min']:.1f} min per object")  # fmt: skip
+            record_figure(
+                "sds", f"projected 10k-step recipe ({name})", result["projected_min"],
+                "min/object", "target <= 10 (GPU)",
+            )  # fmt: skip
+
+
+def print_rows(name: str, result: dict) -> None:
     header = f"{'px':>5} {'views':>5} {'it/s':>7} {'render':>8} {'vae_enc':>8} {'unet':>8} {'backward':>9} {'optim':>7}"
     print(header + "   (ms per step)")
     for size, row in result["rows"].items():
-        print(f"{size:>5} {row['views']:>5} {row['it_s']:>7.2f} {row['render']:>8.1f} "
+        print(f"{size:>5} {row['views']:>5} {row['it_s']:>7.3f} {row['render']:>8.1f} "
               f"{row['vae_encode']:>8.1f} {row['unet']:>8.1f} {row['backward']:>9.1f} "
               f"{row['optim']:>7.1f}")  # fmt: skip
         record_figure(
-            "sds", f"SDS iterations/s at {size} px ({row['views']} views)", row["it_s"], "it/s"
-        )
-        for part in ("render", "vae_encode", "unet", "backward"):
-            record_figure("sds", f"{part} at {size} px", row[part], "ms/step")
-    if result["projected_min"] is not None:
-        recipe = load_config().sds
-        print(f"projected full recipe ({recipe.milestones[0]} steps at {min(sizes)} px + "
-              f"{recipe.steps - recipe.milestones[0]} at {max(sizes)} px): "
-              f"{result['projected_min']:.1f} min per object")  # fmt: skip
-        record_figure(
-            "sds", "projected 10k-step recipe", result["projected_min"], "min/object",
-            "target <= 15 (GPU)",
+            "sds", f"{name} SDS iterations/s at {size} px ({row['views']} views)", row["it_s"],
+            "it/s",
         )  # fmt: skip
+        for part in ("render", "vae_encode", "unet", "backward"):
+            record_figure("sds", f"{name} {part} at {size} px", row[part], "ms/step")
 
 
 if __name__ == "__main__":

@@ -214,10 +214,14 @@ def sds_speed(
     warmup: int = 2,
     device: str = "cuda",
 ) -> dict:
-    """SDS it/s and time split per render size, measured as ``make bench-sds`` does."""
+    """SDS it/s and time split per render size, measured as ``make bench-sds`` does: compiled
+    (torch.compile render step, CUDA-graph UNet: the evaluation default) and eager."""
     from bench_sds import measure_sds
 
-    return measure_sds(preset, config, torch.device(device), list(sizes), steps, warmup)
+    run = [torch.device(device), list(sizes), steps, warmup]
+    compiled = measure_sds(preset, config, *run, compiled=True)
+    eager = measure_sds(preset, config, *run, compiled=False)
+    return {**compiled, "eager": eager}
 
 
 def finite_result(folder: Path) -> dict:

@@ -157,7 +157,7 @@ def test_samples_sit_near_the_surface_and_match_the_uncapped_render():
     dirs = -torch.nn.functional.normalize(origins, dim=-1)
     core = _render_core(field, origins, dirs, torch.full((1,), 0.5), grid.occupied.view(32, 32, 32),
                         shade_parameters(capped, origins.device), origins, torch.ones(3), 1.0,
-                        step, 512, 160, 48, 0.01, 1e-4, False, None)  # fmt: skip
+                        step, 512, 160, 48, 1.0, 1.0, 0.01, 1e-4, False, None)  # fmt: skip
     depth = float(core["depth"][0])
     assert abs(depth - 2.0) < 0.06  # the surface is at distance 2.5 - 0.5
     tight = RenderSettings(512, stratified=False, proposal_samples=96, surface_samples=2)
@@ -177,7 +177,7 @@ def test_render_step_traces_as_one_graph():
     settings = RenderSettings(48, shading="diffuse", ambient=0.4, need_normals=True)
     args = (field, origins, dirs, torch.rand(rays), grid.occupied.view(16, 16, 16),
             shade_parameters(settings, origins.device), origins * 2, torch.ones(3), 1.0,
-            step_size(1.0, 48), 48, 32, 16, 0.01, 1e-4, True, None)  # fmt: skip
+            step_size(1.0, 48), 48, 32, 16, 0.5, 0.5, 0.01, 1e-4, True, None)  # fmt: skip
     explanation = torch._dynamo.explain(_render_core)(*args)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
@@ -207,3 +207,24 @@ def test_mesh_export_drops_floaters(tmp_path):
     everything = trimesh.load(tmp_path / "raw" / "mesh.ply", force="mesh")
     assert np.linalg.norm(everything.vertices, axis=1).max() > 0.7
     assert json.loads((tmp_path / "raw" / "mesh.json").read_text())["dropped_faces"] == 0
+
+
+def test_packed_budgets_change_nothing_until_they_overflow():
+    """The field runs only on the valid slots packed into a static buffer: with room for all of
+    them the render is the unpacked one; an overflow drops the deepest samples and is reported."""
+    field = SphereField(0.5, peak=400.0, smooth=True)
+    grid = _sphere_grid(field, step_size(1.0, 256))
+    c2w = camera_to_world(torch.tensor([10.0]), torch.tensor([30.0]), 2.5)
+
+    def render(proposal_fill, surface_fill):
+        settings = RenderSettings(256, stratified=False, proposal_samples=96, surface_samples=32,
+                                  proposal_fill=proposal_fill, surface_fill=surface_fill)  # fmt: skip
+        return render_views(field, c2w, torch.tensor([40.0]), 24, 1.0, settings, grid)
+
+    full, packed, tight = render(1.0, 1.0), render(0.5, 0.5), render(0.05, 0.05)
+    assert float(packed["dropped"]) == 0.0
+    assert torch.allclose(packed["rgb"], full["rgb"], atol=1e-6)
+    assert torch.allclose(packed["alpha"], full["alpha"], atol=1e-6)
+    assert float(tight["dropped"]) > 0  # reported, and the first samples of every ray survive
+    hit = full["alpha"] > 0.5
+    assert (tight["alpha"][hit] > 0.3).all()
