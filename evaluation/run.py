@@ -150,6 +150,11 @@ def plan(
             if rescore and kept_field and not fewer:
                 todo.append((ref, mine))
                 continue
+        elif (folder / FAILED).is_file():
+            if started is None or set(fp.changes(started, mine)) & set(fp.FIELD_GROUPS):
+                reset(folder)  # a failed object has no result to protect: retry afresh
+            todo.append((ref, mine))
+            continue
         elif started is not None:
             changed = fp.changes(started, mine)
             changed = {g: v for g, v in changed.items() if g in fp.FIELD_GROUPS}

@@ -40,6 +40,9 @@ def test_one_bad_image_is_recorded_and_the_others_finish(tmp_path):
     page = (out / "index.html").read_text()
     assert "<h2>Failed</h2>" in page and "cannot read the image" in page
     assert "broken: ValueError:" in (out / "results.md").read_text()
+    # a failed object has no result to protect: a rerun retries it, even with other settings
+    with pytest.raises(SystemExit, match=r"1 object\(s\) failed: broken"):
+        run.main(_args(images, out, "inputs.limit=1", "sds.guidance_scale=7.5"))
 
 
 def test_a_failing_gpu_worker_still_leaves_a_report(tmp_path, monkeypatch):
