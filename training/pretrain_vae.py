@@ -56,7 +56,7 @@ def load_views(sources: list[str], resolution: int) -> tuple[torch.Tensor, list[
     return torch.stack(views), keys
 
 
-def augment(rgba: torch.Tensor, generator: torch.Generator, white: float = 0.5) -> torch.Tensor:
+def augment(rgba: torch.Tensor, generator: torch.Generator, white: float = 0.75) -> torch.Tensor:
     """Premultiplied RGBA -> RGB in [-1,1] on white (probability ``white``) or a random colour,
     randomly mirrored and shifted by up to 1/8 of the side (the renders' framing varies)."""
     n, _, size, _ = rgba.shape
