@@ -152,7 +152,7 @@ def write_html(out: Path, rows, summary, results, failures, missing, clip_unit: 
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Isotropic3D evaluation</title>",
         f"<style>{STYLE}</style></head><body>",
-        f"<h1>Evaluation: {len(rows)} objects</h1>",
+        f"<h1>Evaluation: {len(rows)} object{'' if len(rows) == 1 else 's'}</h1>",
         f"<p id='counts'>{len(rows)} done, {len(failures)} failed, {len(missing)} missing.</p>",
         "<h2>Runs</h2>",
         *_runs_table(rows),
