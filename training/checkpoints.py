@@ -298,7 +298,8 @@ def signal_checkpoints(out: str | Path) -> list[Path]:
     found = (
         [p for p in out.glob(f"{SIGNAL_PREFIX}*.ckpt") if is_complete(p)] if out.is_dir() else []
     )
-    return sorted(found, key=checkpoint_step)
+    number = lambda p: int(re.sub(r"\D", "", p.stem) or 0)  # noqa: E731  (Lightning's N)
+    return sorted(found, key=lambda p: (checkpoint_step(p), number(p)))
 
 
 def prune_signal_checkpoints(out: str | Path, keep_last: int) -> None:
