@@ -24,6 +24,8 @@ GROUP_OF = {
     "inputs.limit": None,
     "device": None,
     "report": None,
+    "speed": None,  # compile / bf16 proposal pass / logging: same results within float error
+    "sds.unet_compile": None,
     "sds.steps": "steps",
     "export": "exports",
     "metrics": "scorer",
