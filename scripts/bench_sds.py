@@ -134,6 +134,9 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--resolutions", default="64,256", help="render sizes to time")
+    parser.add_argument(
+        "--modes", default="eager,compiled", help="which of eager,compiled to time (both: ratio)"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = parser.parse_args()
 
@@ -146,14 +149,19 @@ def main() -> None:
           f"config {config}, {torch.get_num_threads()} CPU threads")  # fmt: skip
     steps = args.steps or (20 if gpu else 3)
     results = {}
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in ("eager", "compiled") for m in modes):
+        parser.error(f"--modes {args.modes!r}: a comma list of eager, compiled")
     for name, compiled in (("eager", False), ("compiled", True)):
+        if name not in modes:
+            continue
         results[name] = measure_sds(
             preset, config, device, sizes, steps, args.warmup, args.overrides, compiled
         )
         print(f"{name}:")
         print_rows(name, results[name])
     recipe = load_config().sds
-    for size in sizes:
+    for size in sizes if len(results) == 2 else []:
         ratio = results["compiled"]["rows"][size]["it_s"] / results["eager"]["rows"][size]["it_s"]
         record_figure("sds", f"compiled / eager it/s at {size} px", ratio, "x")
     for name, result in results.items():
