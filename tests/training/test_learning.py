@@ -64,7 +64,7 @@ def trained(rendered_shards, tmp_path_factory) -> dict:
     out = tmp / "run"
     config = tiny_config(
         out, cache, "data.cached=true", f"model.init={vae}", f"train.max_steps={STEPS}", "train.lr=3e-3",
-        "train.cfg_dropout=0.1", "train.multiview_ratio=1.0", "train.schedule=constant", "ema.enabled=false",
+        "train.cfg_dropout=0", "train.multiview_ratio=1.0", "train.schedule=constant", "ema.enabled=false",
         f"checkpoint.every_n_steps={STEPS}", "log.logger=none", "data.batch_size=2",
     )  # fmt: skip
     trainer = run(config)
@@ -87,13 +87,16 @@ def test_trained_model_beats_untrained_and_rotated_cameras(trained):
     assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
     objects = load_ground_truth([str(trained["shards"])], 32, list(KEYS))
     base = load_model(trained["out"] / "base_model").eval()
-    results = score_conditions(trained["model"], base, objects, steps=10, seeds=(0, 100))
+    results = score_conditions(
+        trained["model"], base, objects, steps=10, guidance=1.0, seeds=(0, 100, 200)
+    )
     scores = {name: (s["psnr"], s["iou"]) for name, s in results["conditions"].items()}
     print("PSNR, silhouette IoU at the GT poses:", scores)
     trained_psnr, trained_iou = scores["trained"]
     assert trained_psnr > scores["untrained"][0] + 3.0, scores
-    assert trained_psnr > scores["cameras rotated"][0] + 1.0, scores
-    assert trained_iou > scores["cameras rotated"][1] + 0.05, scores
+    assert trained_iou > scores["untrained"][1] + 0.1, scores
+    # A cube's silhouette is the same from the 4 azimuths: the colours (PSNR) tell the sides apart.
+    assert trained_psnr > scores["cameras rotated"][0] + 0.5, scores
 
 
 def test_sds_with_the_trained_prior_beats_the_blob(trained, tmp_path):
