@@ -82,9 +82,9 @@ def test_vae_pretraining_reconstructs(trained):
     )
 
 
-def test_trained_model_beats_untrained_and_rotated_cameras(trained):
-    losses = trained["losses"]
-    assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
+@pytest.fixture(scope="module")
+def view_scores(trained) -> dict:
+    """PSNR and silhouette IoU at the GT poses per condition (evaluation.multiview_score)."""
     objects = load_ground_truth([str(trained["shards"])], 32, list(KEYS))
     base = load_model(trained["out"] / "base_model").eval()
     results = score_conditions(
@@ -92,11 +92,23 @@ def test_trained_model_beats_untrained_and_rotated_cameras(trained):
     )
     scores = {name: (s["psnr"], s["iou"]) for name, s in results["conditions"].items()}
     print("PSNR, silhouette IoU at the GT poses:", scores)
-    trained_psnr, trained_iou = scores["trained"]
-    assert trained_psnr > scores["untrained"][0] + 3.0, scores
-    assert trained_iou > scores["untrained"][1] + 0.1, scores
+    return scores
+
+
+def test_trained_model_beats_the_untrained_one(trained, view_scores):
+    losses = trained["losses"]
+    assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
+    trained_psnr, trained_iou = view_scores["trained"]
+    assert trained_psnr > view_scores["untrained"][0] + 3.0, view_scores
+    assert trained_iou > view_scores["untrained"][1] + 0.1, view_scores
+
+
+def test_rotated_cameras_lose(view_scores):
     # A cube's silhouette is the same from the 4 azimuths: the colours (PSNR) tell the sides apart.
-    assert trained_psnr > scores["cameras rotated"][0] + 0.5, scores
+    assert view_scores["trained"][0] > view_scores["cameras rotated"][0] + 0.5, (
+        "the trained tiny model's views at the GT poses are no better than with the cameras "
+        f"rotated by one view (issue 12, item 6: open): {view_scores}"
+    )
 
 
 def test_sds_with_the_trained_prior_beats_the_blob(trained, tmp_path):
