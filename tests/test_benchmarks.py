@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "bench_model.py": ["--modes", "eager", "--steps", "1", "--rounds", "1", "--warmup", "1"],
     "bench_train.py": ["--steps", "1", "--rounds", "1", "--warmup", "1"],
-    "bench_sds.py": ["--steps", "1", "--warmup", "0", "--resolutions", "32,48"],
+    "bench_sds.py": ["--steps", "1", "--warmup", "0", "--resolutions", "32,48", "--modes", "eager"],
 }
 
 
