@@ -25,6 +25,7 @@ BASE_MODEL = "base_model"  # run folder: frozen parts + initial UNet, written on
 CHECKPOINTS = "checkpoints"
 DS_TAG = "checkpoint"  # the tag Lightning's DeepSpeed strategy saves under
 COMPLETE = "complete.json"  # in a DeepSpeed folder: written once every rank's shard is on disk
+EMA_SHARD = "weight_ema_rank_{rank}.pt"  # in a DeepSpeed folder: each rank's EMA partition
 SIGNAL_PREFIX = "hpc_ckpt_"  # Lightning's SLURM signal-time checkpoints, in the run folder
 
 
@@ -62,13 +63,13 @@ def is_deepspeed_checkpoint(path: Path) -> bool:
     return path.is_dir() and _deepspeed_model_file(path) is not None
 
 
+def _unet_key(key: str) -> str | None:
+    key = key.removeprefix("_forward_module.")  # Lightning's DeepSpeed wrapper (older runs)
+    return key[len("unet.") :] if key.startswith("unet.") else None
+
+
 def _unet_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("_forward_module.")  # Lightning's DeepSpeed wrapper (older runs)
-        if key.startswith("unet."):
-            out[key[len("unet.") :]] = value.float()
-    return out
+    return {_unet_key(k): v.float() for k, v in state.items() if _unet_key(k) is not None}
 
 
 def _deepspeed_safe_globals() -> list:
@@ -88,16 +89,44 @@ def safe_load(path: str | Path, **kwargs) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
 
 
+def _rank_of(name: str) -> int | None:
+    match = re.search(r"zero_pp_rank_(\d+)_", name) or re.search(
+        r"weight_ema_rank_(\d+)\.pt$", name
+    )
+    return int(match.group(1)) if match else None
+
+
+def _with_ema_partition(state: dict, optim_file: Path) -> dict:
+    """An optimizer shard with its fp32 master partition replaced by the same rank's weight EMA
+    partition (same layout), so DeepSpeed's merger rebuilds the EMA as it rebuilds the weights."""
+    from deepspeed.checkpoint.constants import FP32_FLAT_GROUPS, SINGLE_PARTITION_OF_FP32_GROUPS
+
+    shard = optim_file.parent / EMA_SHARD.format(rank=_rank_of(optim_file.name))
+    if not shard.is_file():
+        raise FileNotFoundError(f"weight EMA partition {shard} missing (for {optim_file.name})")
+    groups = safe_load(shard)["groups"]
+    optim = state["optimizer_state_dict"]
+    key = next(k for k in (SINGLE_PARTITION_OF_FP32_GROUPS, FP32_FLAT_GROUPS) if k in optim)
+    if [t.shape for t in groups] != [t.shape for t in optim[key]]:
+        raise ValueError(f"{shard}: partition shapes differ from {optim_file.name}'s fp32 groups")
+    optim[key] = groups
+    return state
+
+
 @contextlib.contextmanager
-def _weights_only_zero_to_fp32():
+def _weights_only_zero_to_fp32(ema: bool = False):
     """DeepSpeed's shard merger (``zero_to_fp32``) loads every file with ``weights_only=False``;
-    run it with weights-only loads instead (the merging logic stays DeepSpeed's)."""
+    run it with weights-only loads instead (the merging logic stays DeepSpeed's). ``ema``: merge
+    the per-rank weight EMA partitions in place of the fp32 master partitions."""
     from deepspeed.utils import zero_to_fp32
 
     def load(file, *args, **kwargs):
         kwargs.pop("weights_only", None)
         kwargs.pop("map_location", None)
-        return safe_load(file, **kwargs)
+        state = safe_load(file, **kwargs)
+        if ema and str(file).endswith("optim_states.pt"):
+            state = _with_ema_partition(state, Path(file))
+        return state
 
     proxy = types.ModuleType("torch")
     proxy.__dict__.update(torch.__dict__)
@@ -136,8 +165,10 @@ def is_complete(path: Path) -> bool:
     except (ValueError, KeyError):
         return False
     optim = [f for f in files if f.endswith("optim_states.pt")]
-    ranks = {int(m.group(1)) for f in optim if (m := re.search(r"zero_pp_rank_(\d+)_", f))}
+    ranks = {_rank_of(f) for f in optim}
     whole = bool(optim) and ranks == set(range(len(optim)))
+    ema = {_rank_of(f) for f in files if f.startswith("weight_ema_rank_")}
+    whole = whole and ema in (set(), ranks)  # an EMA partition per rank, or none kept
     return whole and all((path / DS_TAG / f).is_file() for f in files)
 
 
@@ -145,10 +176,16 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     """UNet weights, EMA and run config of a DDP checkpoint file or a DeepSpeed ZeRO directory
     (stage 1-3: the fp32 master weights are gathered from the per-rank optimizer shards)."""
     path = Path(path)
+    ema_state = None
     if is_deepspeed_checkpoint(path):
         client = safe_load(_deepspeed_model_file(path))
         with _weights_only_zero_to_fp32() as zero_to_fp32:
             state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DS_TAG)
+        if client.get("weight_ema", {}).get("partitioned"):
+            with _weights_only_zero_to_fp32(ema=True) as zero_to_fp32:
+                ema_state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
+                    str(path), tag=DS_TAG
+                )
     elif path.is_file():
         client = torch.load(path, map_location="cpu", weights_only=True)
         state = client["state_dict"]
@@ -159,9 +196,15 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     if "run_config" not in client:
         raise ValueError(f"{path} is not a checkpoint of this training stack (no run_config)")
     ema = client.get("weight_ema")
+    unet = _unet_only(state)
+    if ema_state is not None:  # merged from the ZeRO partitions: the optimised tensors only
+        trained = {_unet_key(n) for group in client["param_shapes"] for n in group}
+        ema = {k: v for k, v in _unet_only(ema_state).items() if k in trained}
+    elif ema is not None:
+        ema = {k: v.float() for k, v in ema["shadow"].items()}
     return TrainingCheckpoint(
-        unet=_unet_only(state),
-        ema=None if ema is None else {k: v.float() for k, v in ema["shadow"].items()},
+        unet=unet,
+        ema=ema,
         run_config=client["run_config"],
         step=int(client.get("global_step", 0)),
         path=path,

@@ -24,11 +24,12 @@ def _model_and_policy(model_or_module) -> tuple[MultiViewDiffusion, EMAFramePoli
 @contextlib.contextmanager
 def ema_weights(module) -> Iterator[None]:
     """The training module's UNet with its weight EMA copied in, the live weights restored after
-    (the EMA is what gets exported and used). Without an EMA, or under ZeRO-3 (partitioned
-    weights), the live weights are used."""
+    (the EMA is what gets exported and used). Without an EMA, or under DeepSpeed ZeRO (each rank
+    holds only its partition of the EMA; gathering it for a grid is not done), the live weights
+    are used."""
     ema = getattr(module, "weight_ema", None)
     params = dict(module.unet.named_parameters())
-    if ema is None or any(hasattr(p, "ds_id") for p in params.values()):
+    if getattr(ema, "partitioned", False) or ema is None:
         yield
         return
     with torch.no_grad():

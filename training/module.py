@@ -14,7 +14,9 @@ DeepSpeed. The fp32 weight EMA is kept outside the engine as well (training.ema)
 from __future__ import annotations
 
 import math
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,8 +26,9 @@ from webdataset.utils import make_seed
 
 from models.bundle import MultiViewDiffusion
 from models.ema_frames import EMAFramePolicy, assemble_ema_frames, masked_mse
+from training.checkpoints import DS_TAG, EMA_SHARD
 from training.config import RunConfig, to_dict
-from training.ema import WeightEMA
+from training.ema import PartitionedWeightEMA, WeightEMA
 
 
 class Frozen:
@@ -78,11 +81,11 @@ class FineTuneModule(pl.LightningModule):
         )
         if config.model.grad_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        self.weight_ema = (
-            WeightEMA(self.unet, config.ema.decay, config.ema.start_step)
-            if config.ema.enabled
-            else None
-        )
+        self.weight_ema: WeightEMA | PartitionedWeightEMA | None = None
+        if config.ema.enabled and config.strategy.name == "deepspeed":  # see setup
+            self.weight_ema = PartitionedWeightEMA(config.ema.decay, config.ema.start_step)
+        elif config.ema.enabled:
+            self.weight_ema = WeightEMA(self.unet, config.ema.decay, config.ema.start_step)
         self.skipped = 0  # corrupt samples skipped by this rank's loader workers
         self.images_seen = 0  # target views trained on by this rank
         self.flops_per_image = 0.0  # measured once (training.callbacks.Throughput)
@@ -109,10 +112,25 @@ class FineTuneModule(pl.LightningModule):
         kwargs = {k: cast(v) for k, v in kwargs.items()}
         return unet(*args, **kwargs).float()
 
+    def setup(self, stage: str) -> None:
+        from pytorch_lightning.strategies import DeepSpeedStrategy
+
+        if isinstance(self.weight_ema, WeightEMA) and isinstance(
+            self.trainer.strategy, DeepSpeedStrategy
+        ):  # ``strategy.name: auto`` picked DeepSpeed (GPU): no full per-rank copy
+            self.weight_ema = PartitionedWeightEMA(
+                self.config.ema.decay, self.config.ema.start_step
+            )
+
+    def _zero_optimizer(self):
+        return self.trainer.strategy.deepspeed_engine.optimizer
+
     def on_fit_start(self) -> None:
         dtype = torch.bfloat16 if "bf16" in self.trainer.precision else torch.float32
         self.frozen.to(self.device, dtype)
-        if self.weight_ema is not None:
+        if isinstance(self.weight_ema, PartitionedWeightEMA):
+            self.weight_ema.bind(self._zero_optimizer())  # starts from the initial masters
+        elif self.weight_ema is not None:
             self.weight_ema.to(self.device)
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -253,7 +271,18 @@ class FineTuneModule(pl.LightningModule):
         callback, so a checkpoint holds the EMA of its own step)."""
         step = self.global_step  # already counts the optimizer step just taken
         if self.weight_ema is not None and step % self.config.ema.update_every == 0:
-            self.weight_ema.update(self.unet, step)
+            partitioned = isinstance(self.weight_ema, PartitionedWeightEMA)
+            self.weight_ema.update(self._zero_optimizer() if partitioned else self.unet, step)
+
+    def save_ema_shard(self, folder: Path) -> None:
+        """Under ZeRO, each rank writes its EMA partition into the DeepSpeed checkpoint folder
+        (training.strategy calls it before the barrier that precedes the completeness marker)."""
+        if isinstance(self.weight_ema, PartitionedWeightEMA):
+            state = self.weight_ema.shard_state(self._zero_optimizer())
+            target = folder / EMA_SHARD.format(rank=self.global_rank)
+            partial = target.with_name(target.name + ".partial")
+            torch.save(state, partial)
+            os.replace(partial, target)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.weight_ema is not None:
@@ -264,4 +293,10 @@ class FineTuneModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.weight_ema is not None and "weight_ema" in checkpoint:
             self.weight_ema.load_state_dict(checkpoint["weight_ema"])
+        if isinstance(self.weight_ema, PartitionedWeightEMA) and self.trainer.ckpt_path:
+            shard = Path(self.trainer.ckpt_path) / DS_TAG / EMA_SHARD.format(rank=self.global_rank)
+            if not shard.is_file():
+                raise FileNotFoundError(f"checkpoint.resume: weight EMA partition {shard} missing")
+            state = torch.load(shard, map_location="cpu", weights_only=True)
+            self.weight_ema.load_shard(self._zero_optimizer(), state, str(shard))
         self.skipped = int(checkpoint.get("data_skipped", 0))

@@ -43,10 +43,15 @@ class MarkedDeepSpeedStrategy(DeepSpeedStrategy):
     ``resume: auto`` passes over."""
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any = None) -> None:
-        from training.checkpoints import mark_complete
+        from pathlib import Path
+
+        from training.checkpoints import DS_TAG, mark_complete
 
         filepath = self.broadcast(filepath)
         super().save_checkpoint(checkpoint, filepath, storage_options)
+        save_ema_shard = getattr(self.lightning_module, "save_ema_shard", None)
+        if save_ema_shard is not None:  # each rank's weight EMA partition, listed by the marker
+            save_ema_shard(Path(filepath) / DS_TAG)
         self.barrier("checkpoint-shards-written")
         if self.is_global_zero:
             mark_complete(filepath)

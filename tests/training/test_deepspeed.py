@@ -2,7 +2,9 @@
 gloo), bf16, 2 ranks. A 2-node torchrun simulation under ZeRO-2 (stage 1) and a 2-rank ZeRO-3 run
 (stage 2) train, write sharded checkpoints marked complete, export to fp32/ and ema/ model folders
 that load, and a run whose newest save was cut short resumes from the last complete checkpoint on
-the uninterrupted run's loss curve."""
+the uninterrupted run's loss curve. The weight EMA is each rank's EMA of its fp32 master partition:
+while it tracks the weights its export equals the fp32 export bit for bit (a bf16-based EMA would
+not), each rank holds about 1/world of it, and a resume restores it."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from models.bundle import load_model
 from training.checkpoints import (
     COMPLETE,
     DS_TAG,
+    EMA_SHARD,
     export,
     is_complete,
     latest_checkpoint,
@@ -28,10 +31,11 @@ from training.checkpoints import (
 )
 
 STEPS = 4
+EMA_START = 3  # steps 1-2 the EMA tracks the weights, steps 3-4 it averages
 SETTINGS = [
     *FAST, "log.every_n_steps=1", f"train.max_steps={STEPS}", "checkpoint.every_n_steps=2",
     "checkpoint.keep_last=5", "data.exact_resume=true", "log.logger=none",
-    "strategy.name=deepspeed",
+    "strategy.name=deepspeed", f"ema.start_step={EMA_START}",
 ]  # fmt: skip
 
 
@@ -95,35 +99,62 @@ def test_two_node_zero2_bf16_trains_and_marks_complete_checkpoints(zero2_run):
         client = safe_load(folder / DS_TAG / "mp_rank_00_model_states.pt")
         assert client["ds_config"]["bf16"]["enabled"] and client["global_step"] == step
         # the periodic checkpoint is taken after its step's EMA update, not one behind
-        assert client["weight_ema"]["updates"] == step
+        assert client["weight_ema"]["updates"] == max(0, step - EMA_START + 1)
+        _check_ema_partitions(folder, files)
 
 
-def _check_export(checkpoint, tmp_path) -> None:
+def _check_ema_partitions(folder, files) -> None:
+    """Each rank saved its own EMA partition (listed by the marker), about half the model."""
+    names = [EMA_SHARD.format(rank=r) for r in (0, 1)]
+    assert set(names) <= set(files)
+    sizes = [sum(t.numel() for t in safe_load(folder / DS_TAG / n)["groups"]) for n in names]
+    total = sum(t.numel() for t in read_checkpoint(folder).ema.values())
+    assert sum(sizes) >= total and all(size <= total // 2 + 1024 for size in sizes), sizes
+
+
+def _check_export(checkpoint, tmp_path, ema_tracks: bool = False) -> None:
+    """``ema_tracks``: the EMA still tracks the weights, so its export is the fp32 export exactly
+    (the EMA is taken from the fp32 masters, not from the bf16-rounded module weights)."""
     ours = read_checkpoint(checkpoint)
     written = export(checkpoint, tmp_path / "export")
     assert set(written) == {"fp32", "ema"}
     fp32, ema = load_model(written["fp32"]), load_model(written["ema"])
+    trainable = [n for n, p in fp32.unet.named_parameters() if p.requires_grad]
+    assert sorted(ours.ema) == sorted(trainable)
     for name, tensor in ours.ema.items():  # the exported EMA is the EMA held in training
-        torch.testing.assert_close(dict(ema.unet.named_parameters())[name], tensor)
+        assert torch.equal(dict(ema.unet.named_parameters())[name], tensor)
     trained = dict(fp32.unet.named_parameters())
     assert all(torch.equal(trained[n], t) for n, t in ours.unet.items() if n in trained)
     assert all(t.dtype == torch.float32 for t in ours.unet.values())  # fp32 masters, merged
-    assert any(not torch.equal(trained[n], ema.unet.state_dict()[n]) for n in ours.ema)
+    same = [torch.equal(trained[n], ema.unet.state_dict()[n]) for n in ours.ema]
+    assert all(same) if ema_tracks else not all(same)
 
 
 def test_export_from_zero2_shards(zero2_run, tmp_path):
-    _check_export(latest_checkpoint(zero2_run["out"]), tmp_path)
+    _check_export(latest_checkpoint(zero2_run["out"]), tmp_path / "averaged")
+    tracking = zero2_run["out"] / "checkpoints" / "step=00000002.ckpt"
+    _check_export(tracking, tmp_path / "tracking", ema_tracks=True)
+
+
+def test_a_folder_missing_an_ema_partition_is_not_complete(zero2_run, tmp_path):
+    folder = tmp_path / "step=00000004.ckpt"
+    shutil.copytree(latest_checkpoint(zero2_run["out"]), folder)
+    assert is_complete(folder)
+    (folder / DS_TAG / EMA_SHARD.format(rank=1)).unlink()
+    assert not is_complete(folder)
 
 
 def test_zero3_stage2_from_zero2_stage1_trains_and_exports(zero2_run, rendered_shards, tmp_path):
     out = tmp_path / "zero3"
     init = f"model.init={zero2_run['out']}"  # stage 2 starts from the ZeRO-2 stage-1 run
-    _launch(rendered_shards, out, 2, 1, "strategy.zero_stage=3", "train.max_steps=2", init)
+    tracks = "ema.start_step=100"  # the EMA tracks the weights all run
+    _launch(rendered_shards, out, 2, 1, "strategy.zero_stage=3", "train.max_steps=2", init, tracks)
     assert (out / f"imported-step={STEPS:08d}.ckpt-ema" / "model.json").is_file()
     latest = latest_checkpoint(out)
     assert latest.name == "step=00000002.ckpt" and is_complete(latest)
     assert (latest / DS_TAG / "zero_pp_rank_1_mp_rank_00_model_states.pt").is_file()
-    _check_export(latest, tmp_path)
+    _check_ema_partitions(latest, json.loads((latest / COMPLETE).read_text())["files"])
+    _check_export(latest, tmp_path, ema_tracks=True)
 
 
 def test_cut_save_is_passed_over_and_resume_continues_the_loss_curve(
@@ -141,6 +172,10 @@ def test_cut_save_is_passed_over_and_resume_continues_the_loss_curve(
     lines = (out / "metrics.jsonl").read_text().splitlines()
     (out / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
     assert latest_checkpoint(out).name == "step=00000002.ckpt"
+    for rank in (0, 1):  # shift the saved EMA partitions: the resumed EMA must carry the shift
+        shard = out / "checkpoints" / "step=00000002.ckpt" / DS_TAG / EMA_SHARD.format(rank=rank)
+        state = safe_load(shard)
+        torch.save({"groups": [t + 1.0 for t in state["groups"]]}, shard)
     log = _launch(rendered_shards, out, 1, 1)
     assert "Restoring states from the checkpoint" in log
     resumed, expected = _losses(out), _losses(reference)
@@ -151,6 +186,19 @@ def test_cut_save_is_passed_over_and_resume_continues_the_loss_curve(
         assert resumed[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), step
     final = latest_checkpoint(out)  # Lightning saves beside the cut folder (``-v1``)
     assert final != cut and is_complete(final) and read_checkpoint(final).step == STEPS
+    # EMA_4 = d3 d4 EMA_2 + ...: the restored partitions' shift survives scaled by d3 d4
+    from training.ema import decay_at
+
+    decay = read_checkpoint(final).run_config["ema"]["decay"]
+    kept = decay_at(decay, 3) * decay_at(decay, 4)
+    ema, reference_ema = read_checkpoint(final).ema, read_checkpoint(cut_reference(reference)).ema
+    for name, tensor in ema.items():
+        shift = tensor - reference_ema[name]
+        torch.testing.assert_close(shift, torch.full_like(shift, kept), atol=1e-4, rtol=0)
+
+
+def cut_reference(reference):
+    return reference / "checkpoints" / f"step={STEPS:08d}.ckpt"
 
 
 def test_bf16_true_lightning_step(rendered_shards, tmp_path):
