@@ -82,7 +82,9 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
             )
         )
     if config.log.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        # The bar reads the logged loss from the device when it refreshes: refreshing only at the
+        # logging cadence keeps that host sync out of every other step.
+        callbacks.append(TQDMProgressBar(refresh_rate=config.log.every_n_steps))
     return pl.Trainer(
         accelerator=launch.accelerator,
         devices=launch.devices,
