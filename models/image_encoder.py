@@ -1,8 +1,8 @@
 """Frozen open_clip image encoder: the pooled, projected image embedding as one context token.
 
-Preprocessing (DESIGN.md): RGBA is composited on white, the shorter side is resized to the tower's
-input size (224 for ViT-H-14) with bicubic as Isotropic3D's embedder does it (kornia's antialiased
-resize), centre-cropped, then normalised with the CLIP mean/std. Only the vision tower is built;
+Preprocessing (docs/design.md, section 3): RGBA is composited on white, the shorter side is
+resized to the tower's input size (224 for ViT-H-14) with bicubic as Isotropic3D's embedder does it
+(kornia's antialiased resize), centre-cropped, then normalised with the CLIP mean/std. Only the vision tower is built;
 a full open_clip checkpoint's text tower is skipped.
 """
 

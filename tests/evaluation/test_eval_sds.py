@@ -76,7 +76,7 @@ def test_timestep_annealing_and_resolution_schedule(tiny_model):
 
 
 def test_defaults_are_the_released_recipe():
-    """Every number of DESIGN.md 5b is a default of configs/eval.yaml."""
+    """Every number of the released recipe (docs/design.md, section 7) is a default of configs/eval.yaml."""
     cfg = load_config()
     assert cfg.sds.steps == 10000 and cfg.cameras.views == 4
     assert cfg.sds.batch_views == [8, 4] and cfg.sds.resolution == [64, 256]
