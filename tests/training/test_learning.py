@@ -18,12 +18,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import webdataset as wds
-from train_helpers import tiny_config
+from train_helpers import objects_shard, tiny_config
 
 from evaluation.multiview_score import load_ground_truth, score_conditions
 from models.bundle import load_model
-from training.datamodule import expand_shard_urls
 from training.latent_cache import cache_latents
 from training.pretrain_vae import pretrain_vae
 from training.train import run
@@ -35,29 +33,13 @@ KEYS = ("front_marker", "car")
 STEPS = 400
 
 
-def _objects_shard(rendered_shards, folder, keys) -> None:
-    """A shard with the objects named in ``keys`` (their bytes unchanged), in that order."""
-    folder.mkdir()
-    stream = wds.WebDataset(
-        expand_shard_urls([str(rendered_shards)]), shardshuffle=False, empty_check=False
-    )
-    chosen = {sample["__key__"]: sample for sample in stream if sample["__key__"] in keys}
-    assert sorted(chosen) == sorted(keys), f"rendered_shards lacks {set(keys) - set(chosen)}"
-    with wds.TarWriter(str(folder / "shard-000-000000.tar")) as writer:
-        for key in keys:
-            sample = chosen[key]
-            writer.write(
-                {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
-            )
-
-
 @pytest.fixture(scope="module")
 def trained(rendered_shards, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("learning")
     vae = tmp / "vae"
     metrics = pretrain_vae([str(rendered_shards)], vae, steps=150, progress=False)
     shards = tmp / "two"
-    _objects_shard(rendered_shards, shards, KEYS)
+    objects_shard(rendered_shards, shards, KEYS)
     cache = tmp / "cache"
     counts = cache_latents([str(shards)], str(vae), cache, 32, "white", 100)
     assert counts == {"written": len(KEYS), "skipped": 0}

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 
 import torch
-import webdataset as wds
-from train_helpers import tiny_config
+from train_helpers import objects_shard, tiny_config
 
 from models.bundle import build_model, load_model, save_model
-from training.datamodule import ShardDataModule, expand_shard_urls
+from training.datamodule import ShardDataModule
 from training.evaluate import generate_views
 from training.latent_cache import cache_latents
 from training.train import run
@@ -30,22 +29,6 @@ OBJECTS = 2
 KEYS = ("front_marker", "car")
 STEPS = 400
 SEEDS = (0, 100, 200)
-
-
-def _two_objects(rendered_shards, folder) -> None:
-    """A shard with the two objects named in KEYS (their bytes unchanged), in that order."""
-    folder.mkdir()
-    stream = wds.WebDataset(
-        expand_shard_urls([str(rendered_shards)]), shardshuffle=False, empty_check=False
-    )
-    chosen = {sample["__key__"]: sample for sample in stream if sample["__key__"] in KEYS}
-    assert sorted(chosen) == sorted(KEYS), f"rendered_shards lacks {set(KEYS) - set(chosen)}"
-    with wds.TarWriter(str(folder / "shard-000-000000.tar")) as writer:
-        for key in KEYS:
-            sample = chosen[key]
-            writer.write(
-                {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
-            )
 
 
 def _generated_latents(model, batch, **kw) -> torch.Tensor:
@@ -63,7 +46,7 @@ def _generated_latents(model, batch, **kw) -> torch.Tensor:
 
 def test_tiny_model_learns_two_objects_and_needs_the_camera(rendered_shards, tmp_path):
     shards = tmp_path / "two"
-    _two_objects(rendered_shards, shards)
+    objects_shard(rendered_shards, shards, KEYS)
     eval_config = tiny_config(tmp_path, shards, "data.background=white")
     batch = ShardDataModule(eval_config.data).fixed_batch(OBJECTS)
 
