@@ -31,6 +31,7 @@ import webdataset as wds
 
 from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
 from training.datamodule import expand_shard_urls
+from training.pretrain_image_encoder import pretrain_image_encoder
 from training.samples import BACKGROUNDS, CorruptSample, composite, decode_rgba, read_meta
 
 CHECKPOINT = "vae_checkpoint.pt"
@@ -122,13 +123,14 @@ def pretrain_vae(
     heldout: list[str] | None = None,
     preset: str = "tiny",
     resolution: int = 32,
-    steps: int = 600,
+    steps: int = 1500,
     batch_size: int = 16,
     lr: float = 2e-3,
     kl_weight: float = 1e-3,
     seed: int = 0,
     checkpoint_every: int = 100,
     progress: bool = True,
+    image_encoder_steps: int = 1000,
 ) -> dict:
     """Train, calibrate and save; returns the metrics (also in ``out/vae_metrics.json``)."""
     out = Path(out)
@@ -179,6 +181,12 @@ def pretrain_vae(
             (out / f"{CHECKPOINT}.tmp").replace(out / CHECKPOINT)
     vae.eval().requires_grad_(False)
     scale = calibrate_scale(model, train_views)
+    encoder = model.image_encoder
+    encoder_metrics = None
+    if image_encoder_steps and encoder is not None and not encoder.section.get("pretrained"):
+        encoder_metrics = pretrain_image_encoder(
+            encoder, train_views, keys, augment, image_encoder_steps, seed=seed, progress=progress
+        )
     metrics = {
         "preset": preset,
         "steps": steps,
@@ -189,9 +197,13 @@ def pretrain_vae(
         "train_psnr": reconstruction_psnr(model, train_views),
         "heldout_views": 0 if test_views is None else len(test_views),
         "heldout_psnr": None if test_views is None else reconstruction_psnr(model, test_views),
+        "image_encoder": encoder_metrics,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    save_model(model, out, source={"vae": f"pretrained on {data} ({steps} steps)"})
+    source = {"vae": f"pretrained on {data} ({steps} steps)"}
+    if encoder_metrics:
+        source["image_encoder"] = f"contrastive on {data} ({image_encoder_steps} steps)"
+    save_model(model, out, source=source)
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")  # written last: done
     (out / CHECKPOINT).unlink(missing_ok=True)
     load_model(out)  # the folder must load as a model
@@ -205,15 +217,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/models/tiny-vae", help="model folder to write")
     parser.add_argument("--preset", default="tiny", help="model preset whose VAE is trained")
     parser.add_argument("--resolution", type=int, default=32, help="image side (px)")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16, help="images per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
     parser.add_argument("--kl-weight", type=float, default=1e-3, help="KL term weight (per pixel)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-encoder-steps", type=int, default=1000,
+        help="contrastive steps of a random (tiny) image encoder (0: leave it random)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     metrics = pretrain_vae(
         args.data, args.out, args.heldout, args.preset, args.resolution, args.steps,
         args.batch_size, args.lr, args.kl_weight, args.seed,
+        image_encoder_steps=args.image_encoder_steps,
     )  # fmt: skip
     held = metrics["heldout_psnr"]
     print(
