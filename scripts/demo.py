@@ -1,7 +1,7 @@
 """`make demo`: the whole stack end to end on the built-in samples, offline, with the tiny model.
 
-render samples -> shards + contact sheet -> pretrain the tiny VAE on them -> stage 1 -> stage 2
-(from stage 1) -> export -> 4 views of training objects sampled at their ground-truth poses,
+render samples -> shards + contact sheet -> pretrain the tiny VAE and image encoder on them ->
+latent cache -> stage 1 -> stage 2 (from stage 1) -> export -> 4 views of training objects sampled at their ground-truth poses,
 scored beside three baselines (untrained, cameras rotated, another object's reference) -> SDS
 image-to-3D on a training object, scored at its ground-truth poses against the initial blob ->
 4 views of the held-out object (which the tiny model cannot generalise to) -> the figure.
@@ -112,11 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo", help="results folder")
     parser.add_argument("--res", type=int, default=64, help="render resolution (px)")
-    parser.add_argument("--vae-steps", type=int, default=400, help="VAE pretraining steps")
-    parser.add_argument("--stage1-steps", type=int, default=800, help="stage-1 optimizer steps")
-    parser.add_argument("--stage2-steps", type=int, default=300, help="stage-2 optimizer steps")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak LR of both stages")
-    parser.add_argument("--sds-steps", type=int, default=200, help="SDS steps")
+    parser.add_argument("--vae-steps", type=int, default=1500, help="VAE pretraining steps")
+    parser.add_argument(
+        "--encoder-steps", type=int, default=1000, help="contrastive image-encoder steps"
+    )
+    parser.add_argument("--stage1-steps", type=int, default=3000, help="stage-1 optimizer steps")
+    parser.add_argument("--stage2-steps", type=int, default=1000, help="stage-2 optimizer steps")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak LR of stage 1")
+    parser.add_argument("--stage2-lr", type=float, default=3e-4, help="peak LR of stage 2")
+    parser.add_argument("--sds-steps", type=int, default=600, help="SDS steps")
+    parser.add_argument(
+        "--sds-guidance",
+        type=float,
+        default=5.0,
+        help="SDS guidance (the recipe's 10 over-saturates the tiny prior)",
+    )
     parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the figures")
     parser.add_argument("--workers", type=int, default=2, help="Blender worker processes")
     args = parser.parse_args(argv)
@@ -147,23 +157,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     vae = out / "vae_model"
     run_step(
-        "pretrain the tiny VAE on the renders (held-out object: reconstruction PSNR)",
+        "pretrain the tiny VAE and image encoder on the renders (held-out object: PSNR)",
         [py, "-m", "training.pretrain_vae", "--data", str(shards), "--heldout", str(held_shards)]
-        + ["--out", str(vae), "--steps", str(args.vae_steps)],
+        + ["--out", str(vae), "--steps", str(args.vae_steps)]
+        + ["--image-encoder-steps", str(args.encoder_steps)],
+        timings,
+    )
+    cache = out / "latent_cache"
+    run_step(
+        "cache the VAE latents and image embeddings of the training renders",
+        [py, "-m", "training.latent_cache", "--data", str(shards), "--init", str(vae)]
+        + ["--out", str(cache), "--resolution", "32", "--background", "white"],
         timings,
     )
 
     stage1, stage2 = out / "stage1", out / "stage2"
-    # White backgrounds (what SDS renders on); every step on the 4-view branch: the demo's
-    # budget buys memorising 9 objects' quadruples, which the figures then check.
-    common = [f"data.train=[{shards}]", "data.num_workers=1", "data.background=white"]
-    common += [f"train.lr={args.lr}", "train.multiview_ratio=1.0", "data.batch_size=4"]
+    # From the latent cache (white backgrounds, what SDS renders on), every step on the 4-view
+    # branch: the demo's budget buys memorising 9 objects' quadruples, which the figures check.
+    # The cache holds no images for in-training sample grids; the figures below replace them.
+    common = [f"data.train=[{cache}]", "data.cached=true", "data.num_workers=1"]
+    common += ["train.multiview_ratio=1.0", "data.batch_size=4", "log.sample_every_n_steps=0"]
     run_step(
-        "stage 1: CLIP-image conditioning (tiny model with the pretrained VAE, CPU)",
+        "stage 1: CLIP-image conditioning (tiny model with the pretrained VAE and encoder, CPU)",
         [py, "-m", "training.train", "--config", "configs/stage1-tiny.yaml", f"out={stage1}"]
         + common
-        + [f"model.init={vae}", f"train.max_steps={args.stage1_steps}"]
-        + [f"log.sample_every_n_steps={max(args.stage1_steps // 2, 1)}"],
+        + [f"model.init={vae}", f"train.max_steps={args.stage1_steps}", f"train.lr={args.lr}"]
+        + [f"checkpoint.every_n_steps={max(args.stage1_steps // 6, 1)}"],
         timings,
     )
     run_step(
@@ -171,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         [py, "-m", "training.train", "--config", "configs/stage2-tiny.yaml", f"out={stage2}"]
         + common
         + [f"model.init={stage1}", f"train.max_steps={args.stage2_steps}"]
-        + [f"log.sample_every_n_steps={max(args.stage2_steps // 2, 1)}"],
+        + [
+            f"train.lr={args.stage2_lr}",
+            f"checkpoint.every_n_steps={max(args.stage2_steps // 4, 1)}",
+        ],
         timings,
     )
     model = out / "model"
@@ -195,7 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         f"SDS image-to-3D on a training object ({SDS_OBJECT}) with the trained prior",
         [py, "-m", "evaluation.run", "--config", "configs/eval_tiny.yaml"]
         + ["--images", str(sds_input), "--model", str(model / "ema"), "--out", str(evaluation)]
-        + ["--steps", str(args.sds_steps), "--gpus", "none"]
+        + [
+            "--steps",
+            str(args.sds_steps),
+            "--gpus",
+            "none",
+            f"sds.guidance_scale={args.sds_guidance}",
+        ]
         # the recipe's schedules scaled to the short run: anneal t over 80%, 32 -> 48 px halfway
         + [
             f"sds.t_anneal_steps={int(0.8 * args.sds_steps)}",

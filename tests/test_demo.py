@@ -28,7 +28,7 @@ def demo_out(tmp_path_factory) -> Path:
 
 
 # Every step at its smallest: the pipeline and its files, not the quality (tests/training/test_learning.py).
-DEMO = [sys.executable, "scripts/demo.py", "--res", "32", "--vae-steps", "20"]
+DEMO = [sys.executable, "scripts/demo.py", "--res", "32", "--vae-steps", "20", "--encoder-steps", "20"]
 DEMO += ["--stage1-steps", "20", "--stage2-steps", "10", "--sds-steps", "6", "--sample-steps", "3"]
 
 
@@ -107,6 +107,7 @@ def test_demo_rerun_resumes(demo_out: Path):
         text=True,
     ).stdout  # fmt: skip
     assert "VAE already pretrained" in done
+    assert "already cached" in done
     assert "0 rendered" in done
 
 

@@ -148,6 +148,13 @@ def cache_latents(
     urls = expand_shard_urls(sources)[rank::world]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    summary_file = out / f"cache-{rank:03d}.json"
+    if summary_file.is_file():  # written last: a finished cache of the same inputs is kept
+        done = json.loads(summary_file.read_text())
+        same = (done.get("sources"), done.get("background"), done.get("latent_cache"))
+        if same == (urls, background, record):
+            print(f"{out}: already cached from these shards and this model, nothing to do")
+            return {"written": done["written"], "skipped": done["skipped"]}
     counts = {"written": 0, "skipped": 0}
 
     def skip(error: Exception) -> bool:
@@ -163,8 +170,8 @@ def cache_latents(
                 counts["written"] += 1
             except CorruptSample:
                 counts["skipped"] += 1
-    summary = {**counts, "sources": urls, "latent_cache": record}
-    (out / f"cache-{rank:03d}.json").write_text(json.dumps(summary, indent=2))
+    summary = {**counts, "sources": urls, "background": background, "latent_cache": record}
+    summary_file.write_text(json.dumps(summary, indent=2))
     return counts
 
 

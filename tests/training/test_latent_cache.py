@@ -82,3 +82,18 @@ def test_scaling_factor_resolution_and_unrecorded_caches_are_refused(
     old = [{**first[0], "meta.json": json.dumps(meta).encode()}]
     with pytest.raises(DataError, match="records no VAE"):
         check_cache_matches(old, load_model(tiny_model_dir), 32)
+
+
+def test_a_finished_cache_is_kept_and_a_changed_input_rebuilds_it(
+    rendered_shards, tiny_model_dir, tmp_path
+):
+    out = tmp_path / "cache"
+    first = cache_latents([str(rendered_shards)], str(tiny_model_dir), out, 32, "white", 100)
+    shard = next(out.glob("cache-000-*.tar"))
+    shard.write_bytes(b"marker")  # a rebuild would overwrite it
+    again = cache_latents([str(rendered_shards)], str(tiny_model_dir), out, 32, "white", 100)
+    assert again == first and shard.read_bytes() == b"marker"  # same inputs: nothing redone
+    cache_latents([str(rendered_shards)], str(tiny_model_dir), out, 32, "black", 100)
+    assert shard.read_bytes() != b"marker"  # another background: rebuilt
+    summary = json.loads((out / "cache-000.json").read_text())
+    assert summary["background"] == "black"
