@@ -41,7 +41,15 @@ def figure(demo: Path, key: str, dest: Path, scale: int = 3) -> Path:
             text = f"PSNR {sds[name]['mean_psnr']:.1f} dB  IoU {sds[name]['mean_iou']:.2f}"
             rows.append((label, text, demo / f"sds_scores_{name.replace(' ', '_')}.png"))
     strips = [Image.open(path).convert("RGB") for _, _, path in rows]
-    strips = [s.resize((s.width * scale, s.height * scale), Image.NEAREST) for s in strips]
+    # One row height for all (SDS renders come at the export size, samples at the model's 32 px).
+    side = strips[0].height * scale
+    strips = [
+        s.resize(
+            (s.width * side // s.height, side),
+            Image.NEAREST if side % s.height == 0 else Image.LANCZOS,
+        )
+        for s in strips
+    ]
     label_w, gap = 190, 4
     width = label_w + max(s.width for s in strips)
     canvas = Image.new("RGB", (width, sum(s.height + gap for s in strips) + 20), "white")

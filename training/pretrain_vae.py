@@ -9,9 +9,13 @@ shards, composited on white or on a random colour, with random flips and shifts,
 KL-regularised reconstruction loss (MSE + a small KL weight, as the LDM VAE). Then it calibrates
 the preset's ``vae.scaling_factor`` to unit-variance latents on the training views (how SD chose
 0.18215), and saves a whole model folder in our format (``models.bundle.save_model``: the trained
-VAE, with the preset's random UNet and image encoder) that ``load_model`` reads and that training
+VAE and image encoder, with the preset's random UNet) that ``load_model`` reads and that training
 takes as ``model.init``. Reconstruction PSNR on the held-out views (objects the VAE never saw) is
 printed and saved in ``vae_metrics.json``.
+
+A random image-encoder tower (the tiny preset's) is then trained too, contrastively, so that its
+embedding tells objects apart as CLIP's does (training.pretrain_image_encoder;
+``--image-encoder-steps 0`` leaves it random); a pretrained open_clip encoder is never touched.
 
 Rerunning resumes from ``vae_checkpoint.pt`` (weights-only) or, when the folder is complete,
 does nothing.
@@ -239,6 +243,16 @@ def main(argv: list[str] | None = None) -> None:
         + (f", {held:.2f} dB on the {metrics['heldout_views']} held-out views" if held else "")
         + f"; scaling_factor {metrics['scaling_factor']:.3f}; model folder {args.out}"
     )
+    encoder = metrics.get("image_encoder")
+    if encoder:
+        before, after = encoder["before"], encoder["after"]
+        print(
+            "image encoder: cosine between objects' views "
+            f"{before['cosine_between_objects']:.3f} -> {after['cosine_between_objects']:.3f}, "
+            f"within an object {before['cosine_within_object']:.3f} -> "
+            f"{after['cosine_within_object']:.3f}, nearest-view object accuracy "
+            f"{before['nearest_object_accuracy']:.2f} -> {after['nearest_object_accuracy']:.2f}"
+        )
 
 
 if __name__ == "__main__":
