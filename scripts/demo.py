@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo", help="results folder")
     parser.add_argument("--res", type=int, default=64, help="render resolution (px)")
+    parser.add_argument(
+        "--quads", type=int, default=2, help="azimuth-orthogonal quadruples rendered per object"
+    )
     parser.add_argument("--vae-steps", type=int, default=1500, help="VAE pretraining steps")
     parser.add_argument(
         "--encoder-steps", type=int, default=1000, help="contrastive image-encoder steps"
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     train_meshes, held_meshes = write_meshes(out)
     shards, held_shards = out / "shards" / "train", out / "shards" / "heldout"
-    render = [py, "-m", "data_prep.render", "--res", str(args.res), "--num-quads", "2"]
+    render = [py, "-m", "data_prep.render", "--res", str(args.res), "--num-quads", str(args.quads)]
     render += ["--num-refs", "2", "--samples", "16", "--workers", str(args.workers)]
     run_step(
         "render training objects (Blender Cycles, CPU)",
@@ -232,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         + [
             f"sds.orient_ramp_steps={args.sds_steps // 2}",
             f"sds.checkpoint_every={args.sds_steps // 2}",
-        ],
+        ]
+        # a turntable one can watch (the smoke-test config's is 8 frames at 64 px)
+        + ["export.turntable_frames=36", "export.turntable_resolution=128"],
         timings,
     )
     sds_scores = out / "sds_scores.json"

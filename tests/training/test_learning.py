@@ -1,16 +1,18 @@
 """Learning works, and would fail if a camera convention broke.
 
-The tiny preset's VAE is pretrained on the rendered samples (training.pretrain_vae), the tiny
-model is trained (stage 1, from the latent cache) on 2 rendered objects, and then, in pixel space
-against the ground-truth renders at the objects' own poses (evaluation.multiview_score):
+The tiny preset's VAE and image encoder are pretrained on the session's renders of the 10 built-in
+objects (training.pretrain_vae), the tiny model is trained (stage 1, from the latent cache) on two
+of them, and then, in pixel space against the ground-truth renders at the objects' own poses
+(evaluation.multiview_score), its views must beat:
 
-* its views beat the untrained model's (passes), and should beat the same model's with the
-  cameras rotated by one view (a strict xfail while issue 12 is open).
+* the untrained model's;
+* the same model's with the cameras rotated by one view (a renderer/model camera mismatch, or a
+  model that ignores its camera, does not lose here);
+* the same model's given the other object's reference (a model that ignores its condition).
 
-SDS with the trained prior against the initial blob at the ground-truth poses
-(evaluation.sds_gt_score) is run and scored by the demo (tests/test_demo.py); at this budget its
-margin over the blob was marginal and load-dependent (+0.01 to +0.05 IoU), so it is not asserted
-here until issue 12 makes it clear.
+Then SDS (evaluation.run) on ``front_marker``'s reference with the trained prior must beat the
+initial blob in silhouette IoU at the ground-truth poses (evaluation.sds_gt_score): a rotated or
+mirrored SDS camera sampler would carve the wrong sides.
 """
 
 from __future__ import annotations
@@ -18,50 +20,60 @@ from __future__ import annotations
 import json
 
 import pytest
-from train_helpers import objects_shard, tiny_config
+from train_helpers import objects_shard, run_cli, tiny_config
 
 from evaluation.multiview_score import load_ground_truth, score_conditions
-from models.bundle import load_model
+from evaluation.sds_gt_score import score_sds
+from models.bundle import load_model, save_model
 from training.latent_cache import cache_latents
 from training.pretrain_vae import pretrain_vae
 from training.train import run
 
-# Named, strongly view-dependent objects: the shards' object order follows the render workers'
-# finishing order, so "the first two" was a different pair from run to run (and a near-symmetric
-# pair makes the rotated-camera comparison meaningless).
+# Named, strongly view-dependent objects (a cube with one colour per side, a car): the shards'
+# object order follows the render workers' finishing order, and a near-symmetric pair would make
+# the rotated-camera comparison meaningless.
 KEYS = ("front_marker", "car")
-STEPS = 400
+STEPS = 1500
+SDS_STEPS = 300
 
 
 @pytest.fixture(scope="module")
 def trained(rendered_shards, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("learning")
-    vae = tmp / "vae"
-    metrics = pretrain_vae([str(rendered_shards)], vae, steps=150, progress=False)
     shards = tmp / "two"
     objects_shard(rendered_shards, shards, KEYS)
+    vae = tmp / "vae"
+    # On all 10 objects' views, as the demo's are pretrained on every training render: SDS encodes
+    # its renders (blobs at first) with this VAE, and one fitted to 10 images encodes them badly.
+    metrics = pretrain_vae([str(rendered_shards)], vae, steps=800, progress=False)
     cache = tmp / "cache"
     counts = cache_latents([str(shards)], str(vae), cache, 32, "white", 100)
     assert counts == {"written": len(KEYS), "skipped": 0}
     out = tmp / "run"
     config = tiny_config(
-        out, cache, "data.cached=true", f"model.init={vae}", f"train.max_steps={STEPS}", "train.lr=3e-3",
-        "train.cfg_dropout=0", "train.multiview_ratio=1.0", "train.schedule=constant", "ema.enabled=false",
-        f"checkpoint.every_n_steps={STEPS}", "log.logger=none", "data.batch_size=2",
+        out, cache, "data.cached=true", f"model.init={vae}", f"train.max_steps={STEPS}", "train.lr=2e-3",
+        "train.multiview_ratio=1.0", "ema.enabled=false", f"checkpoint.every_n_steps={STEPS}",
+        "log.logger=none", "log.every_n_steps=50", "data.batch_size=2",
     )  # fmt: skip
     trainer = run(config)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     model = trainer.lightning_module.frozen.model.eval()
-    return {"vae": metrics, "shards": shards, "out": out, "losses": losses, "model": model}
+    folder = save_model(model, tmp / "model", source={"test": "test_learning"})
+    return {"vae": metrics, "shards": shards, "out": out, "losses": losses, "model": model,
+            "folder": folder, "tmp": tmp}  # fmt: skip
 
 
-def test_vae_pretraining_reconstructs(trained):
+def test_vae_and_encoder_pretraining(trained):
     metrics = trained["vae"]
     print("VAE:", metrics)
-    assert metrics["train_psnr"] > 18.0, metrics  # the random VAE: ~6 dB
-    assert load_model(trained["out"] / "base_model").vae.scaling_factor == pytest.approx(
-        metrics["scaling_factor"]
-    )
+    assert metrics["train_psnr"] > 22.0, metrics  # the random VAE: ~6 dB
+    encoder = metrics["image_encoder"]
+    # a random tower's embeddings of different objects are nearly parallel (cosine ~0.99)
+    assert encoder["before"]["cosine_between_objects"] > 0.95, encoder
+    assert encoder["after"]["cosine_between_objects"] < 0.7, encoder
+    assert encoder["after"]["nearest_object_accuracy"] > 0.9, encoder
+    base = load_model(trained["out"] / "base_model")
+    assert base.vae.scaling_factor == pytest.approx(metrics["scaling_factor"])
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +82,7 @@ def view_scores(trained) -> dict:
     objects = load_ground_truth([str(trained["shards"])], 32, list(KEYS))
     base = load_model(trained["out"] / "base_model").eval()
     results = score_conditions(
-        trained["model"], base, objects, steps=10, guidance=1.0, seeds=(0, 100, 200)
+        trained["model"], base, objects, steps=10, guidance=1.0, seeds=(0, 100)
     )
     scores = {name: (s["psnr"], s["iou"]) for name, s in results["conditions"].items()}
     print("PSNR, silhouette IoU at the GT poses:", scores)
@@ -79,22 +91,38 @@ def view_scores(trained) -> dict:
 
 def test_trained_model_beats_the_untrained_one(trained, view_scores):
     losses = trained["losses"]
-    assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     trained_psnr, trained_iou = view_scores["trained"]
-    assert trained_psnr > view_scores["untrained"][0] + 3.0, view_scores
-    assert trained_iou > view_scores["untrained"][1] + 0.1, view_scores
+    assert trained_psnr > view_scores["untrained"][0] + 8.0, view_scores
+    assert trained_iou > view_scores["untrained"][1] + 0.2, view_scores
 
 
-# Not reached yet at the demo's CPU budget (issue 12 is open): the trained tiny model draws an
-# average object in image space. strict=True: the day it passes, the marker must go. The camera
-# convention itself is guarded in latent space by tests/training/test_learning_latent.py.
-OPEN = "issue 12 open: the tiny model ignores its camera/condition in image space at this budget"
-
-
-@pytest.mark.xfail(strict=True, reason=OPEN)
 def test_rotated_cameras_lose(view_scores):
     # A cube's silhouette is the same from the 4 azimuths: the colours (PSNR) tell the sides apart.
-    assert view_scores["trained"][0] > view_scores["cameras rotated"][0] + 0.5, (
-        "the trained tiny model's views at the GT poses are no better than with the cameras "
-        f"rotated by one view (issue 12, item 6: open): {view_scores}"
-    )
+    assert view_scores["trained"][0] > view_scores["cameras rotated"][0] + 2.0, view_scores
+
+
+def test_another_objects_reference_loses(view_scores):
+    assert view_scores["trained"][0] > view_scores["other reference"][0] + 2.0, view_scores
+
+
+def test_sds_with_the_trained_prior_beats_the_blob(trained, rendered_shards):
+    sds_input = trained["tmp"] / "sds_input"
+    objects_shard(rendered_shards, sds_input, ("front_marker",))
+    out = trained["tmp"] / "sds"
+    schedule = [f"sds.t_anneal_steps={int(0.8 * SDS_STEPS)}", f"sds.milestones=[{SDS_STEPS // 2}]"]
+    result = run_cli(
+        ["-m", "evaluation.run", "--config", "configs/eval_tiny.yaml", "--images", str(sds_input),
+         "--model", str(trained["folder"]), "--out", str(out), "--steps", str(SDS_STEPS),
+         "--gpus", "none", "sds.guidance_scale=5.0", f"sds.orient_ramp_steps={SDS_STEPS // 2}",
+         f"sds.checkpoint_every={SDS_STEPS}", "metrics.multiview.enabled=false", *schedule],
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = score_sds(out / "objects" / "front_marker", [str(sds_input)])
+    print("SDS vs blob at the GT poses:", scores["margins"])
+    # Measured +0.07 IoU and +2.6 dB after 300 steps (the demo, 600 steps on a prior of 9 objects:
+    # +0.25 and +2.0); the IoU margin is the smaller because the object is small in these views
+    # (fov 58 deg) and the short run leaves its density soft. The colours (PSNR) tell the sides.
+    assert scores["margins"]["iou"] > 0.03, scores["margins"]
+    assert scores["margins"]["psnr_db"] > 1.5, scores["margins"]
