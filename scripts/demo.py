@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         "SDS results (renders, video, mesh)": evaluation,
         "SDS scores at GT poses vs the blob": sds_scores,
         "held-out object's sampled views": grid,
-        "report (open in a browser)": evaluation / "index.html",
+        "SDS evaluation report": evaluation / "index.html",
+        "the demo's report page (open in a browser)": out / "index.html",
         "the demo's figure": figure,
     }
     print("\n==> timings")

@@ -1,6 +1,9 @@
 """The demo's figure: one training object's ground-truth views, the views the trained model
 samples at those poses (and the camera-rotated baseline), and the SDS object's renders there (and
 the initial blob's), each row with its PSNR and silhouette IoU. Also the README's picture.
+Beside it, the demo's report page ``DEMO/index.html``: that figure, every training object's views
+beside the three baselines, the score tables (with the margins), the VAE and image-encoder figures,
+the loss curves and the turntable, linking the SDS evaluation's own report.
 
 ``python scripts/demo_figures.py --demo outputs/demo --object front_marker --out demo.png``
 """
@@ -8,6 +11,7 @@ the initial blob's), each row with its PSNR and silhouette IoU. Also the README'
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import sys
 from pathlib import Path
@@ -68,6 +72,74 @@ def figure(demo: Path, key: str, dest: Path, scale: int = 3) -> Path:
     return dest
 
 
+def _table(header: list[str], rows: list[list[str]], ident: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table id='{ident}'><tr>{head}</tr>{body}</table>"
+
+
+def report_page(demo: Path, key: str) -> Path:
+    """``demo/index.html``: the figures and scores of the demo side by side (relative links)."""
+    mv = json.loads((demo / "multiview" / "scores.json").read_text())
+    views_rows = [
+        [name, f"{c['psnr']:.2f}", f"{c['iou']:.3f}"]
+        + ([f"{mv['margins'][name]['psnr_db']:+.2f}", f"{mv['margins'][name]['iou']:+.3f}"]
+           if name in mv["margins"] else ["", ""])
+        for name, c in mv["conditions"].items()
+    ]  # fmt: skip
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Isotropic3D demo</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;"
+        "border-bottom:1px solid #ddd;text-align:right}img{image-rendering:pixelated}</style>",
+        "</head><body><h1>Isotropic3D demo: the tiny model, trained on a CPU</h1>",
+        f"<h2>{html.escape(key)}: ground truth, sampled views and SDS at its poses</h2>",
+        "<img id='figure' src='demo.png' alt='demo figure'>",
+        "<h2>Views at the ground-truth poses, beside three baselines</h2>",
+        f"<p>Mean over {len(mv['objects'])} training objects ({html.escape(', '.join(mv['objects']))}); "
+        "margins are the trained model's lead. The tiny image encoder is a small tower trained on "
+        "these renders, not CLIP, so no CLIP score is given.</p>",
+        _table(["condition", "PSNR dB", "silhouette IoU", "trained lead dB", "trained lead IoU"],
+               views_rows, "views"),
+        "<img src='multiview/views.png' alt='views and baselines' width='620'>",
+    ]  # fmt: skip
+    sds_path = demo / "sds_scores.json"
+    if sds_path.exists():
+        sds = json.loads(sds_path.read_text())
+        rows = [[n, f"{sds[n]['mean_psnr']:.2f}", f"{sds[n]['mean_iou']:.3f}"]
+                for n in ("sds", "initial blob")]  # fmt: skip
+        margins = sds["margins"]
+        parts += [
+            f"<h2>SDS ({sds['sds_steps']} steps) at the ground-truth poses, against the blob</h2>",
+            _table(["field", "PSNR dB", "silhouette IoU"], rows, "sds"),
+            f"<p>SDS - blob: {margins['psnr_db']:+.2f} dB, {margins['iou']:+.3f} IoU.</p>",
+        ]
+        video = Path("eval") / "objects" / sds["object"] / "turntable.mp4"
+        if (demo / video).exists():
+            parts.append(f"<video src='{video.as_posix()}' controls loop width='256'></video>")
+    vae_path = demo / "vae_model" / "vae_metrics.json"
+    if vae_path.exists():
+        vae = json.loads(vae_path.read_text())
+        rows = [["VAE reconstruction, training views (dB)", f"{vae['train_psnr']:.2f}"]]
+        if vae.get("heldout_psnr") is not None:
+            rows.append(["VAE reconstruction, held-out views (dB)", f"{vae['heldout_psnr']:.2f}"])
+        for stage in ("before", "after"):
+            encoder = (vae.get("image_encoder") or {}).get(stage)
+            if encoder:
+                rows.append([f"image encoder {stage}: cosine between objects",
+                             f"{encoder['cosine_between_objects']:.3f}"])  # fmt: skip
+        parts += ["<h2>Pretraining</h2>", _table(["figure", "value"], rows, "pretraining")]
+    for title, image in (("Training loss", "training_loss.png"),
+                         ("Rendered training views", "contact_sheet.png")):  # fmt: skip
+        if (demo / image).exists():
+            parts.append(f"<h2>{title}</h2><img src='{image}' alt='{title}' width='620'>")
+    parts.append("<p><a href='eval/index.html'>The SDS evaluation's report</a></p></body></html>")
+    path = demo / "index.html"
+    path.write_text("\n".join(parts))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", default="outputs/demo", help="the demo's output folder")
@@ -76,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     demo = Path(args.demo)
     print(f"wrote {figure(demo, args.object, Path(args.out) if args.out else demo / 'demo.png')}")
+    print(f"wrote {report_page(demo, args.object)}")
     return 0
 
 

@@ -28,7 +28,16 @@ def demo_out(tmp_path_factory) -> Path:
 
 
 # Every step at its smallest: the pipeline and its files, not the quality (tests/training/test_learning.py).
-DEMO = [sys.executable, "scripts/demo.py", "--res", "32", "--vae-steps", "20", "--encoder-steps", "20"]
+DEMO = [
+    sys.executable,
+    "scripts/demo.py",
+    "--res",
+    "32",
+    "--vae-steps",
+    "20",
+    "--encoder-steps",
+    "20",
+]
 DEMO += ["--stage1-steps", "20", "--stage2-steps", "10", "--sds-steps", "6", "--sample-steps", "3"]
 
 
@@ -126,3 +135,17 @@ def test_demo_pictures_are_not_blank(demo_out: Path):
     assert frames.shape[0] >= 8 and frames.std() > 1.0
     mesh = trimesh.load(obj / "mesh" / "mesh.glb", force="mesh")
     assert len(mesh.faces) > 0
+
+
+def test_demo_report_page_shows_figures_and_scores(demo_out: Path):
+    import re
+
+    page = (demo_out / "index.html").read_text()
+    for ident in ("figure", "views", "sds", "pretraining"):
+        assert f"id='{ident}'" in page, ident
+    for name in ("cameras rotated", "other reference", "untrained", "initial blob"):
+        assert name in page, name
+    sources = re.findall(r"src='([^']+)'", page)
+    assert "demo.png" in sources and "multiview/views.png" in sources
+    assert all((demo_out / src).is_file() for src in sources), sources
+    assert not re.search(r"clip[^<]*\d", page, re.IGNORECASE)  # no CLIP number from the tiny tower
