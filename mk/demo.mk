@@ -15,9 +15,10 @@ bench: setup
 bench-data: setup
 	$(PYTHON) scripts/bench_data.py $(ARGS)
 
-# The tiny preset's VAE trained on the project's own renders (training/pretrain_vae.py): a model
-# folder (trained VAE, random UNet and image encoder) for `model.init`, PSNR on held-out views.
-#   make pretrain-vae DATA=outputs/render/samples OUT=outputs/models/tiny-vae ARGS="--steps 400"
+# The tiny preset's VAE and image encoder trained on the project's own renders
+# (training/pretrain_vae.py): a model folder (trained VAE and encoder, random UNet) for
+# `model.init`; prints the VAE's PSNR on held-out views and the encoder's object separation.
+#   make pretrain-vae DATA=outputs/render/samples OUT=outputs/models/tiny-vae ARGS="--steps 1500"
 .PHONY: pretrain-vae
 pretrain-vae: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PYTHON) -m training.pretrain_vae \
