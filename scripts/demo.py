@@ -1,10 +1,11 @@
 """`make demo`: the whole stack end to end on the built-in samples, offline, with the tiny model.
 
 render samples -> shards + contact sheet -> pretrain the tiny VAE and image encoder on them ->
-latent cache -> stage 1 -> stage 2 (from stage 1) -> export -> 4 views of training objects sampled at their ground-truth poses,
-scored beside three baselines (untrained, cameras rotated, another object's reference) -> SDS
-image-to-3D on a training object, scored at its ground-truth poses against the initial blob ->
-4 views of the held-out object (which the tiny model cannot generalise to) -> the figure.
+latent cache -> stage 1 -> stage 2 (from stage 1) -> export -> 4 views of training objects sampled
+at their ground-truth poses, scored beside three baselines (untrained, cameras rotated, another
+object's reference) -> SDS image-to-3D on a training object, scored at its ground-truth poses
+against the initial blob -> 4 views of the held-out object (which the tiny model cannot
+generalise to) -> the figure and the report page.
 
 Each step runs the same command a user would type (printed before it runs), so the demo doubles
 as a walk-through. Rerunning resumes: renders, the VAE, training runs and evaluations skip

@@ -9,8 +9,8 @@ under the same background/shift augmentation as the VAE) on every view of the sh
 frozen again afterwards, as CLIP is in both training stages.
 
 Called by ``training.pretrain_vae`` (``--image-encoder-steps``); the figures it returns (mean
-cosine between objects' reference embeddings, before and after; nearest-object accuracy) are
-saved in ``vae_metrics.json``.
+cosine between different objects' views and within one object's, nearest-view object accuracy,
+before and after) are saved in ``vae_metrics.json``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ def _embed(encoder: ImageEncoder, rgb01: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def separation(encoder: ImageEncoder, rgb01: torch.Tensor, labels: torch.Tensor) -> dict:
+def separation(encoder: ImageEncoder, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """Mean cosine between different objects' view embeddings, mean cosine within an object
-    (different views), and leave-one-out nearest-neighbour object accuracy."""
-    embeddings = torch.cat([_embed(encoder, chunk) for chunk in rgb01.split(64)])
+    (different views), and leave-one-out nearest-neighbour object accuracy. ``images``: RGB or
+    RGBA in [0,1] (the encoder composites RGBA on white, as for conditioning)."""
+    embeddings = torch.cat([_embed(encoder, chunk) for chunk in images.split(64)])
     cosine = embeddings @ embeddings.T
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool)
@@ -74,8 +75,7 @@ def pretrain_image_encoder(
     if len(names) < 2:
         raise ValueError("contrastive image-encoder pretraining needs at least 2 objects")
     labels = torch.tensor([names.index(k) for k in keys])
-    white = views[:, :3] + (1 - views[:, 3:])
-    before = separation(encoder, white, labels)
+    before = separation(encoder, views, labels)
     by_object = [torch.nonzero(labels == i).flatten() for i in range(len(names))]
     generator = torch.Generator().manual_seed(seed)
     visual = encoder.visual.train().requires_grad_(True)
@@ -99,5 +99,5 @@ def pretrain_image_encoder(
             print(f"image-encoder step {step}/{steps}  contrastive loss {float(loss):.3f}")
     encoder.requires_grad_(False)
     encoder.eval()
-    after = separation(encoder, white, labels)
+    after = separation(encoder, views, labels)
     return {"steps": steps, "before": before, "after": after}
