@@ -65,8 +65,10 @@ def front_marker() -> list[Part]:
         (0, 1, 0): BLUE,
         (1, 0, 0): GREEN,
         (-1, 0, 0): YELLOW,
-        (0, 0, 1): WHITE,
-        (0, 0, -1): PURPLE,
+        # a white top would vanish against the white background the model is trained on, and
+        # SDS would carve it away: the top's silhouette is part of what the demo scores
+        (0, 0, 1): PURPLE,
+        (0, 0, -1): WHITE,
     }
     parts = []
     for normal, colour in faces.items():

@@ -121,8 +121,8 @@ def test_sds_with_the_trained_prior_beats_the_blob(trained, rendered_shards):
     assert result.returncode == 0, result.stderr[-3000:]
     scores = score_sds(out / "objects" / "front_marker", [str(sds_input)])
     print("SDS vs blob at the GT poses:", scores["margins"])
-    # Measured +0.07 IoU and +2.6 dB after 300 steps (the demo, 600 steps on a prior of 9 objects:
-    # +0.25 and +2.0); the IoU margin is the smaller because the object is small in these views
-    # (fov 58 deg) and the short run leaves its density soft. The colours (PSNR) tell the sides.
-    assert scores["margins"]["iou"] > 0.03, scores["margins"]
+    # Measured after 300 steps: +0.12 and +0.14 IoU, +2.7 and +3.0 dB (SDS seeds 0 and 1). With the
+    # cube's top white (as it was), the top vanished against the white background, SDS carved it
+    # away and the IoU margin was +0.03..+0.07 (+0.027 on one CI run).
+    assert scores["margins"]["iou"] > 0.05, scores["margins"]
     assert scores["margins"]["psnr_db"] > 1.5, scores["margins"]
