@@ -42,6 +42,38 @@ def shard_ids(path: str | Path) -> list[str]:
     return ids
 
 
+def select_objects(folder: str | Path, keys: list[str] | tuple[str, ...], out: str | Path) -> Path:
+    """One shard in ``out`` holding the objects ``keys`` of the shards in ``folder``, in that
+    order and with their bytes unchanged (an SDS input, a small training set). Kept when it is
+    already there (a rerun); a key that ``folder`` lacks is a KeyError naming it, an ``out`` that
+    holds other objects a ValueError."""
+    import webdataset as wds
+
+    out = Path(out)
+    done = [str(path) for path in list_shards(out)]
+    existing = [s["__key__"] for s in wds.WebDataset(done, shardshuffle=False)] if done else []
+    if existing == list(keys):
+        return out
+    if existing:
+        raise ValueError(f"{out} already holds {existing}, not {list(keys)}: choose another folder")
+    urls = [str(path) for path in list_shards(folder)]
+    if not urls:
+        raise FileNotFoundError(f"no complete shards (shard-PPP-NNNNNN.tar) in {folder}")
+    chosen = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        if sample["__key__"] in keys:
+            chosen[sample["__key__"]] = sample
+    missing = [key for key in keys if key not in chosen]
+    if missing:
+        raise KeyError(f"{folder} has no object {', '.join(missing)}")
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(out, part=0, shard_size=len(keys))
+    for key in keys:
+        fields = {k: v for k, v in chosen[key].items() if not k.startswith("__") or k == "__key__"}
+        writer.add(fields, key)
+    return out
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -89,26 +89,6 @@ def plot_losses(runs: dict[str, Path], dest: Path) -> Path:
     return dest
 
 
-def single_object_shard(shards: Path, key: str, folder: Path) -> Path:
-    """A shard holding only object ``key`` of ``shards`` (bytes unchanged): SDS's input."""
-    import webdataset as wds
-
-    from training.datamodule import expand_shard_urls
-
-    path = folder / "shard-000-000000.tar"
-    if path.exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    stream = wds.WebDataset(expand_shard_urls([str(shards)]), shardshuffle=False)
-    sample = next((s for s in stream if s["__key__"] == key), None)
-    if sample is None:
-        raise KeyError(f"{key} is not in {shards}")
-    with wds.TarWriter(str(path.with_suffix(".tmp"))) as writer:
-        writer.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
-    path.with_suffix(".tmp").replace(path)
-    return folder
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo", help="results folder")
@@ -215,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         timings,
     )
 
-    sds_input = single_object_shard(shards, SDS_OBJECT, out / "shards" / "sds")
+    from data_prep.shards import select_objects
+
+    sds_input = select_objects(shards, [SDS_OBJECT], out / "shards" / "sds")
     evaluation = out / "eval"
     run_step(
         f"SDS image-to-3D on a training object ({SDS_OBJECT}) with the trained prior",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 import webdataset as wds
 
 from data_prep.samples import SAMPLES
-from data_prep.shards import list_shards
+from data_prep.shards import list_shards, select_objects, shard_ids
 from models.cameras import project_points
 
 
@@ -75,3 +76,27 @@ def test_stored_camera_projects_the_object_onto_its_silhouette(rendered_shards):
         rendered = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float)
         projected = np.array([*uv.min(0).values.tolist(), *uv.max(0).values.tolist()]).clip(0, 32)
         assert np.abs(rendered - projected).max() <= 1.5, (i, rendered, projected)
+
+
+def test_select_objects_copies_the_named_objects_in_order_and_names_a_missing_one(
+    rendered_shards, tmp_path
+):
+    out = select_objects(rendered_shards, ["mug", "front_marker"], tmp_path / "two")
+    (shard,) = list_shards(out)
+    assert shard_ids(shard) == ["mug", "front_marker"]
+    raw = {s["__key__"]: s for s in wds.WebDataset([str(p) for p in list_shards(rendered_shards)])}
+    for sample in wds.WebDataset([str(shard)], shardshuffle=False):
+        original = raw[sample["__key__"]]
+        fields = [k for k in original if not k.startswith("__")]
+        assert sorted(fields) == sorted(k for k in sample if not k.startswith("__"))
+        assert all(sample[k] == original[k] for k in fields)  # bytes unchanged
+    mtime = shard.stat().st_mtime_ns
+    assert select_objects(rendered_shards, ["mug", "front_marker"], out) == out  # a rerun keeps it
+    assert shard.stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="already holds"):
+        select_objects(rendered_shards, ["car"], out)
+    with pytest.raises(KeyError, match="no_such_object"):
+        select_objects(rendered_shards, ["mug", "no_such_object"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(FileNotFoundError, match="no complete shards"):
+        select_objects(tmp_path / "bad", ["mug"], tmp_path / "empty")

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from train_helpers import objects_shard, run_cli, tiny_config
+from train_helpers import run_cli, tiny_config
 
+from data_prep.shards import select_objects
 from evaluation.multiview_score import load_ground_truth, score_conditions
 from evaluation.sds_gt_score import score_sds
 from models.bundle import load_model, save_model
@@ -41,7 +42,7 @@ SDS_STEPS = 300
 def trained(rendered_shards, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("learning")
     shards = tmp / "two"
-    objects_shard(rendered_shards, shards, KEYS)
+    select_objects(rendered_shards, KEYS, shards)
     vae = tmp / "vae"
     # On all 10 objects' views, as the demo's are pretrained on every training render: SDS encodes
     # its renders (blobs at first) with this VAE, and one fitted to 10 images encodes them badly.
@@ -108,7 +109,7 @@ def test_another_objects_reference_loses(view_scores):
 
 def test_sds_with_the_trained_prior_beats_the_blob(trained, rendered_shards):
     sds_input = trained["tmp"] / "sds_input"
-    objects_shard(rendered_shards, sds_input, ("front_marker",))
+    select_objects(rendered_shards, ["front_marker"], sds_input)
     out = trained["tmp"] / "sds"
     schedule = [f"sds.t_anneal_steps={int(0.8 * SDS_STEPS)}", f"sds.milestones=[{SDS_STEPS // 2}]"]
     result = run_cli(

@@ -8,10 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import webdataset as wds
-
 from training.config import RunConfig, load_config
-from training.datamodule import expand_shard_urls
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "stage1-tiny.yaml"
@@ -44,19 +41,3 @@ def run_cli(args: list[str], timeout: float = 240, **kw) -> subprocess.Completed
         timeout=timeout,
         **kw,
     )
-
-
-def objects_shard(rendered_shards, folder, keys) -> None:
-    """A shard with the objects named in ``keys`` (their bytes unchanged), in that order."""
-    folder.mkdir()
-    stream = wds.WebDataset(
-        expand_shard_urls([str(rendered_shards)]), shardshuffle=False, empty_check=False
-    )
-    chosen = {sample["__key__"]: sample for sample in stream if sample["__key__"] in keys}
-    assert sorted(chosen) == sorted(keys), f"rendered_shards lacks {set(keys) - set(chosen)}"
-    with wds.TarWriter(str(folder / "shard-000-000000.tar")) as writer:
-        for key in keys:
-            sample = chosen[key]
-            writer.write(
-                {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
-            )
