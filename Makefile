@@ -1,4 +1,11 @@
 # Entry points of the Isotropic3D training stack. Every target installs what it needs on first use.
+#   make help          the jobs and their variables (this text and each mk/*.mk's)
+#   make setup         .venv with everything this repository's targets use (the render extra too)
+#   make test [ARGS="-k name"]   the test suite;   make lint / make format   ruff
+#   make print-config JOB=finetune|eval|render [the job's variables]   the job's resolved config,
+#                      each value with the file, flag or override it came from; runs nothing
+#   make clean         remove outputs/
+# PY=python3.11: the interpreter .venv is made with.
 SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
@@ -27,7 +34,7 @@ IMAGES ?=
 MODEL ?=
 STEPS ?=
 
-.PHONY: setup test lint format clean browser
+.PHONY: setup test lint format clean browser help print-config
 
 setup: $(STAMP)
 
@@ -39,7 +46,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,render]'
 	touch $(STAMP)
 
 lint: setup
@@ -64,6 +71,17 @@ test: setup lint browser
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest -q --durations=15 $(ARGS)
 
 -include mk/*.mk
+
+# Each makefile's leading comment block is its usage: jobs, variables, defaults.
+help:
+	@for f in Makefile $(sort $(wildcard mk/*.mk)); do \
+		sed -n '1,/^[^#]/{/^#/s/^# \{0,1\}//p}' $$f; echo; done
+
+# The job's own command with --print-config (the variables mean what they mean for the job).
+PRINT_JOB = $(or $(filter $(JOB),finetune eval),$(if $(filter $(JOB),render),render-objaverse))
+print-config:
+	@test -n "$(PRINT_JOB)" || { echo "usage: make print-config JOB=finetune|eval|render [the job's variables, ARGS=key=value ...]"; exit 2; }
+	@$(MAKE) -s --no-print-directory $(PRINT_JOB) ARGS="$(ARGS) --print-config"
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,6 +1,7 @@
-"""Render run settings: one dataclass, loaded from ``configs/render*.yaml`` and overridden by CLI
-flags generated from the same fields (so the YAML, the flags and the API never drift apart).
-Every key is documented in ``configs/render.yaml``."""
+"""Render run settings: one dataclass (the schema of the shared config system, models/config.py),
+loaded from ``configs/render*.yaml`` and overridden by CLI flags generated from the same fields and
+by ``key.sub=value`` overrides (so the YAML, the flags and the API never drift apart). Every key is
+documented in ``configs/render.yaml``; the flags' help is read from those comments."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from omegaconf import OmegaConf
+
+from models.config import (
+    COMMAND_LINE,
+    ConfigError,
+    Resolved,
+    comments,
+    compose,
+    label,
+    overrides_layer,
+    read_yaml,
+)
 
 OBJAVERSE_HUB = "https://huggingface.co/datasets/allenai/objaverse/resolve/main"
 # Bump when the worker's scene code changes the pixels (lighting, framing, materials), so a
@@ -89,7 +101,7 @@ class RenderConfig:
         }
         for key, ok in checks.items():
             if not ok:
-                raise ValueError(f"render config: bad value for {key!r}: {getattr(self, key)!r}")
+                raise ConfigError(f"render config: bad value for {key!r}: {getattr(self, key)!r}")
         if self.num_quads + self.num_refs == 0:
             raise ValueError("render config: num_quads + num_refs must be at least 1")
         for key in ("elevation_deg", "fov_deg", "relative_radius", "ref_elevation_deg"):
@@ -141,56 +153,60 @@ class RenderConfig:
         return settings | {"object_radius": OBJECT_RADIUS, "render_version": RENDER_VERSION}
 
 
-def _from_dict(cls, data: dict, where: str):
-    """Build dataclass ``cls`` from ``data``, naming any unknown key."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in (data or {}).items():
-        if key not in known:
-            raise KeyError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
-        if cls is RenderConfig and key == "objaverse":
-            value = _from_dict(ObjaverseOptions, value, f"{where}.objaverse")
-        elif isinstance(value, list) and _is_tuple(known[key].type):
-            value = tuple(value)
-        values[key] = value
-    return cls(**values)
+CONFIG_DOCS = Path(__file__).resolve().parents[1] / "configs" / "render.yaml"
+_OBJAVERSE_KEYS = {f.name for f in dataclasses.fields(ObjaverseOptions)}
 
 
 def _is_tuple(annotation) -> bool:
     return str(annotation).startswith("tuple")
 
 
-def load_config(path: str | Path | None = None, **overrides) -> RenderConfig:
-    """The config at ``path`` (or the defaults) with keyword overrides applied."""
-    data = {}
-    if path:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-    config = _from_dict(RenderConfig, data, str(path or "render config"))
-    return apply_overrides(config, overrides)
+def _dotted(key: str) -> str:
+    """A flat keyword / flag name (``lvis_categories``) -> its dotted key (``objaverse.…``)."""
+    return f"objaverse.{key}" if key in _OBJAVERSE_KEYS else key
 
 
-def apply_overrides(config: RenderConfig, overrides: dict) -> RenderConfig:
-    objaverse_fields = {f.name for f in dataclasses.fields(ObjaverseOptions)}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in objaverse_fields:
-            setattr(config.objaverse, key, value)
-        elif hasattr(config, key):
-            is_range = isinstance(value, list) and _is_tuple(RenderConfig.__annotations__[key])
-            setattr(config, key, tuple(value) if is_range else value)
-        else:
-            raise KeyError(f"render config: unknown key {key!r}")
+def _to_config(resolved: Resolved) -> RenderConfig:
+    config = OmegaConf.to_object(resolved.config)
+    for f in dataclasses.fields(RenderConfig):  # ranges: OmegaConf hands back lists
+        if _is_tuple(f.type):
+            value = getattr(config, f.name)
+            if len(value) != 2:
+                raise ConfigError(f"config key {f.name!r}: expected [low, high], got {value}")
+            setattr(config, f.name, tuple(value))
     return config.validate()
 
 
-def _argument(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+def resolve_config(
+    path: str | Path | None = None,
+    flags: dict | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> tuple[RenderConfig, Resolved]:
+    """Defaults <- YAML ``path`` <- ``flags`` (flat names, None = not given) <- ``key=value``
+    overrides; validated. Also returns where each value came from."""
+    given = [
+        (_dotted(k), list(v) if isinstance(v, tuple) else v)
+        for k, v in (flags or {}).items()
+        if v is not None
+    ]
+    layers = [
+        (label(path) if path else "", read_yaml(path) if path else None),
+        ("command-line flag", given),
+        (COMMAND_LINE, overrides_layer(overrides)),
+    ]
+    resolved = compose(OmegaConf.structured(RenderConfig), layers, "default (data_prep/config.py)")
+    return _to_config(resolved), resolved
+
+
+def load_config(path: str | Path | None = None, **overrides) -> RenderConfig:
+    """The config at ``path`` (or the defaults) with keyword overrides applied."""
+    return resolve_config(path, overrides)[0]
+
+
+def _argument(parser: argparse.ArgumentParser, f: dataclasses.Field, key: str) -> None:
     flag = "--" + f.name.replace("_", "-")
     annotation = str(f.type)
-    help_text = "see configs/render.yaml"
+    help_text = _HELP.get(key, "") + f" (config key {key})"
     if annotation == "bool":
         parser.add_argument(
             flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -206,22 +222,36 @@ def _argument(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
 
 
+_HELP = comments(CONFIG_DOCS)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config key (``--num-quads``, ``--lvis-categories``...) plus ``--config``."""
+    """One flag per config key (``--num-quads``, ``--lvis-categories``...), ``--config``,
+    ``--print-config`` and ``key.sub=value`` overrides (the syntax every job shares)."""
     parser.add_argument(
         "--config", default=None, help="YAML file under configs/ (flags override it)"
     )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (and where each value came from), render nothing",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="key.sub=value overrides (e.g. objaverse.licenses=[by])"
+    )
     for f in dataclasses.fields(RenderConfig):
         if f.name != "objaverse":
-            _argument(parser, f)
+            _argument(parser, f, f.name)
     group = parser.add_argument_group("objaverse source")
     for f in dataclasses.fields(ObjaverseOptions):
-        _argument(group, f)
+        _argument(group, f, f"objaverse.{f.name}")
+
+
+def resolve_from_args(args: argparse.Namespace) -> tuple[RenderConfig, Resolved]:
+    names = {f.name for f in dataclasses.fields(RenderConfig)} | _OBJAVERSE_KEYS
+    flags = {k: v for k, v in vars(args).items() if k in names and k != "objaverse"}
+    return resolve_config(args.config, flags, getattr(args, "overrides", None) or ())
 
 
 def config_from_args(args: argparse.Namespace) -> RenderConfig:
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    names = {f.name for f in dataclasses.fields(RenderConfig)} | {
-        f.name for f in dataclasses.fields(ObjaverseOptions)
-    }
-    return load_config(args.config, **{k: v for k, v in overrides.items() if k in names})
+    return resolve_from_args(args)[0]

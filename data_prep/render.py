@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from data_prep.config import RenderConfig, add_config_arguments, config_from_args
+from data_prep.config import RenderConfig, add_config_arguments, resolve_from_args
 from data_prep.manifest import Manifest, check_folder, manifest_path
 from data_prep.partition import partition_from_env, take_partition
 from data_prep.pool import WorkerPool
@@ -312,10 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_config_arguments(parser)
     parser.add_argument("--summary-json", default=None, help="also write the run summary here")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may sit between flags
     summary_json = args.__dict__.pop("summary_json")
     try:
-        config = config_from_args(args)
+        config, resolved = resolve_from_args(args)
+        if args.print_config:
+            print(resolved.describe())
+            return 0
         summary = render(config)
     except (KeyError, ValueError, FileNotFoundError, ConnectionError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Evaluation config: the YAML defaults, a user YAML on top and ``key.sub=value`` overrides.
 
-Every key a user may set exists in ``configs/eval.yaml`` (the documented defaults); anything else is
-an error that names the key, so a typo never silently falls back to a default.
+Every key a user may set exists in ``configs/eval.yaml`` (the documented defaults, which are the
+schema of the shared config system, models/config.py); anything else is an error that names the
+key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
+from models.config import (
+    COMMAND_LINE,
+    ConfigError,
+    Resolved,
+    compose,
+    label,
+    overrides_layer,
+    read_yaml,
+    schema_from_yaml,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "eval.yaml"
-
-
-class ConfigError(ValueError):
-    """A bad key or value in an evaluation config; the message names the key."""
 
 
 class Cfg(dict):
@@ -38,56 +44,22 @@ class Cfg(dict):
         return {k: v.to_dict() if isinstance(v, Cfg) else copy.deepcopy(v) for k, v in self.items()}
 
 
-def _compatible(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True  # optional keys: null means "not set"
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) == isinstance(value, bool) or isinstance(default, str)
-    if isinstance(default, int | float) and isinstance(value, int | float):
-        return isinstance(default, float) or isinstance(value, int)
-    if isinstance(default, list | tuple):
-        return isinstance(value, list | tuple)
-    if isinstance(default, str):
-        return isinstance(value, str | bool | int | float)  # e.g. "auto" or a concrete value
-    return isinstance(value, type(default))
-
-
-def merge(base: dict[str, Any], update: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base``; unknown keys and wrong types raise."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        name = f"{prefix}{key}"
-        if key not in out:
-            known = ", ".join(sorted(out)) or "(none)"
-            raise ConfigError(f"unknown config key {name!r} (known here: {known})")
-        if isinstance(out[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {name!r} is a section; got {value!r}")
-            out[key] = merge(out[key], value, prefix=f"{name}.")
-            continue
-        if not _compatible(out[key], value):
-            raise ConfigError(
-                f"config key {name!r} expects a {type(out[key]).__name__}, got {value!r}"
-            )
-        if isinstance(out[key], float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        out[key] = value
-    return out
-
-
-def parse_override(text: str) -> dict[str, Any]:
-    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}`` with the value parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
-    nested: dict[str, Any] = {}
-    node = nested
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return nested
+def resolve_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Cfg, Resolved]:
+    """Defaults (configs/eval.yaml) <- YAML file at ``path`` <- ``overrides`` <- ``extra``
+    (explicit CLI flags such as ``--steps``, which win). Also returns where each value came from."""
+    layers = [
+        (label(path) if path else "", read_yaml(path) if path is not None else None),
+        (COMMAND_LINE, overrides_layer(overrides or [])),
+        ("command-line flag", extra),
+    ]
+    resolved = compose(schema_from_yaml(DEFAULT_CONFIG), layers, label(DEFAULT_CONFIG))
+    cfg = Cfg(resolved.to_container())
+    validate(cfg)
+    return cfg, resolved
 
 
 def load_config(
@@ -97,19 +69,7 @@ def load_config(
 ) -> Cfg:
     """Defaults <- YAML file at ``path`` <- ``overrides`` <- ``extra`` (explicit CLI flags such
     as ``--steps``, which win)."""
-    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    if path is not None:
-        user = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        data = merge(data, user)
-    for text in overrides or []:
-        data = merge(data, parse_override(text))
-    if extra:
-        data = merge(data, extra)
-    cfg = Cfg(data)
-    validate(cfg)
-    return cfg
+    return resolve_config(path, overrides, extra)[0]
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -162,3 +122,6 @@ def validate(cfg: Cfg) -> None:
         "metrics.multiview.reference_frame",
         "auto, true or false",
     )
+
+
+__all__ = ["Cfg", "ConfigError", "load_config", "resolve_config"]

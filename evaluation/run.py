@@ -29,7 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from evaluation import fingerprint as fp
-from evaluation.config import load_config
+from evaluation.config import ConfigError, resolve_config
 from evaluation.evaluate import FAILED, RESULT, STARTED, Evaluator, read_json, write_json_atomic
 from evaluation.inputs import ObjectRef, list_objects
 from evaluation.report import build_report, console_summary
@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-report", action="store_true", help="skip rebuilding the report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (and where each value came from), evaluate nothing",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     return parser.parse_intermixed_args(argv)  # overrides may sit between flags
 
@@ -254,9 +259,17 @@ def evaluate_partition(
     return done, failed
 
 
+NO_MODEL = (
+    "error: no model to evaluate: pass MODEL=<model folder> to make eval (--model: a folder from "
+    "make export or make convert-model), or model.size=tiny (ARGS=model.size=tiny) for a "
+    "random-init pipeline check whose scores mean nothing"
+)
+
+
 def write_expected(out: Path, cfg) -> None:
     """All object ids of the input (every rank), so the report can name the missing ones."""
     ids = [ref.id for ref in list_objects(cfg.inputs)]
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "expected.json", {"inputs": str(cfg.inputs.path), "objects": ids})
 
 
@@ -271,12 +284,22 @@ def main(argv: list[str] | None = None) -> None:
         extra.setdefault("model", {})["path"] = args.model
     if args.steps is not None:
         extra.setdefault("sds", {})["steps"] = args.steps
-    cfg = load_config(args.config, args.overrides, extra)
+    try:
+        cfg, resolved = resolve_config(args.config, args.overrides, extra)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.print_config:
+        print(resolved.describe())
+        return
+    if not cfg.model.path and resolved.is_default("model.size"):
+        raise SystemExit(NO_MODEL)  # a random model is a pipeline check: it must be asked for
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     rank, world = partition_from_env(args.rank, args.world_size)
-    write_expected(out, cfg)  # also fails at once on an empty or missing input folder
+    try:  # an empty or missing input folder fails here, in one line, before anything is written
+        write_expected(out, cfg)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     gpus = local_gpus(args.gpus) if cfg.device in ("auto", "cuda") else []
     problem = None
     try:

@@ -2,6 +2,9 @@
 #   make demo        the whole pipeline on the built-in samples (tiny model, CPU, no network)
 #   make bench       every benchmark, one table (ARGS="--only render,data")
 #   make bench-data  shard decoding speed per CPU core
+#   make pretrain-vae [DATA=renders] [OUT=model folder] [ARGS="--steps 1500"]   the tiny preset's VAE
+#                    and image encoder trained on the project's own renders
+# DEMO_THREADS=N: intra-op threads per demo process (default: the cores, at most 4).
 .PHONY: demo bench bench-data
 
 # Intra-op threads per process: the demo's heavy steps (training, SDS) each run as one busy

@@ -1,5 +1,5 @@
 # Evaluation targets (evaluation/). See docs/evaluation.md.
-#   make eval IMAGES=<folder of images, or of held-out shards> [MODEL=<model folder>] [OUT=outputs/eval]
+#   make eval IMAGES=<folder of images, or of held-out shards> MODEL=<model folder> [OUT=outputs/eval]
 #             [STEPS=10000] [CONFIG=<YAML on top of configs/eval.yaml>] [GPUS=all|0,1|none]
 #             [ARGS="key.sub=value ... --rank R --world-size W --rescore --recompute"]
 #   A rerun skips objects done with the same model, config and scorer and refuses (naming what
@@ -9,14 +9,15 @@
 #                                (ARGS="--clip-unit raw")
 #   make bench-sds               SDS it/s at 64 and 256 px, time split (sd21-base on GPU, tiny on CPU)
 #   make test-eval               the evaluation tests
-# Without MODEL, a random-init `tiny` model is used (pipeline check only; scores are meaningless).
+# MODEL is required; a pipeline check on a random-init tiny model: ARGS=model.size=tiny (scores
+# are then meaningless).
 EVAL_OUT = $(or $(OUT),outputs/eval)
 
 .PHONY: eval eval-report bench-sds test-eval
 
 eval: setup
-	@test -n "$(IMAGES)" || { echo "usage: make eval IMAGES=DIR [MODEL=DIR] [OUT=DIR] [STEPS=N] [CONFIG=YAML] [GPUS=all] [ARGS=...]"; exit 1; }
-	$(PYTHON) -m evaluation.run --images $(IMAGES) --out $(EVAL_OUT) $(if $(MODEL),--model $(MODEL)) \
+	@test -n "$(IMAGES)$(findstring --print-config,$(ARGS))" || { echo "usage: make eval IMAGES=DIR [MODEL=DIR] [OUT=DIR] [STEPS=N] [CONFIG=YAML] [GPUS=all] [ARGS=...]"; exit 1; }
+	$(PYTHON) -m evaluation.run $(if $(IMAGES),--images $(IMAGES)) --out $(EVAL_OUT) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 
 eval-report: setup

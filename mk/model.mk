@@ -1,6 +1,9 @@
 # Model targets (models/): checkpoint conversion, multi-view sampling, benchmark, tests.
-# Variables: FORMAT=mvdream|isotropic3d, CHECKPOINT=<published file>, IMAGE=<reference image>,
-# MODEL=<model folder, our format>, OUT=<output folder or file>, ARGS=<extra CLI options>.
+#   make convert-model FORMAT=mvdream|isotropic3d CHECKPOINT=<published file> [OUT=folder]
+#   make sample-views IMAGE=<reference image> [MODEL=<model folder>] [OUT=grid.png]
+#   make bench-model   train-step images/s, multi-view vs plain UNet, eager and compiled
+#   make test-model    the model tests
+# ARGS=<extra CLI options> for every target.
 FORMAT ?= mvdream
 CHECKPOINT ?=
 IMAGE ?=

@@ -88,3 +88,19 @@ def test_readme_module_flags_exist(module: str, flags: list[str]):
     assert out.returncode == 0, out.stderr[-2000:]
     for flag in flags:
         assert flag in out.stdout, f"python -m {module}: README flag {flag} not in --help"
+
+
+def test_make_help_lists_every_job_and_variable():
+    out = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    database = _make_database()
+    internal = {"browser", "render-check-setup"}  # prerequisites, not jobs
+    phony = set()
+    for line in re.findall(r"^\.PHONY: (.*)$", database, flags=re.M):
+        phony |= set(line.split()) - internal
+    for target in sorted(phony):
+        assert re.search(rf"make {re.escape(target)}\b", out.stdout), f"make help lacks {target}"
+    makefiles = [ROOT / "Makefile", *sorted((ROOT / "mk").glob("*.mk"))]
+    variables = {v for f in makefiles for v in re.findall(r"^(\w+) \?=", f.read_text(), re.M)}
+    for variable in sorted(variables):
+        assert re.search(rf"\b{variable}=", out.stdout), f"make help lacks variable {variable}"

@@ -1,20 +1,29 @@
-"""Run configuration: typed dataclasses, loaded from a documented YAML file plus ``key.sub=value``
-command-line overrides. Unknown keys and wrong types fail with the full dotted key in the message."""
+"""Run configuration: typed dataclasses (the schema of the shared config system, models/config.py),
+loaded from a documented YAML file plus ``key.sub=value`` command-line overrides. Unknown keys and
+wrong types fail with the full dotted key in the message."""
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
+from models.config import (
+    COMMAND_LINE,
+    ConfigError,
+    Resolved,
+    compose,
+    label,
+    overrides_layer,
+    read_yaml,
+)
 
-class ConfigError(ValueError):
-    """A bad configuration; the message names the offending key."""
+ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["ConfigError", "RunConfig", "load_config", "resolve_config", "save_config"]
 
 
 @dataclass
@@ -170,63 +179,6 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, f"{key}.")
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, str):  # one URL / pattern given as a plain string
-            value = [value] if value else []
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: union types are not supported in the schema")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported schema type {hint!r}")
-
-
-def _build(cls: type, values: Any, prefix: str = "") -> Any:
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        where = ", ".join(f"{prefix}{k}" for k in unknown)
-        raise ConfigError(f"unknown config key(s): {where} (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
-    for name, hint in hints.items():  # nested sections are built even when absent
-        if name not in kwargs and dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, {}, f"{prefix}{name}.")
-    return cls(**kwargs)
-
-
 def get_key(config: Any, key: str) -> Any:
     for part in key.split("."):
         config = getattr(config, part)
@@ -244,43 +196,38 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"train.betas: expected two numbers, got {config.train.betas}")
 
 
-def apply_override(tree: dict, assignment: str) -> None:
-    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (so 1e-4, true, [a, b])."""
-    if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r}: expected key.sub=value")
-    key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:  # e.g. a brace pattern: take it as the plain string it is
-        value = raw
-    node[parts[-1]] = value
+def config_path(path: str | Path | None) -> Path | None:
+    """A YAML path, or a config's name (``stage1-tiny``) meaning ``configs/<name>.yaml``."""
+    named = ROOT / "configs" / f"{path}.yaml"
+    if path and "/" not in str(path) and not Path(path).exists() and named.is_file():
+        return named
+    return Path(path) if path else None
+
+
+def resolve_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    flags: list[str] | tuple[str, ...] = (),
+) -> tuple[RunConfig, Resolved]:
+    """Defaults <- YAML ``path`` <- launcher ``flags`` (``--data``, ``--init``...: key=value) <-
+    ``overrides``; type-checked and validated. Also returns where each value came from."""
+    path = config_path(path)
+    layers = [
+        (label(path) if path else "", read_yaml(path) if path else None),
+        ("launcher flag", overrides_layer(flags)),
+        (COMMAND_LINE, overrides_layer(overrides)),
+    ]
+    resolved = compose(OmegaConf.structured(RunConfig), layers, "default (training/config.py)")
+    config = OmegaConf.to_object(resolved.config)
+    _validate(config)
+    return config, resolved
 
 
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> RunConfig:
     """Load ``path`` (YAML; None = the built-in defaults), apply overrides, type-check, validate."""
-    tree: dict = {}
-    named = Path(__file__).resolve().parents[1] / "configs" / f"{path}.yaml"
-    if path and "/" not in str(path) and not Path(path).exists() and named.is_file():
-        path = named  # a config's name (``stage1-tiny``) works as well as its path
-    if path:
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as error:
-            raise ConfigError(f"config file not found: {path}") from error
-    for assignment in overrides:
-        apply_override(tree, assignment)
-    config = _build(RunConfig, tree)
-    _validate(config)
-    return config
+    return resolve_config(path, overrides)[0]
 
 
 def to_dict(config: RunConfig) -> dict:

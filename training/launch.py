@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from training.config import ConfigError, resolve_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,11 +53,17 @@ def host_address() -> str:
         return socket.gethostbyname(socket.gethostname())
 
 
-def train_args(args: argparse.Namespace, gpus: int) -> list[str]:
+def flag_overrides(args: argparse.Namespace, gpus: int) -> list[str]:
+    """The launcher's flags (``make finetune NODES= GPUS= DATA= INIT= OUT=``) as config overrides."""
     overrides = [f"strategy.num_nodes={args.nodes}", f"strategy.devices={gpus}"]
     for key, value in (("data.train", args.data), ("model.init", args.init), ("out", args.out)):
         if value:
             overrides.append(f"{key}={value}")
+    return overrides
+
+
+def train_args(args: argparse.Namespace, gpus: int) -> list[str]:
+    overrides = flag_overrides(args, gpus)
     return [
         "-m",
         "training.train",
@@ -89,8 +97,12 @@ def slurm_script(args: argparse.Namespace, gpus: int, out: Path) -> str:
     )
 
 
+def gpus_per_node(args: argparse.Namespace) -> int:
+    return args.gpus if args.gpus is not None else max(torch.cuda.device_count(), 1)
+
+
 def plan(args: argparse.Namespace) -> Plan:
-    gpus = args.gpus if args.gpus is not None else max(torch.cuda.device_count(), 1)
+    gpus = gpus_per_node(args)
     out = Path(args.out) if args.out else ROOT / "outputs" / "finetune"
     slurm = shutil.which("sbatch") is not None and not args.no_slurm
     if slurm:
@@ -141,6 +153,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-slurm", action="store_true", help="use torchrun even where sbatch exists"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved run config (and where each value came from), run nothing",
+    )
     parser.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     return parser.parse_args(argv)
@@ -148,6 +165,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.print_config:
+        try:
+            _, resolved = resolve_config(
+                default_config(args.stage, args.config),
+                args.overrides,
+                flag_overrides(args, gpus_per_node(args)),
+            )
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(resolved.describe())
+        return 0
     launch = plan(args)
     if launch.mode == "slurm":
         path = Path(launch.commands[0][-1])

@@ -24,7 +24,7 @@ from training.checkpoints import (
     resolve_init,
     resolve_resume,
 )
-from training.config import RunConfig, load_config, save_config
+from training.config import ConfigError, RunConfig, resolve_config, save_config
 from training.datamodule import ShardDataModule
 from training.latent_cache import check_cache_matches
 from training.module import FineTuneModule
@@ -151,6 +151,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="YAML run config (configs/stage*.yaml)")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (and where each value came from), train nothing",
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=1e-5")
     args = parser.parse_args(argv)
     return args, args.overrides
@@ -159,7 +164,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    run(load_config(args.config, overrides))
+    try:
+        config, resolved = resolve_config(args.config, overrides)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
+    if args.print_config:
+        print(resolved.describe())
+        return
+    run(config)
 
 
 if __name__ == "__main__":

@@ -61,16 +61,21 @@ def test_a_failing_gpu_worker_still_leaves_a_report(tmp_path, monkeypatch):
     Image.new("RGBA", (16, 16), (255, 0, 0, 255)).save(images / "a.png")
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match="a GPU worker failed with exit code 3"):
-        run.main(["--images", str(images), "--out", str(out), "--gpus", "0,1"])
+        run.main(["--images", str(images), "--out", str(out), "--gpus", "0,1", "model.size=tiny"])
     assert (out / "index.html").is_file()
     assert json.loads((out / "results.json").read_text())["missing"] == ["a"]
 
 
-def test_an_empty_folder_is_an_error(tmp_path):
+def test_an_empty_or_missing_folder_is_a_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    with pytest.raises(ValueError, match=r"inputs.path: no images .* found in"):
-        run.main(["--images", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    for folder in (tmp_path / "empty", tmp_path / "absent"):
+        with pytest.raises(SystemExit) as exit_info:
+            run.main(["--images", str(folder), "--out", str(tmp_path / "out"), "model.size=tiny"])
+        message = str(exit_info.value.code)
+        assert message.startswith("error: inputs.path") and "\n" not in message, message
+        assert str(folder) in message
+    assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start
     cfg = load_config(overrides=[f"inputs.path={tmp_path / 'empty'}", "inputs.kind=shards"])
     with pytest.raises(ValueError, match="no shards"):
         list_objects(cfg.inputs)
@@ -101,3 +106,30 @@ def test_speed_settings_do_not_change_a_result_but_unknown_keys_do():
     assert fingerprint.group_of("sds.steps") == "steps"
     assert fingerprint.group_of("inputs.path") is None and fingerprint.group_of("inputs.size")
     assert fingerprint.group_of("renderer.some_new_option") == "sds"  # never silently ignored
+
+
+def test_no_model_says_what_to_pass(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGBA", (16, 16), (255, 0, 0, 255)).save(images / "a.png")
+    with pytest.raises(SystemExit, match="pass MODEL=<model folder>.*model.size=tiny"):
+        run.main(["--images", str(images), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_print_config_shows_values_and_their_sources(tmp_path, capsys):
+    user = tmp_path / "mine.yaml"
+    user.write_text("sds:\n  guidance_scale: 7.5\n")
+    run.main(["--config", str(user), "--images", "pics", "--steps", "12", "seed=3", "--print-config"])
+    lines = capsys.readouterr().out.splitlines()
+
+    def line(key):
+        return next(row for row in lines if row.strip().startswith(f"{key}:"))
+
+    assert "7.5" in line("guidance_scale") and str(user) in line("guidance_scale")
+    assert "12" in line("steps") and "command-line flag" in line("steps")
+    assert "3" in line("seed") and "command line" in line("seed")
+    assert "configs/eval.yaml" in line("loss")
+    assert not (tmp_path / "outputs").exists()
+    with pytest.raises(SystemExit, match="unknown config key 'sds.stepz'"):
+        run.main(["--images", "pics", "sds.stepz=3", "--print-config"])

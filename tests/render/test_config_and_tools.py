@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,13 @@ def test_render_yaml_documents_every_key_with_the_code_defaults():
 def test_bad_keys_and_values_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("resolution: 64\n")
-    with pytest.raises(KeyError, match="'resolution'"):
+    with pytest.raises(ValueError, match="unknown config key 'resolution'"):
         load_config(bad)
     bad.write_text("objaverse:\n  lvis: [mug]\n")
-    with pytest.raises(KeyError, match=r"objaverse: unknown key 'lvis'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'objaverse.lvis'"):
         load_config(bad)
+    with pytest.raises(ValueError, match=r"config key 'fov_deg': expected \[low, high\]"):
+        load_config(fov_deg=(10.0, 20.0, 30.0))
     with pytest.raises(ValueError, match="'res'"):
         load_config(res=2)
     with pytest.raises(ValueError, match="'fov_deg'"):
@@ -70,6 +73,28 @@ def test_command_line_flags_override_the_config():
     assert (config.res, config.denoise, config.count) == (64, False, 3)
     assert config.elevation_deg == (5.0, 10.0) and config.num_quads == 1  # from the file
     assert config.objaverse.lvis_categories == ["mug", "chair"]
+
+
+def test_key_value_overrides_and_flag_help_from_the_documented_yaml(capsys):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert "image width = height, pixels" in parser.format_help()  # --res, from render.yaml
+    args = parser.parse_intermixed_args(
+        ["--config", str(CONFIGS / "render-preview.yaml"), "seed=5", "--res", "64"]
+        + ["objaverse.licenses=[by, cc0]", "res=48"]
+    )
+    config = config_from_args(args)
+    assert (config.seed, config.res, config.objaverse.licenses) == (5, 48, ["by", "cc0"])
+    from data_prep.render import main
+
+    assert (
+        main(["--config", str(CONFIGS / "render-preview.yaml"), "--res", "40", "--print-config"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert re.search(r"^res: 40 +# <- command-line flag$", printed, re.M), printed
+    assert re.search(r"^num_quads: 1 +# <- .*configs/render-preview.yaml$", printed, re.M)
+    assert re.search(r"^seed: 0 +# <- default", printed, re.M)
 
 
 def test_resume_refuses_changed_settings(tmp_path):
