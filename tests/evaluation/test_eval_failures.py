@@ -120,7 +120,9 @@ def test_no_model_says_what_to_pass(tmp_path):
 def test_print_config_shows_values_and_their_sources(tmp_path, capsys):
     user = tmp_path / "mine.yaml"
     user.write_text("sds:\n  guidance_scale: 7.5\n")
-    run.main(["--config", str(user), "--images", "pics", "--steps", "12", "seed=3", "--print-config"])
+    run.main(
+        ["--config", str(user), "--images", "pics", "--steps", "12", "seed=3", "--print-config"]
+    )
     lines = capsys.readouterr().out.splitlines()
 
     def line(key):
