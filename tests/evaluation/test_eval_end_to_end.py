@@ -166,7 +166,7 @@ def test_one_worker_per_gpu_with_global_ranks(tmp_path, monkeypatch):
     monkeypatch.setattr(run.subprocess, "Popen", FakeChild)
     images = _draw_images(tmp_path / "images")
     argv = ["--images", str(images), "--out", str(tmp_path / "out"), "--rank", "1",
-            "--world-size", "3", "--gpus", "0,1", "sds.steps=5"]  # fmt: skip
+            "--world-size", "3", "--gpus", "0,1", "sds.steps=5", "model.size=tiny"]  # fmt: skip
     run.main(argv)
     assert [gpu for _, gpu in launched] == ["0", "1"]
     for index, (args, _) in enumerate(launched):
