@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from pathlib import Path
 
@@ -50,6 +49,34 @@ def read_gltf_json(path: Path) -> dict:
             raise RenderFailure("corrupt_file", f"GLB JSON unreadable: {error}") from None
 
 
+def draco_available() -> bool:
+    """Whether the glTF add-on finds its Draco decoder library (the bpy wheel ships none; point
+    ``BLENDER_EXTERN_DRACO_LIBRARY_PATH`` or the ``draco_library`` setting at one)."""
+    from io_scene_gltf2.io.com.gltf2_io_draco_compression_extension import dll_exists
+
+    return dll_exists(quiet=True)
+
+
+def _append_blend(path: Path) -> None:
+    """Bring the first scene of a ``.blend`` into ours by appending (never ``open_mainfile``,
+    which would replace our render settings); auto-run of its scripts is off (reset_scene).
+    Collections are linked whole, so their render visibility stays."""
+    with bpy.data.libraries.load(str(path), link=False) as (found, wanted):
+        if not found.scenes:
+            raise RenderFailure("no_mesh", ".blend file without a scene")
+        wanted.scenes = [found.scenes[0]]
+    scene = bpy.context.scene
+    for loaded in wanted.scenes:
+        if loaded is None:
+            raise RenderFailure("corrupt_file", ".blend scene could not be read")
+        for child in loaded.collection.children:
+            scene.collection.children.link(child)
+        for obj in loaded.collection.objects:
+            scene.collection.objects.link(obj)
+        scene.frame_current = loaded.frame_current
+        bpy.data.scenes.remove(loaded)
+
+
 def import_mesh(path: Path) -> dict:
     """Import ``path`` by extension; returns the glTF JSON (or {}) for later material fixes."""
     if not path.is_file() or path.stat().st_size == 0:
@@ -62,28 +89,66 @@ def import_mesh(path: Path) -> dict:
         except (ValueError, UnicodeDecodeError) as error:
             raise RenderFailure("corrupt_file", f"glTF JSON unreadable: {error}") from None
         used = set(gltf.get("extensionsUsed", [])) | set(gltf.get("extensionsRequired", []))
-        if "KHR_draco_mesh_compression" in used:
-            # The bpy wheel ships no Draco decoder: fail with the reason instead of a crash.
-            raise RenderFailure("draco", "Draco-compressed glTF (bpy wheel has no Draco decoder)")
+        if "KHR_draco_mesh_compression" in used and not draco_available():
+            raise RenderFailure(
+                "draco",
+                "Draco-compressed glTF and no Draco decoder library (set draco_library or "
+                "BLENDER_EXTERN_DRACO_LIBRARY_PATH to libextern_draco.so)",
+            )
+    file = str(path)
     importers = {
-        ".glb": lambda: bpy.ops.import_scene.gltf(filepath=str(path)),
-        ".gltf": lambda: bpy.ops.import_scene.gltf(filepath=str(path)),
-        ".obj": lambda: bpy.ops.wm.obj_import(filepath=str(path)),
-        ".fbx": lambda: bpy.ops.import_scene.fbx(filepath=str(path)),
-        ".ply": lambda: bpy.ops.wm.ply_import(filepath=str(path)),
-        ".stl": lambda: bpy.ops.wm.stl_import(filepath=str(path)),
+        ".glb": lambda: bpy.ops.import_scene.gltf(filepath=file),
+        ".gltf": lambda: bpy.ops.import_scene.gltf(filepath=file),
+        ".obj": lambda: bpy.ops.wm.obj_import(filepath=file),
+        ".fbx": lambda: bpy.ops.import_scene.fbx(filepath=file),
+        ".ply": lambda: bpy.ops.wm.ply_import(filepath=file),
+        ".stl": lambda: bpy.ops.wm.stl_import(filepath=file),
+        ".dae": lambda: bpy.ops.wm.collada_import(filepath=file),
+        ".abc": lambda: bpy.ops.wm.alembic_import(filepath=file, as_background_job=False),
+        ".blend": lambda: _append_blend(path),
     }
+    for usd in (".usd", ".usda", ".usdc", ".usdz"):
+        importers[usd] = lambda: bpy.ops.wm.usd_import(filepath=file)
     if suffix not in importers:
         raise RenderFailure("unsupported_format", suffix)
     try:
-        importers[suffix]()
-    except (RuntimeError, ValueError, KeyError, IndexError, struct.error) as error:
+        result = importers[suffix]()
+    except (RuntimeError, ValueError, KeyError, IndexError, OSError, struct.error) as error:
         raise RenderFailure("corrupt_file", str(error).strip().splitlines()[-1][:300]) from None
+    if isinstance(result, set) and "CANCELLED" in result:  # some importers cancel, not raise
+        raise RenderFailure("corrupt_file", f"the {suffix} importer gave up on {path.name}")
     return gltf
 
 
-def mesh_objects() -> list:
-    return [o for o in bpy.context.scene.objects if o.type == "MESH"]
+RENDERABLE = ("MESH", "CURVE", "SURFACE", "META", "FONT")
+
+
+def _hidden_collections() -> set:
+    """Collections that do not render (their own flag or an ancestor's)."""
+    hidden, stack = set(), [(bpy.context.scene.collection, False)]
+    while stack:
+        collection, off = stack.pop()
+        off = off or collection.hide_render
+        if off:
+            hidden.add(collection.name)
+        stack.extend((child, off) for child in collection.children)
+    return hidden
+
+
+def mesh_objects(renderable_only: bool = False) -> list:
+    """Mesh objects of the scene; ``renderable_only``: every kind that renders (curves, text...)
+    and is not hidden from rendering (helper objects, collision boxes, hidden variants), the
+    objects that define the framing."""
+    if not renderable_only:
+        return [o for o in bpy.context.scene.objects if o.type == "MESH"]
+    hidden = _hidden_collections()
+    return [
+        o
+        for o in bpy.context.scene.objects
+        if o.type in RENDERABLE
+        and not o.hide_render
+        and not any(c.name in hidden for c in o.users_collection)
+    ]
 
 
 def remove_imported_lights_and_cameras() -> list[str]:
@@ -130,7 +195,7 @@ def normalise_object(radius_target: float) -> dict:
     ``scale`` and ``offset`` (world = (original + offset) * scale)."""
     scene = bpy.context.scene
     scene.frame_set(scene.frame_current)  # evaluate animation at the rendered frame
-    vertices, faces = world_vertices(mesh_objects())
+    vertices, faces = world_vertices(mesh_objects(renderable_only=True))
     if len(vertices) == 0:
         raise RenderFailure("no_mesh", "file contains no mesh geometry")
     if not np.isfinite(vertices).all():
@@ -156,95 +221,6 @@ def normalise_object(radius_target: float) -> dict:
         "num_faces": int(faces),
         "frame": int(scene.frame_current),
     }
-
-
-def _principled_nodes(material) -> list:
-    if not material or not material.use_nodes:
-        return []
-    return [n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED"]
-
-
-def _plain_material(name: str, colour_attribute: str | None):
-    material = bpy.data.materials.new(name)
-    material.use_nodes = True
-    bsdf = _principled_nodes(material)[0]
-    bsdf.inputs["Metallic"].default_value = 0.0
-    bsdf.inputs["Roughness"].default_value = 0.6
-    if colour_attribute:
-        node = material.node_tree.nodes.new("ShaderNodeVertexColor")
-        node.layer_name = colour_attribute
-        material.node_tree.links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
-    return material
-
-
-def fix_materials(gltf: dict, missing_metallic_as: float | None) -> list[str]:
-    """Make materials render their true colours; returns warnings for the manifest.
-
-    - meshes without material but with vertex colours (PLY, OBJ, glTF COLOR_0 without material)
-      get a material that shows those colours;
-    - glTF materials that omit ``metallicFactor`` import as full metal (the spec default 1.0),
-      which renders dark: they get ``missing_metallic_as`` unless it is None;
-    - image textures whose file is missing are unplugged so the base colour factor shows,
-      instead of Cycles' magenta.
-    """
-    warnings = []
-    for obj in mesh_objects():
-        if any(slot.material for slot in obj.material_slots):
-            continue
-        attrs = obj.data.color_attributes
-        name = (
-            attrs.active_color.name
-            if attrs.active_color
-            else (attrs[0].name if len(attrs) else None)
-        )
-        obj.data.materials.clear()
-        obj.data.materials.append(_plain_material(f"auto_{obj.name}", name))
-    if missing_metallic_as is not None:
-        for index, spec in enumerate(gltf.get("materials", [])):
-            pbr = spec.get("pbrMetallicRoughness", {})
-            if "metallicFactor" in pbr or "metallicRoughnessTexture" in pbr:
-                continue
-            name = spec.get("name") or f"Material_{index}"
-            for material in bpy.data.materials:
-                if material.name == name or material.name.startswith(name + "."):
-                    for bsdf in _principled_nodes(material):
-                        socket = bsdf.inputs["Metallic"]
-                        if not socket.is_linked:
-                            socket.default_value = missing_metallic_as
-    for image in bpy.data.images:
-        if image.source != "FILE" or image.packed_file is not None:
-            continue
-        if os.path.exists(bpy.path.abspath(image.filepath)) and image.has_data:
-            continue
-        warnings.append(f"missing_texture: {os.path.basename(image.filepath) or image.name}")
-        for material in bpy.data.materials:
-            if not material.use_nodes:
-                continue
-            tree = material.node_tree
-            for node in tree.nodes:
-                if node.type == "TEX_IMAGE" and node.image == image:
-                    for link in list(tree.links):
-                        if link.from_node == node:
-                            tree.links.remove(link)
-    return warnings
-
-
-def setup_lighting(ambient: float, key: float) -> None:
-    """Uniform white environment (a diffuse surface of albedo c renders as c) plus one soft
-    key light from above-front-left for shape cues; the background stays transparent."""
-    world = bpy.data.worlds.new("world")
-    world.use_nodes = True
-    background = world.node_tree.nodes["Background"]
-    background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
-    background.inputs["Strength"].default_value = ambient
-    bpy.context.scene.world = world
-    if key > 0:
-        light = bpy.data.lights.new("key", type="SUN")
-        light.energy = key
-        light.angle = math.radians(30)  # soft shadows
-        obj = bpy.data.objects.new("key", light)
-        obj.rotation_euler = (math.radians(45), 0.0, math.radians(-35))
-        bpy.context.scene.collection.objects.link(obj)
 
 
 def setup_cycles(settings: dict) -> str:

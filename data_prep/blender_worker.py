@@ -8,7 +8,9 @@ Cameras arrive as ready-made camera-to-world matrices, so this process never imp
 
 Job: ``{"id", "path", "out_dir", "views": [{"c2w": 4x4, "fov_deg"}], "settings": {...}}``.
 Result: ``{"id", "ok", "reason", "detail", "warnings", "normalisation", "device", "timing"}``;
-on success ``out_dir`` holds ``000.png``... and optionally ``depth.npy`` / ``normal.npy``.
+on success ``out_dir`` holds ``000.png``... and optionally ``depth.npy`` / ``normal.npy`` /
+``albedo.npy``. Optional job keys: ``asset_root`` (where external textures are searched; default
+the file's folder), ``lighting_seed`` (seeds the randomised lighting).
 """
 
 from __future__ import annotations
@@ -24,18 +26,26 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from data_prep import blender_lighting, blender_materials
 from data_prep import blender_scene as bs
 
 JOB_LOG = "blender.log"  # per-job log inside the job's out_dir
 
 
-def _setup_passes(out_dir: Path, depth: bool, normal: bool):
-    """Compositor File Output of the depth / normal passes as 32-bit EXR (read back below)."""
-    if not (depth or normal):
+# pass name -> (render-layer socket, channels kept, file name in the sample)
+PASSES = {"depth": ("Depth", 1, "depth.npy"), "normal": ("Normal", 3, "normal.npy")}
+PASSES["albedo"] = ("DiffCol", 3, "albedo.npy")
+
+
+def _setup_passes(out_dir: Path, wanted: list[str]):
+    """Compositor File Output of the wanted passes as 32-bit EXR (read back below)."""
+    if not wanted:
         return None
     scene = bpy.context.scene
     layer = scene.view_layers[0]
-    layer.use_pass_z, layer.use_pass_normal = depth, normal
+    layer.use_pass_z = "depth" in wanted
+    layer.use_pass_normal = "normal" in wanted
+    layer.use_pass_diffuse_color = "albedo" in wanted
     scene.use_nodes = True
     tree = scene.node_tree
     tree.nodes.clear()
@@ -47,10 +57,9 @@ def _setup_passes(out_dir: Path, depth: bool, normal: bool):
     output.format.file_format = "OPEN_EXR"
     output.format.color_depth = "32"
     output.file_slots.clear()
-    for name, enabled, socket in (("depth", depth, "Depth"), ("normal", normal, "Normal")):
-        if enabled:
-            output.file_slots.new(f"{name}_")
-            tree.links.new(render_layers.outputs[socket], output.inputs[f"{name}_"])
+    for name in wanted:
+        output.file_slots.new(f"{name}_")
+        tree.links.new(render_layers.outputs[PASSES[name][0]], output.inputs[f"{name}_"])
     return output
 
 
@@ -68,22 +77,33 @@ def render_job(job: dict) -> dict:
     settings = job["settings"]
     out_dir = Path(job["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.get("draco_library"):  # read by the glTF add-on when it meets Draco
+        os.environ["BLENDER_EXTERN_DRACO_LIBRARY_PATH"] = str(settings["draco_library"])
     timing: dict[str, float] = {}
     start = time.perf_counter()
     bs.reset_scene()
-    gltf = bs.import_mesh(Path(job["path"]))
+    path = Path(job["path"])
+    gltf = bs.import_mesh(path)
     timing["import"] = time.perf_counter() - start
     warnings = (
         [] if settings.get("keep_imported_lights") else bs.remove_imported_lights_and_cameras()
     )
+    textures = blender_materials.resolve_textures(Path(job.get("asset_root") or path.parent))
+    warnings += [f"missing_texture: {name}" for name in textures["missing"]]
     normalisation = bs.normalise_object(float(settings["object_radius"]))
-    warnings += bs.fix_materials(gltf, settings.get("missing_metallic_as", 0.0))
-    bs.setup_lighting(float(settings["ambient"]), float(settings["key_light"]))
+    warnings += blender_materials.fix_materials(
+        bs.mesh_objects(),
+        gltf,
+        settings.get("missing_metallic_as", 0.0),
+        tuple(settings.get("untextured_color", blender_materials.DEFAULT_UNTEXTURED)),
+    )
+    lighting = blender_lighting.setup_lighting(settings, int(job.get("lighting_seed", 0)))
     device = bs.setup_cycles(settings)
     camera = bs.add_camera()
-    passes = _setup_passes(out_dir, bool(settings.get("depth")), bool(settings.get("normal")))
+    wanted = [name for name in PASSES if settings.get(name)]
+    passes = _setup_passes(out_dir, wanted)
     timing["setup"] = time.perf_counter() - start - timing["import"]
-    depths, normals = [], []
+    stacks: dict[str, list] = {name: [] for name in wanted}
     render_start = time.perf_counter()
     view_seconds = []
     for index, view in enumerate(job["views"]):
@@ -96,23 +116,22 @@ def render_job(job: dict) -> dict:
         if passes is not None:
             passes.base_path = str(view_passes)
         bpy.ops.render.render(write_still=True)
-        if passes is not None:
-            frame = f"{bpy.context.scene.frame_current:04d}.exr"
-            if settings.get("depth"):
-                depth = _read_exr(view_passes / f"depth_{frame}", 1)[..., 0]
-                depths.append(np.where(depth > 1e9, 0.0, depth))  # background -> 0
-            if settings.get("normal"):
-                normals.append(_read_exr(view_passes / f"normal_{frame}", 3))
+        frame = f"{bpy.context.scene.frame_current:04d}.exr"
+        for name in wanted:
+            pixels = _read_exr(view_passes / f"{name}_{frame}", PASSES[name][1])
+            if name == "depth":
+                pixels = np.where(pixels[..., 0] > 1e9, 0.0, pixels[..., 0])  # background -> 0
+            stacks[name].append(pixels)
         view_seconds.append(time.perf_counter() - view_start)
     timing["render"] = time.perf_counter() - render_start
-    if depths:
-        np.save(out_dir / "depth.npy", np.stack(depths).astype(np.float16))
-    if normals:
-        np.save(out_dir / "normal.npy", np.stack(normals).astype(np.float16))
+    for name, frames in stacks.items():
+        np.save(out_dir / PASSES[name][2], np.stack(frames).astype(np.float16))
     return {
         "ok": True,
         "warnings": warnings,
         "normalisation": normalisation,
+        "textures": textures,
+        "lighting": lighting,
         "device": device,
         "blender": bpy.app.version_string,
         "timing": timing,
@@ -147,7 +166,7 @@ def main() -> None:
             finally:
                 sys.stdout.flush(), sys.stderr.flush()
                 os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        result["id"] = job["id"]
+        result["id"], result["pid"] = job["id"], os.getpid()  # pid: recycling is visible
         results.write(json.dumps(result) + "\n")
 
 

@@ -30,6 +30,20 @@ RENDER_VERSION = 2
 # The object's bounding sphere may span at most this fraction of the half-image in any view
 # (models/cameras.py: worst_case_fraction); the rest is the margin to the image border.
 MAX_FRAME_FRACTION = 0.92
+# Pixel settings added after RENDER_VERSION 2, with the values that reproduce the pixels from
+# before they existed: a manifest that lacks them was rendered with these (see upgrade_settings).
+ADDED_SETTINGS = {
+    "untextured_color": [0.906, 0.906, 0.906],
+    "light_randomization": False,
+    "hdri_folder": None,
+    "albedo": False,
+}
+
+
+def upgrade_settings(settings: dict) -> dict:
+    """A manifest's recorded pixel settings with the keys added since filled in, so runs
+    written before a new key existed still resume (their pixels equal the key's old value)."""
+    return {key: value for key, value in ADDED_SETTINGS.items() if key not in settings} | settings
 
 
 @dataclass
@@ -73,12 +87,20 @@ class RenderConfig:
     key_light: float = 1.0
     missing_metallic_as: float | None = 0.0
     keep_imported_lights: bool = False
+    untextured_color: tuple[float, float, float] = (0.906, 0.906, 0.906)
+    light_randomization: bool = False
+    hdri_folder: str | None = None
+    albedo: bool = False
+    draco_library: str | None = None
     min_coverage: float = 0.002
     depth: bool = False
     normal: bool = False
     workers: int = 1
     timeout_s: float = 300.0
     crash_retries: int = 1
+    timeout_retries: int = 1
+    max_attempts: int = 3
+    recycle_after: int = 200
     shard_size: int = 64
     retry_failed: bool = False
     part_index: int | None = None
@@ -98,6 +120,11 @@ class RenderConfig:
             "device": self.device in ("auto", "cpu", "cuda", "optix"),
             "count": self.count is None or self.count >= 0,
             "crash_retries": self.crash_retries >= 0,
+            "timeout_retries": self.timeout_retries >= 0,
+            "max_attempts": self.max_attempts >= 1,
+            "recycle_after": self.recycle_after >= 0,
+            "untextured_color": len(self.untextured_color) == 3
+            and all(0.0 <= c <= 1.0 for c in self.untextured_color),
         }
         for key, ok in checks.items():
             if not ok:
@@ -133,8 +160,11 @@ class RenderConfig:
 
         keys = ("res", "samples", "adaptive_threshold", "denoise", "max_bounces", "device")
         keys += ("threads", "ambient", "key_light", "missing_metallic_as", "keep_imported_lights")
-        keys += ("depth", "normal")
-        return {key: getattr(self, key) for key in keys} | {"object_radius": OBJECT_RADIUS}
+        keys += ("depth", "normal", "albedo", "untextured_color", "light_randomization")
+        keys += ("hdri_folder", "draco_library")
+        settings = {key: getattr(self, key) for key in keys}
+        settings["untextured_color"] = list(self.untextured_color)
+        return settings | {"object_radius": OBJECT_RADIUS}
 
     def pixel_settings(self) -> dict:
         """Every setting that changes the rendered data (a resume must not mix them): all of the
@@ -142,7 +172,8 @@ class RenderConfig:
         selection of objects, progress). Includes the framing radius and RENDER_VERSION."""
         execution = {"out", "count", "device", "threads", "workers", "timeout_s", "progress"}
         execution |= {"crash_retries", "shard_size", "retry_failed", "part_index", "part_count"}
-        execution |= {"objaverse", "min_coverage"}
+        execution |= {"objaverse", "min_coverage", "timeout_retries", "max_attempts"}
+        execution |= {"recycle_after", "draco_library"}
         settings = {
             f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
             for f in dataclasses.fields(self)
@@ -212,8 +243,10 @@ def _argument(parser: argparse.ArgumentParser, f: dataclasses.Field, key: str) -
             flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
         )
     elif annotation.startswith("tuple"):
+        count = annotation.count("float")
+        names = ("LOW", "HIGH") if count == 2 else tuple("RGB"[:count])
         parser.add_argument(
-            flag, type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help=help_text
+            flag, type=float, nargs=count, default=None, metavar=names, help=help_text
         )
     elif annotation.startswith("list"):
         parser.add_argument(flag, nargs="+", default=None, help=help_text)

@@ -18,9 +18,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from data_prep.config import upgrade_settings
 from data_prep.shards import SHARD_RE, list_shards, shard_ids
 
 VERSION = 2
+# Failure reasons a rerun with --retry-failed tries again (each at most max_attempts times in
+# all): the machine, the network or a busy node may have caused them. Every other reason
+# (corrupt_file, no_mesh, draco, degenerate_bounds, unsupported_format, empty_view) comes from
+# the file itself and would fail the same way again.
+RETRYABLE = ("timeout", "worker_crashed", "download_failed", "render_error")
+
+
+def retryable(failure: dict, max_attempts: int) -> bool:
+    """Whether a recorded failure ``{reason, attempts}`` is worth another try."""
+    return failure.get("reason") in RETRYABLE and failure.get("attempts", 1) < max_attempts
 
 
 def fingerprint(settings: dict) -> str:
@@ -39,6 +50,16 @@ def _differences(path: Path, old: dict, new: dict) -> str | None:
     return None
 
 
+def _same_settings(old: dict, settings: dict) -> bool:
+    """Whether a manifest ``old`` was written with ``settings`` (keys added since then count
+    with their old values: :func:`data_prep.config.upgrade_settings`)."""
+    if old.get("fingerprint") == fingerprint(settings):
+        return True
+    return "settings" in old and fingerprint(upgrade_settings(old["settings"])) == fingerprint(
+        settings
+    )
+
+
 def check_folder(folder: Path, part_count: int, settings: dict) -> None:
     """Refuse to add to a folder whose partitions were rendered with another partition layout
     or other pixel settings (each partition's manifest records both)."""
@@ -55,8 +76,8 @@ def check_folder(folder: Path, part_count: int, settings: dict) -> None:
                 f"{path} was written by an older renderer that recorded no settings fingerprint "
                 "(other framing and pixel settings): render into another --out"
             )
-        if old["fingerprint"] != fingerprint(settings):
-            raise ValueError(_differences(path, old.get("settings", {}), settings))
+        if not _same_settings(old, settings):
+            raise ValueError(_differences(path, upgrade_settings(old["settings"]), settings))
 
 
 def tar_views(path: Path) -> dict[str, int]:
@@ -99,9 +120,9 @@ class Manifest:
         }
         if self.path.exists():
             old = json.loads(self.path.read_text())
-            if old.get("fingerprint") != self.data["fingerprint"]:
+            if not _same_settings(old, settings):
                 raise ValueError(
-                    _differences(self.path, old.get("settings", {}), settings)
+                    _differences(self.path, upgrade_settings(old.get("settings", {})), settings)
                     or f"{self.path} was written by an older renderer (no settings fingerprint): "
                     "render into another --out"
                 )
@@ -156,10 +177,11 @@ class Manifest:
         if save:
             self.save()
 
-    def add_failure(self, object_id: str, reason: str, detail: str) -> None:
-        """Record a failure; saved with the next shard or :meth:`save_if_due` (a failure lost to
-        a kill only means the object is tried again)."""
-        attempts = self.failed.get(object_id, {}).get("attempts", 0) + 1
+    def add_failure(self, object_id: str, reason: str, detail: str, tries: int = 1) -> None:
+        """Record a failure after ``tries`` attempts in this run (the pool's own retries); saved
+        with the next shard or :meth:`save_if_due` (a failure lost to a kill only means the
+        object is tried again)."""
+        attempts = self.failed.get(object_id, {}).get("attempts", 0) + tries
         self.failed[object_id] = {"reason": reason, "detail": detail, "attempts": attempts}
 
     def save_if_due(self, every_s: float = 30.0) -> None:

@@ -2,9 +2,13 @@
 
 Each worker (:mod:`data_prep.blender_worker`) renders one object per job, so Blender's start-up
 cost is paid once per worker, not per object. The parent owns every deadline: a worker that
-overruns is SIGKILLed and replaced, and its object is reported as ``timeout``; a worker that dies
-on its own (segfault, OOM killer, someone's SIGKILL) is replaced and its object retried up to
-``crash_retries`` times before it is reported as ``worker_crashed``. Workers die with the parent
+overruns is SIGKILLed and replaced, and its object is retried up to ``timeout_retries`` times (a
+busy node can slow one render down) before it is reported as ``timeout``; a worker that dies on
+its own (segfault, OOM killer, someone's SIGKILL) is replaced and its object retried up to
+``crash_retries`` times before it is reported as ``worker_crashed``. Objects that fail inside
+Blender (corrupt files...) are reported at once: rendering them again gives the same answer. A
+worker is restarted after ``recycle_after`` objects (0 = never), between jobs, so memory that
+Blender leaks per import cannot pile up over a long run. Workers die with the parent
 (PR_SET_PDEATHSIG), so a killed run leaves no orphan renders behind.
 """
 
@@ -42,6 +46,7 @@ class _Worker:
         self.attempt = 0
         self.deadline = 0.0
         self.buffer = b""
+        self.served = 0  # jobs finished since start (recycling)
 
     def start(self) -> None:
         read_fd, write_fd = os.pipe()
@@ -59,7 +64,8 @@ class _Worker:
                 preexec_fn=_die_with_parent,
             )
         os.close(write_fd)
-        self.fd, self.buffer, self.job = read_fd, b"", None
+        self.fd, self.buffer, self.job, self.served = read_fd, b"", None, 0
+        self.starts = getattr(self, "starts", 0) + 1
 
     def send(self, job: dict, attempt: int, timeout_s: float) -> bool:
         self.job, self.attempt = job, attempt
@@ -110,10 +116,13 @@ class WorkerPool:
         log_dir: str | Path,
         timeout_s: float,
         crash_retries: int = 1,
+        timeout_retries: int = 0,
+        recycle_after: int = 0,
     ):
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.timeout_s, self.crash_retries = timeout_s, crash_retries
+        self.timeout_retries, self.recycle_after = timeout_retries, recycle_after
         self.workers = [
             _Worker(i, env, log_dir / f"worker-{i}.log") for i, env in enumerate(worker_envs)
         ]
@@ -146,7 +155,10 @@ class WorkerPool:
             for worker in self.workers:
                 if worker.job is not None:
                     continue
-                if worker.proc is None or worker.proc.poll() is not None:
+                recycle = self.recycle_after and worker.served >= self.recycle_after
+                if recycle:
+                    worker.close()
+                if recycle or worker.proc is None or worker.proc.poll() is not None:
                     worker.kill()
                     worker.start()
                 if retry:
@@ -183,15 +195,19 @@ class WorkerPool:
                     for message in lines:
                         if message.get("id") == worker.job["id"]:
                             job, worker.job = worker.job, None
+                            worker.served += 1
+                            if worker.attempt:
+                                message["attempts"] = worker.attempt + 1
                             yield job, message
                 elif time.monotonic() > worker.deadline:
-                    job = worker.job
+                    job, attempt = worker.job, worker.attempt
                     worker.kill()
                     worker.start()
-                    yield (
-                        job,
-                        self._failure(job, "timeout", f"no result after {self.timeout_s:g} s"),
-                    )
+                    if attempt < self.timeout_retries:
+                        retry.append((job, attempt + 1))  # after the queue: a fresh worker
+                        continue
+                    detail = f"no result after {self.timeout_s:g} s, {attempt + 1} tries"
+                    yield job, self._failure(job, "timeout", detail) | {"attempts": attempt + 1}
 
     def _crashed(self, worker: _Worker, retry: deque) -> Iterator[tuple[dict, dict]]:
         job, attempt = worker.job, worker.attempt
@@ -201,4 +217,5 @@ class WorkerPool:
         if attempt < self.crash_retries:
             retry.appendleft((job, attempt + 1))  # transient (killed, OOM): render it again
             return
-        yield job, self._failure(job, "worker_crashed", f"worker died ({how}), {attempt + 1} tries")
+        detail = f"worker died ({how}), {attempt + 1} tries"
+        yield job, self._failure(job, "worker_crashed", detail) | {"attempts": attempt + 1}

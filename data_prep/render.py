@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from data_prep.config import RenderConfig, add_config_arguments, resolve_from_args
-from data_prep.manifest import Manifest, check_folder, manifest_path
+from data_prep.manifest import Manifest, check_folder, manifest_path, retryable
 from data_prep.partition import partition_from_env, take_partition
 from data_prep.pool import WorkerPool
 from data_prep.quality import empty_view_problem, quality
@@ -101,7 +101,7 @@ def _read_views(out_dir: Path, count: int) -> tuple[list[bytes], dict]:
     pngs = [(out_dir / f"{i:03d}.png").read_bytes() for i in range(count)]
     extra = {
         name: (out_dir / name).read_bytes()
-        for name in ("depth.npy", "normal.npy")
+        for name in ("depth.npy", "normal.npy", "albedo.npy")
         if (out_dir / name).exists()
     }
     return pngs, extra
@@ -132,6 +132,8 @@ def _meta(
         **plan.meta(),
         "renderer": renderer,
         "normalisation": result.get("normalisation", {}),
+        "textures": result.get("textures", {}),
+        "lighting": result.get("lighting", {}),
         "warnings": result.get("warnings", []),
         "quality": figures,
         **({"attribution": ref.extra["attribution"]} if "attribution" in ref.extra else {}),
@@ -207,7 +209,11 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
     todo = [
         ref
         for ref in refs
-        if ref.id not in done and (config.retry_failed or ref.id not in manifest.failed)
+        if ref.id not in done
+        and (
+            ref.id not in manifest.failed
+            or (config.retry_failed and retryable(manifest.failed[ref.id], config.max_attempts))
+        )
     ]
     summary.skipped = len(refs) - len(todo)
     manifest.save(listed=len(refs))
@@ -222,8 +228,9 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
     views_of: dict[str, int] = {}
     bar = tqdm(total=len(todo), unit="obj", disable=not config.progress, dynamic_ncols=True)
 
-    def fail(object_id: str, reason: str, detail: str) -> None:
-        manifest.add_failure(object_id, reason, detail)
+    def fail(object_id: str, reason: str, detail: str, tries: int = 1) -> None:
+        manifest.add_failure(object_id, reason, detail, tries)
+        source.release([object_id])  # its download is not needed any more (delete_after_shard)
         manifest.save_if_due()
         summary.failed[object_id] = reason
         bar.update(1)
@@ -232,7 +239,7 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
     feeder = _Feeder(source, todo)
 
     def jobs():
-        from data_prep.views import plan_views
+        from data_prep.views import object_seed, plan_views
 
         settings = config.worker_settings()
         for index, item in enumerate(feeder.items()):
@@ -247,6 +254,8 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
             yield {
                 "id": ref.id,
                 "path": str(path),
+                "asset_root": str(ref.asset_root or path.parent),  # where textures are looked for
+                "lighting_seed": object_seed(config.seed + 1, ref.id),
                 "out_dir": str(work / f"{index:07d}"),  # scratch per object, never shared
                 "views": plan.worker_views(),
                 "settings": settings,
@@ -266,7 +275,15 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
             source.release(ids)
 
     try:
-        with WorkerPool(envs, out / "logs", config.timeout_s, config.crash_retries) as pool:
+        pool = WorkerPool(
+            envs,
+            out / "logs",
+            config.timeout_s,
+            config.crash_retries,
+            timeout_retries=config.timeout_retries,
+            recycle_after=config.recycle_after,
+        )
+        with pool:
             summary.worker_pids = pool.pids
             for job, result in pool.run(jobs()):
                 ref, out_dir = by_id[job["id"]], Path(job["out_dir"])
@@ -290,7 +307,8 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
                 else:
                     if problem is not None:
                         result = {"reason": "empty_view", "detail": problem}
-                    fail(ref.id, result.get("reason", "unknown"), result.get("detail", ""))
+                    reason, detail = result.get("reason", "unknown"), result.get("detail", "")
+                    fail(ref.id, reason, detail, int(result.get("attempts", 1)))
                     _keep_log_tail(out / "logs" / "failures.log", ref.id, result, out_dir)
                 shutil.rmtree(out_dir, ignore_errors=True)
                 summary.worker_pids = pool.pids

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from data_prep.config import RenderConfig
 
-MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".fbx", ".ply", ".stl")
+# Every format the bpy wheel imports (docs/render.md "Supported formats").
+MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".fbx", ".ply", ".stl", ".dae", ".abc", ".blend")
+MESH_SUFFIXES += (".usd", ".usda", ".usdc", ".usdz")
 
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -39,6 +41,7 @@ class ObjectRef:
     source: str
     license: str = "unknown"
     path: Path | None = None  # None until fetched
+    asset_root: Path | None = None  # folder searched for its external textures (default: path's)
     extra: dict = field(default_factory=dict)
 
     @property

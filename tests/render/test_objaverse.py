@@ -207,6 +207,14 @@ def test_delete_after_shard_removes_each_glb_once_its_shard_is_written(hub, tmp_
     assert render(config).rendered == 2
     assert not list((tmp_path / "cache").rglob("*.glb"))  # the shards hold the renders
     assert (tmp_path / "cache" / "hf-objaverse-v1" / "object-paths.json.gz").exists()
+    # a failed object's file is released too (it would otherwise stay forever)
+    config.out, config.objaverse.uids, config.min_coverage = (
+        str(tmp_path / "out2"),
+        ["bbb222"],
+        0.99,
+    )
+    assert render(config).failed == {"bbb222": "empty_view"}
+    assert not list((tmp_path / "cache").rglob("*.glb"))
 
 
 def test_metadata_files_are_parsed_once_per_run(hub, tmp_path, monkeypatch):
