@@ -53,11 +53,22 @@ def _differences(path: Path, old: dict, new: dict) -> str | None:
 def _same_settings(old: dict, settings: dict) -> bool:
     """Whether a manifest ``old`` was written with ``settings`` (keys added since then count
     with their old values: :func:`data_prep.config.upgrade_settings`)."""
-    if old.get("fingerprint") == fingerprint(settings):
+    if "fingerprint" not in old:
+        return False
+    if old["fingerprint"] == fingerprint(settings):
         return True
-    return "settings" in old and fingerprint(upgrade_settings(old["settings"])) == fingerprint(
-        settings
-    )
+    upgraded = upgrade_settings(old.get("settings", {}))
+    return fingerprint(upgraded) == fingerprint(upgrade_settings(settings))
+
+
+def _refusal(path: Path, old: dict, settings: dict) -> str:
+    if "fingerprint" not in old:
+        return (
+            f"{path} was written by an older renderer (no settings fingerprint): "
+            "render into another --out"
+        )
+    upgraded = upgrade_settings(old.get("settings", {}))
+    return _differences(path, upgraded, upgrade_settings(settings)) or f"{path}: other settings"
 
 
 def check_folder(folder: Path, part_count: int, settings: dict) -> None:
@@ -77,7 +88,7 @@ def check_folder(folder: Path, part_count: int, settings: dict) -> None:
                 "(other framing and pixel settings): render into another --out"
             )
         if not _same_settings(old, settings):
-            raise ValueError(_differences(path, upgrade_settings(old["settings"]), settings))
+            raise ValueError(_refusal(path, old, settings))
 
 
 def tar_views(path: Path) -> dict[str, int]:
@@ -121,11 +132,7 @@ class Manifest:
         if self.path.exists():
             old = json.loads(self.path.read_text())
             if not _same_settings(old, settings):
-                raise ValueError(
-                    _differences(self.path, upgrade_settings(old.get("settings", {})), settings)
-                    or f"{self.path} was written by an older renderer (no settings fingerprint): "
-                    "render into another --out"
-                )
+                raise ValueError(_refusal(self.path, old, settings))
             self.data.update({k: old[k] for k in ("done", "failed", "warnings", "shards")})
         self.reconcile()
 

@@ -165,3 +165,16 @@ def test_a_partition_cannot_be_rendered_by_two_processes_at_once(tmp_path):
         with lock_partition(tmp_path, 1):  # other partitions are free
             pass
     render(load_config(source="samples", out=str(tmp_path), count=0, progress=False))
+
+
+def test_a_run_from_before_new_pixel_keys_still_resumes(tmp_path):
+    from data_prep.config import ADDED_SETTINGS
+    from data_prep.render import resume_settings
+
+    now = resume_settings(load_config(source="samples", out=str(tmp_path)))
+    before = {k: v for k, v in now.items() if k not in ADDED_SETTINGS}
+    Manifest(tmp_path, 0, 1, before).save()  # written by the renderer before those keys
+    check_folder(tmp_path, 1, now)
+    Manifest(tmp_path, 0, 1, now)  # resumes: the new keys' defaults are the old pixels
+    with pytest.raises(ValueError, match="albedo=False, this run has albedo=True"):
+        Manifest(tmp_path, 0, 1, now | {"albedo": True})
