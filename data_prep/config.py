@@ -202,8 +202,10 @@ def _to_config(resolved: Resolved) -> RenderConfig:
     for f in dataclasses.fields(RenderConfig):  # ranges: OmegaConf hands back lists
         if _is_tuple(f.type):
             value = getattr(config, f.name)
-            if len(value) != 2:
-                raise ConfigError(f"config key {f.name!r}: expected [low, high], got {value}")
+            size = str(f.type).count("float")
+            if len(value) != size:
+                what = "[low, high]" if size == 2 else f"{size} numbers"
+                raise ConfigError(f"config key {f.name!r}: expected {what}, got {value}")
             setattr(config, f.name, tuple(value))
     return config.validate()
 
