@@ -77,8 +77,8 @@ def model_identity(cfg) -> dict[str, Any]:
     identity: dict[str, Any] = {
         "model_json": hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else None
     }
-    for weights in sorted(folder.glob("*.safetensors")):
-        identity[weights.name] = file_digest(weights)
+    for weights in sorted(folder.rglob("*.safetensors")):  # component folders (unet/, vae/...)
+        identity[weights.relative_to(folder).as_posix()] = file_digest(weights)
     return identity
 
 

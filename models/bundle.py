@@ -1,9 +1,11 @@
 """The model bundle (UNet + camera MLP, VAE, image encoder, schedules) and our on-disk format.
 
-Format: a folder with ``model.json`` (format tag, the preset sections that rebuild every module,
-the camera flag, provenance) and fp32 ``unet.safetensors``, ``vae.safetensors`` and, when the
-weights are ours, ``image_encoder.safetensors``; otherwise ``model.json`` names the open_clip
-model and pretrained tag and :func:`load_model` fetches them (local file or hub).
+Format (version 2): a folder with ``model.json`` (format tag, the preset sections that rebuild
+every module, the camera flag, provenance) and one folder per component in its ecosystem's format
+(models/layout.py): ``unet/`` and ``vae/`` for diffusers' ``from_pretrained``, ``scheduler/``, and
+``image_encoder/`` for open_clip (weights there when they are ours; otherwise ``model.json`` names
+the open_clip model and pretrained tag and :func:`load_model` fetches them, local file or hub).
+Version 1 folders (flat ``unet/vae/image_encoder.safetensors``) still load.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 import torch
 import yaml
 from diffusers import DDIMScheduler
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from models import layout
 from models.cameras import camera_embedding, camera_to_world
 from models.image_encoder import ImageEncoder, load_pretrained_weights
 from models.keys import check_keys
@@ -27,10 +30,11 @@ from models.unet import MultiViewUNet, build_unet
 from models.vae import LatentVAE
 
 FORMAT = "isotropic3d-multiview"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRESET_SECTIONS = ("unet", "vae", "image_encoder", "schedule", "sampling", "cameras")
-IMAGE_ENCODER_FILE = "image_encoder.safetensors"
+IMAGE_ENCODER_FILE = "image_encoder.safetensors"  # version 1
 
 
 def load_preset(name_or_path: str | Path) -> dict[str, Any]:
@@ -142,30 +146,24 @@ def save_model(
     if set(unet_state) != expected:
         bad = sorted(set(unet_state) ^ expected)[:5]
         raise ValueError(f"unet_state_dict keys do not match the UNet (e.g. {bad})")
-    _save_tensors(unet_state, folder / "unet.safetensors")
-    _save_tensors(model.vae.model.state_dict(), folder / "vae.safetensors")
+    layout.write_diffusers(model.unet, unet_state, folder / "unet")
+    layout.write_diffusers(model.vae.model, model.vae.model.state_dict(), folder / "vae")
+    model.noise_scheduler.save_config(folder / "scheduler")
     encoder = model.image_encoder
-    encoder_file = folder / IMAGE_ENCODER_FILE
     has_encoder_weights = encoder is not None and not encoder.section.get("pretrained")
-    if has_encoder_weights:
-        _save_tensors(encoder.visual.state_dict(), encoder_file)
-    elif encoder_file.exists():
-        encoder_file.unlink()  # stale weights from an earlier save would shadow the tag
+    if encoder is not None:
+        layout.write_open_clip(encoder, folder / "image_encoder", has_encoder_weights)
+    for stale in ("unet.safetensors", "vae.safetensors", IMAGE_ENCODER_FILE):  # version 1
+        (folder / stale).unlink(missing_ok=True)
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "preset": model.preset,
-        "image_encoder_weights": IMAGE_ENCODER_FILE if has_encoder_weights else None,
+        "image_encoder_weights": "image_encoder" if has_encoder_weights else None,
         "source": {**model.source, **(source or {})},
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
-
-
-def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    # fp32 and contiguous; no extra copy, so converting a 6 GB checkpoint does not double RAM.
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    save_file(tensors, str(path), metadata={"format": FORMAT})
 
 
 def read_model_meta(folder: str | Path) -> dict[str, Any]:
@@ -173,7 +171,7 @@ def read_model_meta(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a model folder (no model.json)")
     meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+    if meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
         raise ValueError(
             f"{path}: format {meta.get('format')!r} v{meta.get('version')} unsupported"
         )
@@ -194,12 +192,16 @@ def load_model(
     preset = check_preset(meta["preset"], str(folder / "model.json"))
     with torch.device("meta"):  # no random init of weights that are overwritten anyway
         parts = _build(preset, load_image_encoder)
-    _assign(parts["unet"], load_file(str(folder / "unet.safetensors")), "unet")
-    _assign(parts["vae"].model, load_file(str(folder / "vae.safetensors")), "vae")
+    v1 = meta["version"] == 1
+    _assign(parts["unet"], _weights(folder, "unet", v1), "unet")
+    _assign(parts["vae"].model, _weights(folder, "vae", v1), "vae")
     encoder = parts["image_encoder"]
     if encoder is not None:
         if meta.get("image_encoder_weights"):
-            state = load_file(str(folder / meta["image_encoder_weights"]))
+            encoder_path = folder / meta["image_encoder_weights"]
+            state = (
+                load_file(str(encoder_path)) if v1 else layout.read_open_clip_visual(encoder_path)
+            )
             _assign(encoder.visual, state, "image_encoder")
         else:
             section = preset["image_encoder"]
@@ -208,6 +210,12 @@ def load_model(
         encoder.requires_grad_(False)
     model = MultiViewDiffusion(preset, **parts, source=meta.get("source"))
     return model.to(device=device, dtype=dtype)
+
+
+def _weights(folder: Path, name: str, v1: bool) -> dict[str, torch.Tensor]:
+    return (
+        load_file(str(folder / f"{name}.safetensors")) if v1 else layout.read_weights(folder / name)
+    )
 
 
 def _assign(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:

@@ -89,13 +89,13 @@ def test_the_model_fingerprint_follows_the_weights_not_the_folder(tiny_model_dir
     same = fingerprint.make(moved, fingerprint.model_identity(moved), "d")
     original = fingerprint.make(cfg, fingerprint.model_identity(cfg), "d")
     assert fingerprint.changes(original, same) == {}  # moving a folder changes nothing
-    weights = copy / "unet.safetensors"
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF  # one byte of the weights
     weights.write_bytes(bytes(data))
     changed = fingerprint.make(moved, fingerprint.model_identity(moved), "d")
     diff = fingerprint.changes(original, changed)
-    assert list(diff) == ["model"] and "identity.unet.safetensors" in diff["model"][0]
+    assert list(diff) == ["model"] and "identity.unet/diffusion_pytorch_model" in diff["model"][0]
     other_image = fingerprint.make(cfg, fingerprint.model_identity(cfg), "e")
     assert list(fingerprint.changes(original, other_image)) == ["reference"]
 

@@ -22,7 +22,7 @@ def test_save_load_round_trip_is_exact(tiny_model_dir):
         assert restored[key].dtype == torch.float32
         assert torch.equal(value, restored[key]), key
     meta = json.loads((tiny_model_dir / "model.json").read_text())
-    assert meta["image_encoder_weights"] == "image_encoder.safetensors"
+    assert meta["image_encoder_weights"] == "image_encoder" and meta["version"] == 2
     assert meta["preset"]["cameras"]["legacy_double_radians"] is False
 
 
