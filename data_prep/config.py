@@ -101,6 +101,7 @@ class RenderConfig:
     timeout_retries: int = 1
     max_attempts: int = 3
     recycle_after: int = 200
+    prefetch: int = 64
     shard_size: int = 64
     retry_failed: bool = False
     part_index: int | None = None
@@ -123,6 +124,7 @@ class RenderConfig:
             "timeout_retries": self.timeout_retries >= 0,
             "max_attempts": self.max_attempts >= 1,
             "recycle_after": self.recycle_after >= 0,
+            "prefetch": self.prefetch >= 1,
             "untextured_color": len(self.untextured_color) == 3
             and all(0.0 <= c <= 1.0 for c in self.untextured_color),
         }
@@ -173,7 +175,7 @@ class RenderConfig:
         execution = {"out", "count", "device", "threads", "workers", "timeout_s", "progress"}
         execution |= {"crash_retries", "shard_size", "retry_failed", "part_index", "part_count"}
         execution |= {"objaverse", "min_coverage", "timeout_retries", "max_attempts"}
-        execution |= {"recycle_after", "draco_library"}
+        execution |= {"recycle_after", "draco_library", "prefetch"}
         settings = {
             f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
             for f in dataclasses.fields(self)

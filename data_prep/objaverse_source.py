@@ -262,19 +262,26 @@ class ObjaverseSource(Source):
             for uid in uids
         ]
 
+    @property
+    def fetch_workers(self) -> int:
+        return max(1, self.options.download_workers)
+
+    def fetch_one(self, ref: ObjectRef) -> Path | Exception:
+        """The object's GLB (timeouts, retries, deadline: :meth:`_fetch`) and its credits."""
+        self._credit([ref])  # also for a failed download: the manifest names the licence
+        try:
+            return self._fetch(self.object_paths()[ref.id])
+        except (ConnectionError, OSError) as error:
+            return error
+
     def fetch(self, refs: list[ObjectRef]) -> dict[str, Path | Exception]:
-        paths = self.object_paths()
-
-        def one(ref: ObjectRef) -> Path | Exception:
-            try:
-                return self._fetch(paths[ref.id])
-            except (ConnectionError, OSError) as error:
-                return error
-
         workers = max(1, min(self.options.download_workers, len(refs)))
         with ThreadPoolExecutor(workers) as pool:
-            results = dict(zip([ref.id for ref in refs], pool.map(one, refs)))
-        try:  # licence and attribution for meta.json; a metadata hiccup must not stop renders
+            return dict(zip([ref.id for ref in refs], pool.map(self.fetch_one, refs)))
+
+    def _credit(self, refs: list[ObjectRef]) -> None:
+        """Licence and attribution for meta.json (a metadata hiccup must not stop renders)."""
+        try:
             annotations = self.annotations([ref.id for ref in refs])
         except (ConnectionError, OSError, ValueError):
             annotations = {}
@@ -285,7 +292,6 @@ class ObjaverseSource(Source):
             if info.get("name"):
                 ref.extra["name"] = info["name"]
             ref.extra["attribution"] = attribution(ref.id, info, ref.license)
-        return results
 
     def release(self, object_ids: list[str]) -> None:
         """With ``delete_after_shard``, delete the cached GLBs of objects now in a shard."""

@@ -15,10 +15,8 @@ import argparse
 import dataclasses
 import json
 import os
-import queue
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +25,17 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from data_prep.config import RenderConfig, add_config_arguments, resolve_from_args
+from data_prep.fetching import Feeder
 from data_prep.manifest import Manifest, check_folder, manifest_path, retryable
 from data_prep.partition import partition_from_env, take_partition
 from data_prep.pool import WorkerPool
 from data_prep.quality import empty_view_problem, quality
 from data_prep.runfiles import lock_partition, make_run_scratch
 from data_prep.shards import ShardWriter, build_sample
-from data_prep.sources import ObjectRef, Source, choose, make_source
+from data_prep.sources import ObjectRef, choose, make_source
 
 if TYPE_CHECKING:  # views imports torch: loaded lazily, while the Blender workers start up
     from data_prep.views import ViewPlan
-
-FETCH_CHUNK = 32  # objects fetched (downloaded) ahead of the renderer at a time
 
 
 @dataclass
@@ -151,51 +148,6 @@ def render(config: RenderConfig) -> RunSummary:
         return _render_partition(config, out, part)
 
 
-class _Feeder:
-    """Downloads (``source.fetch``) on a background thread, chunk by chunk, into a bounded
-    queue, so the render loop never waits on the network: it keeps collecting results and
-    enforcing timeouts while files arrive."""
-
-    def __init__(self, source: Source, refs: list[ObjectRef]):
-        self.queue: queue.Queue = queue.Queue(maxsize=2 * FETCH_CHUNK)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(source, refs), daemon=True)
-        self.thread.start()
-
-    def _run(self, source: Source, refs: list[ObjectRef]) -> None:
-        try:
-            for i in range(0, len(refs), FETCH_CHUNK):
-                chunk = refs[i : i + FETCH_CHUNK]
-                try:
-                    paths = source.fetch(chunk)
-                except Exception as error:  # the whole chunk failed (metadata, offline...)
-                    paths = {ref.id: error for ref in chunk}
-                for ref in chunk:
-                    while not self.stop.is_set():
-                        try:
-                            self.queue.put((ref, paths.get(ref.id)), timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if self.stop.is_set():
-                        return
-        finally:
-            if not self.stop.is_set():
-                self.queue.put(None)  # end marker (the render loop drains the queue)
-
-    def items(self):
-        """``(ref, path or error)`` as they arrive, ``None`` while nothing is ready."""
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                yield None
-                continue
-            if item is None:
-                return
-            yield item
-
-
 def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary(out=out, part=part)
@@ -236,7 +188,7 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
         bar.update(1)
         bar.set_postfix(failed=len(summary.failed))
 
-    feeder = _Feeder(source, todo)
+    feeder = Feeder(source, todo, config.prefetch, source.fetch_workers)
 
     def jobs():
         from data_prep.views import object_seed, plan_views
@@ -313,7 +265,7 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
                 shutil.rmtree(out_dir, ignore_errors=True)
                 summary.worker_pids = pool.pids
     finally:
-        feeder.stop.set()
+        feeder.close()
         finish_shard(writer.close())  # objects in the open shard are complete: keep them
         manifest.save()
         bar.close()

@@ -62,6 +62,12 @@ class Source(abc.ABC):
         """Local file per object id, or the exception that stopped its fetch."""
         return {ref.id: ref.path for ref in refs}
 
+    def fetch_one(self, ref: ObjectRef) -> Path | Exception:
+        """One object's file (the download pipeline calls this per object, on its threads)."""
+        return self.fetch([ref])[ref.id]
+
+    fetch_workers = 1  # parallel fetch_one calls worth making (downloads: more)
+
     def release(self, object_ids: list[str]) -> None:
         """Called once the objects are safely in a shard (downloads may be deleted then)."""
         del object_ids  # local files are the user's: nothing to clean up

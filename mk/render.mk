@@ -39,3 +39,9 @@ merge-manifests: $(RENDER_SETUP)
 
 bench-render: setup
 	$(PYTHON) scripts/bench_render.py $(ARGS)
+
+# One slow file among many from a local fake hub: the sliding download window against the chunked
+# pool.map it replaced (s until the first / every fast file is ready). ARGS="--slow-s 10".
+.PHONY: bench-download
+bench-download: setup
+	$(PYTHON) scripts/bench_download.py $(ARGS)

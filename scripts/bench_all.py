@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = {
     "render": ["scripts/bench_render.py"],
+    "download": ["scripts/bench_download.py"],
     "data": ["scripts/bench_data.py"],
     "model": ["scripts/bench_model.py"],
     "train": ["scripts/bench_train.py"],
