@@ -5,6 +5,7 @@
 #   make shard-summary    [OUT=...]  summary + OUT/contact_sheet.png
 #   make merge-manifests  [OUT=...]  merge/validate the partitions' manifests into OUT/manifest.json
 #   make bench-render     seconds/view, per-object overhead, objects/hour, pipeline vs plain loop
+#   make bench-download   one slow file among many: sliding download window vs chunked fetching
 # COUNT= (empty) renders every object. With CONFIG, only the variables given on the command line
 # (or in the environment) override the config file; the Makefile's defaults do not.
 # Inside a SLURM array task (SLURM_ARRAY_TASK_ID set) or with NO_SETUP=1 these targets never run
