@@ -58,11 +58,13 @@ def valid_glb(path: Path) -> bool:
     return version == 2 and length == size
 
 
-def valid_file(path: Path) -> bool:
-    """Cheap completeness check by kind (GLB header; gzip read through to its CRC)."""
-    if path.suffix == ".glb":
+def valid_file(path: Path, suffix: str | None = None) -> bool:
+    """Cheap completeness check by kind (GLB header; gzip read through to its CRC); ``suffix``
+    names the kind of a temporary file."""
+    suffix = suffix or path.suffix
+    if suffix == ".glb":
         return valid_glb(path)
-    if path.suffix == ".gz":
+    if suffix == ".gz":
         try:
             with gzip.open(path, "rb") as handle:
                 while handle.read(1 << 20):
@@ -95,6 +97,49 @@ def _remove_stale_tmps(local: Path) -> None:
             pass
 
 
+def download(url: str, local: Path, options: ObjaverseOptions, check=None) -> Path:
+    """``url`` into ``local`` with a socket timeout per attempt, retries with backoff and one
+    overall deadline, through a temporary name unique per host, process and thread; the file is
+    validated (``check``, default :func:`valid_file`) before it takes its final name. A cached
+    ``local`` that fails validation (a copy cut short by another tool) is replaced."""
+    check = check or valid_file
+    local.unlink(missing_ok=True)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmps(local)
+    tmp = _tmp_name(local)
+    deadline = time.monotonic() + options.download_deadline_s
+    error: Exception | None = None
+    try:
+        for attempt in range(options.download_retries + 1):
+            if attempt:
+                time.sleep(min(0.5 * 2**attempt, 10.0, max(0.0, deadline - time.monotonic())))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                error = TimeoutError(f"download deadline of {options.download_deadline_s:g} s")
+                break
+            try:
+                timeout = min(options.download_timeout_s, left)
+                with urllib.request.urlopen(url, timeout=timeout) as reply:
+                    with open(tmp, "wb") as handle:
+                        while chunk := reply.read1(1 << 20):  # what has arrived
+                            handle.write(chunk)
+                            if time.monotonic() > deadline:  # a server that only drips
+                                raise TimeoutError("download deadline passed mid-file")
+                if not check(tmp, local.suffix):
+                    raise OSError(f"downloaded file is incomplete or corrupt ({local.name})")
+                os.replace(tmp, local)
+                return local
+            except urllib.error.HTTPError as http_error:
+                error = http_error
+                if http_error.code in (401, 403, 404):
+                    break  # retrying will not help
+            except (urllib.error.URLError, OSError, TimeoutError) as io_error:
+                error = io_error
+    finally:
+        tmp.unlink(missing_ok=True)
+    raise ConnectionError(f"{url}: {error}")
+
+
 class ObjaverseSource(Source):
     name = "objaverse"
 
@@ -125,52 +170,12 @@ class ObjaverseSource(Source):
         self._online_checked = True
 
     def _fetch(self, relative: str) -> Path:
-        """The cached file at ``relative`` (hub layout), downloaded with timeout and retries
-        within one overall deadline, validated before it takes its final name. A cached file
-        that fails validation (a copy cut short by another tool) is fetched again."""
+        """The cached file at ``relative`` (hub layout), downloaded when missing or invalid."""
         local = self.cache / relative
-        if local.exists():
-            if valid_file(local):
-                return local
-            local.unlink(missing_ok=True)
+        if local.exists() and valid_file(local):
+            return local
         self._check_online()
-        local.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmps(local)
-        tmp = _tmp_name(local)
-        url = f"{self.options.base_url}/{relative}"
-        deadline = time.monotonic() + self.options.download_deadline_s
-        error: Exception | None = None
-        try:
-            for attempt in range(self.options.download_retries + 1):
-                if attempt:
-                    time.sleep(min(0.5 * 2**attempt, 10.0, max(0.0, deadline - time.monotonic())))
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    error = TimeoutError(
-                        f"download deadline of {self.options.download_deadline_s:g} s"
-                    )
-                    break
-                try:
-                    timeout = min(self.options.download_timeout_s, left)
-                    with urllib.request.urlopen(url, timeout=timeout) as reply:
-                        with open(tmp, "wb") as handle:
-                            while chunk := reply.read1(1 << 20):  # what has arrived
-                                handle.write(chunk)
-                                if time.monotonic() > deadline:  # a server that only drips
-                                    raise TimeoutError("download deadline passed mid-file")
-                    if not valid_file(tmp):
-                        raise OSError(f"downloaded file is incomplete or corrupt ({relative})")
-                    os.replace(tmp, local)
-                    return local
-                except urllib.error.HTTPError as http_error:
-                    error = http_error
-                    if http_error.code in (401, 403, 404):
-                        break  # retrying will not help
-                except (urllib.error.URLError, OSError, TimeoutError) as io_error:
-                    error = io_error
-        finally:
-            tmp.unlink(missing_ok=True)
-        raise ConnectionError(f"{url}: {error}")
+        return download(f"{self.options.base_url}/{relative}", local, self.options)
 
     def _json_gz(self, relative: str):
         """Parse a cached ``.json.gz`` (fetched when missing; re-fetched once if unreadable)."""
