@@ -24,6 +24,7 @@ from models.config import (
 )
 
 OBJAVERSE_HUB = "https://huggingface.co/datasets/allenai/objaverse/resolve/main"
+OBJAVERSE_XL_HUB = "https://huggingface.co/datasets/allenai/objaverse-xl/resolve/main"
 # Bump when the worker's scene code changes the pixels (lighting, framing, materials), so a
 # resume refuses to mix renders of two code versions in one folder.
 RENDER_VERSION = 2
@@ -61,6 +62,12 @@ class ObjaverseOptions:
     base_url: str = OBJAVERSE_HUB
     cache_dir: str | None = None
     delete_after_shard: bool = False
+    xl_sources: list[str] = field(default_factory=list)
+    file_types: list[str] = field(default_factory=list)
+    deduplicate: bool = True
+    xl_base_url: str = OBJAVERSE_XL_HUB
+    github_raw_url: str = "https://raw.githubusercontent.com"
+    thingiverse_url: str = "https://www.thingiverse.com"
 
 
 @dataclass

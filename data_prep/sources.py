@@ -138,8 +138,13 @@ def make_source(config: RenderConfig) -> Source:
         from data_prep.objaverse_source import ObjaverseSource
 
         return ObjaverseSource(config.objaverse)
+    if config.source == "objaverse-xl":
+        from data_prep.objaverse_xl import ObjaverseXLSource
+
+        return ObjaverseXLSource(config.objaverse)
     if Path(config.source).is_dir():
         return FolderSource(config.source)
     raise ValueError(
-        f"source {config.source!r} is neither 'objaverse', 'samples' nor an existing folder"
+        f"source {config.source!r} is neither 'objaverse', 'objaverse-xl', 'samples' nor an "
+        "existing folder"
     )
