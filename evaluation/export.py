@@ -1,5 +1,5 @@
-"""Exports of a trained field: N-view renders, a turntable video and a vertex-coloured mesh (small
-disconnected pieces -- floaters -- dropped by default)."""
+"""Exports of a trained field: N-view renders, a turntable video and a mesh (small disconnected
+pieces -- floaters -- dropped by default), UV-textured (evaluation/texture.py) or vertex-coloured."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import trimesh
 from PIL import Image
 from skimage.measure import marching_cubes
 
+from evaluation import texture
 from evaluation.renderer import OccupancyGrid, render_settings, render_views
 from evaluation.views import CameraBatch, orbit_cameras
 
@@ -155,17 +156,23 @@ def extract_mesh(field, cfg) -> trimesh.Trimesh:
 
 
 def save_mesh(field, cfg, folder: Path) -> list[Path]:
+    """The mesh in ``export.mesh_formats``: GLB and OBJ (+MTL+PNG) UV-unwrapped with the albedo
+    baked into a texture (``export.texture_size``; 0: vertex colours), PLY vertex-coloured."""
     mesh = extract_mesh(field, cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in cfg.export.mesh_formats:
+    formats = list(cfg.export.mesh_formats)
+    for fmt in formats:
         if fmt not in ("glb", "obj", "ply"):
             raise ValueError(f"config key 'export.mesh_formats': unknown format {fmt!r}")
+    size = int(cfg.export.texture_size)
+    textured = [f for f in formats if f in ("glb", "obj")] if size else []
+    paths = texture.save_textured(texture.bake(field, mesh, size, _TO_Y_UP.T), folder, textured)
+    for fmt in (f for f in formats if f not in textured):
         path = folder / f"mesh.{fmt}"
         mesh.export(path)
         paths.append(path)
     keys = ("iso_level", "configured_level", "iso_fallback", "drop_floaters", "components",
             "dropped_components", "dropped_faces")  # fmt: skip
-    info = {k: mesh.metadata[k] for k in keys}
+    info = {k: mesh.metadata[k] for k in keys} | {"texture_size": size if textured else 0}
     (folder / "mesh.json").write_text(json.dumps(info, indent=2) + "\n")
     return paths
