@@ -1,11 +1,27 @@
 # Fine-tuning targets (training/). See docs/training.md.
-#   make finetune STAGE=1|2 NODES=N GPUS=G [CONFIG=...] [DATA=shards] [INIT=weights] [OUT=run] [ARGS="key=value ..."]
+#   make finetune STAGE=1|2|1+2 NODES=N GPUS=G [CONFIG=...] [DATA=shards] [INIT=weights] [OUT=run] [ARGS="key=value ..."]
+#     LAUNCHER=slurm|torchrun|local (default: SLURM when a controller answers)
+#     SLURM: PARTITION= ACCOUNT= QOS= TIME= CONSTRAINT= CPUS_PER_TASK= SBATCH_ARGS="--mem=0 ..." AFTER=<job id>
+#     (defaults: the config's slurm.* keys); ARGS=--dry-run prints the script, submits nothing
 #   make export CKPT=<checkpoint | run folder> OUT=<destination>      -> OUT/fp32, OUT/ema model folders
 #   make cache-latents DATA=<shards> INIT=<model> OUT=<cache folder>
 #   make gpu-check / make bench-train
 CKPT ?=
+LAUNCHER ?=
+PARTITION ?=
+ACCOUNT ?=
+QOS ?=
+TIME ?=
+CONSTRAINT ?=
+CPUS_PER_TASK ?=
+SBATCH_ARGS ?=
+AFTER ?=
 TRAIN_FLAGS = --stage $(STAGE) --nodes $(NODES) $(if $(GPUS),--gpus $(GPUS)) $(if $(CONFIG),--config $(CONFIG)) \
-	$(if $(DATA),--data $(DATA)) $(if $(INIT),--init $(INIT)) $(if $(OUT),--out $(OUT))
+	$(if $(DATA),--data $(DATA)) $(if $(INIT),--init $(INIT)) $(if $(OUT),--out $(OUT)) \
+	$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PARTITION),--partition $(PARTITION)) \
+	$(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(QOS),--qos $(QOS)) $(if $(TIME),--time $(TIME)) \
+	$(if $(CONSTRAINT),--constraint '$(CONSTRAINT)') $(if $(CPUS_PER_TASK),--cpus-per-task $(CPUS_PER_TASK)) \
+	$(if $(SBATCH_ARGS),--sbatch-args '$(SBATCH_ARGS)') $(if $(AFTER),--after $(AFTER))
 
 .PHONY: finetune export cache-latents gpu-check bench-train
 

@@ -121,6 +121,18 @@ class LogConfig:
 
 
 @dataclass
+class SlurmConfig:
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: str = "48:00:00"
+    constraint: str = ""
+    cpus_per_task: int = 8
+    extra: list[str] = field(default_factory=list)
+    signal_seconds: int = 120
+
+
+@dataclass
 class RunConfig:
     stage: int = 1
     out: str = "outputs/finetune"
@@ -132,6 +144,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 # Allowed values of the string choices; checked once after loading.
@@ -176,6 +189,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "log.sample_objects": (1, 1 << 10),
     "log.sample_steps": (1, 1 << 14),
     "strategy.num_nodes": (1, 1 << 16),
+    "slurm.cpus_per_task": (1, 1 << 12),
+    "slurm.signal_seconds": (10, 1 << 20),
 }
 
 

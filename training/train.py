@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from models.bundle import save_model
@@ -28,6 +29,7 @@ from training.config import ConfigError, RunConfig, resolve_config, save_config
 from training.datamodule import ShardDataModule
 from training.latent_cache import check_cache_matches
 from training.module import FineTuneModule
+from training.preemption import Preemption, StopFlag
 from training.strategy import build_launch
 
 
@@ -50,7 +52,9 @@ def make_logger(config: RunConfig, out: Path):
     return False
 
 
-def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
+def build_trainer(
+    config: RunConfig, data: ShardDataModule, flag: StopFlag | None = None
+) -> pl.Trainer:
     out = Path(config.out)
     launch = build_launch(config)
     callbacks: list[pl.Callback] = [
@@ -68,6 +72,7 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
         Throughput(config.log.every_n_steps, config.log.peak_tflops, config.data.resolution),
         MetricsFile(out, config.log.every_n_steps),
         FinalCheckpoint(out / CHECKPOINTS, config.checkpoint.keep_last),
+        Preemption(out / CHECKPOINTS, flag or StopFlag()),  # after the EMA update of the step
     ]
     if config.log.sample_every_n_steps > 0 and config.log.logger != "none" and config.data.cached:
         warnings.warn("no sample grids from a latent cache (it holds no images)", stacklevel=2)
@@ -104,9 +109,19 @@ def build_trainer(config: RunConfig, data: ShardDataModule) -> pl.Trainer:
         num_sanity_val_steps=0,
         default_root_dir=str(out),
         deterministic=False,
-        plugins=[] if isinstance(launch.strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()],
+        plugins=plugins(launch.strategy),
         **validation_args(config),
     )
+
+
+def plugins(strategy) -> list:
+    """Atomic checkpoint files (DDP / single); under SLURM, Lightning's auto-requeue off: it
+    would save inside its signal handler and resume from its own ``hpc_ckpt_N`` (training.preemption
+    does both safely)."""
+    found: list = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        found.append(SLURMEnvironment(auto_requeue=False))
+    return found
 
 
 def validation_args(config: RunConfig) -> dict:
@@ -119,6 +134,8 @@ def validation_args(config: RunConfig) -> dict:
 
 def run(config: RunConfig) -> pl.Trainer:
     out = Path(config.out)
+    flag = StopFlag()
+    flag.install()  # from the start: a signal while the model loads must not kill the run
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     data = ShardDataModule(
         config.data,
@@ -139,7 +156,7 @@ def run(config: RunConfig) -> pl.Trainer:
         ).exists():  # frozen parts + start weights, for export
             save_model(model, out / BASE_MODEL, source={"init": config.model.init})
     module = FineTuneModule(config, model)
-    trainer = build_trainer(config, data)
+    trainer = build_trainer(config, data, flag)
     resume = resolve_resume(config.checkpoint.resume, out)
     # Our checkpoints hold tensors and plain containers only: load them weights-only.
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
