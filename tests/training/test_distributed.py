@@ -86,10 +86,12 @@ def test_two_node_torchrun_simulation(rendered_shards, tmp_path):
     _check_ranks(out)
 
 
-def test_launcher_prints_other_node_commands_and_writes_slurm_script(tmp_path, monkeypatch):
+def test_launcher_prints_other_node_commands(tmp_path):
+    """torchrun on 8 nodes: this node runs rank 0, the others' commands are printed. (The SLURM
+    script is tested on a real local cluster: tests/cluster.)"""
     result = subprocess.run(
         [launch.sys.executable, "-m", "training.launch", "--stage", "2", "--nodes", "8", "--gpus", "8",
-         "--no-slurm", "--master-addr", "10.0.0.1", "--dry-run", "train.lr=1e-5"],
+         "--launcher", "torchrun", "--master-addr", "10.0.0.1", "--dry-run", "train.lr=1e-5"],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -99,26 +101,3 @@ def test_launcher_prints_other_node_commands_and_writes_slurm_script(tmp_path, m
         "strategy.num_nodes=8 strategy.devices=8" in result.stdout
         and "train.lr=1e-5" in result.stdout
     )
-    # With SLURM present: an sbatch script with one task per GPU, srun, requeue signal.
-    monkeypatch.setattr(
-        launch.shutil, "which", lambda name: "/usr/bin/sbatch" if name == "sbatch" else None
-    )
-    args = launch.parse(
-        ["--stage", "2", "--nodes", "8", "--gpus", "8", "--out", str(tmp_path), "--dry-run"]
-    )
-    plan = launch.plan(args)
-    assert plan.mode == "slurm" and plan.commands[0][0] == "sbatch"
-    for line in (
-        "#SBATCH --nodes=8",
-        "#SBATCH --ntasks-per-node=8",
-        "#SBATCH --signal=SIGUSR1@90",
-        "srun ",
-    ):
-        assert line in plan.script
-    assert (
-        launch.main(
-            ["--stage", "2", "--nodes", "8", "--gpus", "8", "--out", str(tmp_path), "--dry-run"]
-        )
-        == 0
-    )
-    assert (tmp_path / "slurm" / "stage2.sbatch").read_text() == plan.script
