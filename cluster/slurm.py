@@ -27,6 +27,9 @@ def controller_answers(timeout: float = 15.0) -> bool:
     """True when ``scontrol ping`` reaches a running controller."""
     if shutil.which("scontrol") is None:
         return False
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # scontrol would retry reading it for a minute
+        return False
     try:
         result = subprocess.run(
             ["scontrol", "ping"], capture_output=True, text=True, timeout=timeout

@@ -288,7 +288,10 @@ class FineTuneModule(pl.LightningModule):
         if self.weight_ema is not None:
             checkpoint["weight_ema"] = self.weight_ema.state_dict()
         checkpoint["run_config"] = to_dict(self.config)
-        checkpoint["data_skipped"] = int(self.skipped)
+        # Each rank counts its own loaders' skips: the checkpoint keeps their sum (every rank
+        # builds the checkpoint, so the all-reduce is matched), and rank 0 alone resumes with it.
+        skipped = torch.as_tensor(self.skipped, device=self.device).double().reshape(1)
+        checkpoint["data_skipped"] = int(self.trainer.strategy.reduce(skipped, reduce_op="sum"))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.weight_ema is not None and "weight_ema" in checkpoint:
@@ -299,4 +302,4 @@ class FineTuneModule(pl.LightningModule):
                 raise FileNotFoundError(f"checkpoint.resume: weight EMA partition {shard} missing")
             state = torch.load(shard, map_location="cpu", weights_only=True)
             self.weight_ema.load_shard(self._zero_optimizer(), state, str(shard))
-        self.skipped = int(checkpoint.get("data_skipped", 0))
+        self.skipped = int(checkpoint.get("data_skipped", 0)) if self.global_rank == 0 else 0

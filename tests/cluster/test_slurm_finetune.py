@@ -94,7 +94,7 @@ def test_requests_the_partition_cannot_meet_are_explained(slurm_env, rendered_sh
     assert "partition local has 2 GPUs per node (gpu:2); GPUS=4 cannot be met" in result.stderr
     # a bad key stops on the submitting host, before anything is queued
     result = make(*base, "ARGS=train.lrr=1e-4")
-    assert result.returncode != 0 and "unknown config key(s): train.lrr" in result.stderr
+    assert result.returncode != 0 and "unknown config key 'train.lrr'" in result.stderr
     result = make(*base, "DATA=/nonexistent/shards")
     assert result.returncode != 0 and "/nonexistent/shards" in result.stderr
     result = make(*base, "INIT=/nonexistent/model")
@@ -105,11 +105,16 @@ def test_requests_the_partition_cannot_meet_are_explained(slurm_env, rendered_sh
     assert "-m training.train" in result.stdout and "sbatch" not in result.stdout
 
 
-def test_sbatch_alone_is_not_a_cluster(monkeypatch, tmp_path):
+def test_sbatch_alone_is_not_a_cluster(slurm_cluster, monkeypatch, tmp_path):
     """Installed SLURM clients with no controller (or one that is down): local runs stay local."""
-    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "absent.conf"))
+    down = tmp_path / "down.conf"  # the local cluster's config, pointing at a port nobody serves
+    text = slurm_cluster.conf.read_text()
+    port = next(x for x in text.splitlines() if x.startswith("SlurmctldPort="))
+    down.write_text(text.replace(port, "SlurmctldPort=9"))
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    assert slurm.controller_answers(timeout=10) is False
+    for conf in (down, tmp_path / "absent.conf"):
+        monkeypatch.setenv("SLURM_CONF", str(conf))
+        assert slurm.controller_answers(timeout=10) is False
     assert slurm.choose_launcher("auto", multi=False) == "local"
     assert slurm.choose_launcher("auto", multi=True) == "torchrun"
     result = make("finetune", "LAUNCHER=slurm", f"OUT={tmp_path}", "ARGS=--dry-run")

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 
+import torch
 from train_helpers import FAST, ROOT
 
 from training import launch
@@ -101,3 +102,33 @@ def test_launcher_prints_other_node_commands(tmp_path):
         "strategy.num_nodes=8 strategy.devices=8" in result.stdout
         and "train.lr=1e-5" in result.stdout
     )
+
+
+def _skipped(out) -> dict[int, float]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["data/skipped"] for r in lines if "data/skipped" in r}
+
+
+def test_skipped_sample_count_is_summed_over_ranks_and_kept_on_resume(corrupt_shards, tmp_path):
+    """Each rank counts its own loader's corrupt samples: the checkpoint keeps their sum and a
+    resumed run goes on from it (it used to restore rank 0's count on every rank: x world size)."""
+    runs = {}
+    for name, stops in (("whole", (6,)), ("resumed", (4, 6))):
+        out = tmp_path / name
+        for steps in stops:
+            args = _launch_args(corrupt_shards["folder"], out, "--nodes", "1", "--gpus", "2")
+            args += [f"train.max_steps={steps}", "checkpoint.every_n_steps=4",
+                     "log.every_n_steps=1", "data.exact_resume=true"]  # fmt: skip
+            result = subprocess.run(
+                [launch.sys.executable, "-m", "training.launch", *args],
+                cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr[-4000:]
+        runs[name] = _skipped(out)
+    whole, resumed = runs["whole"], runs["resumed"]
+    assert whole[6] > 0 and sorted(whole) == list(range(1, 7))
+    saved = torch.load(
+        tmp_path / "resumed" / "checkpoints" / "step=00000004.ckpt", weights_only=True
+    )["data_skipped"]
+    assert saved == whole[4]  # the sum over both ranks at step 4
+    assert resumed[6] == whole[6] and resumed[5] == whole[5]
