@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from data_prep.config import RenderConfig, add_config_arguments, resolve_from_args
 from data_prep.fetching import Feeder
-from data_prep.manifest import Manifest, check_folder, manifest_path, retryable
-from data_prep.partition import partition_from_env, take_partition
+from data_prep.layout import assign, folder_assignment
+from data_prep.manifest import Manifest, check_folder, done_elsewhere, retryable
+from data_prep.partition import partition_from_env
 from data_prep.pool import WorkerPool
 from data_prep.quality import empty_view_problem, quality
 from data_prep.runfiles import lock_partition, make_run_scratch
@@ -82,16 +83,6 @@ def worker_envs(config: RenderConfig) -> list[dict[str, str]]:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         envs.append(env)
     return envs
-
-
-def done_in_other_partitions(out: Path, part: int) -> set[str]:
-    """Objects other partitions' manifests list as done (a grown COUNT moves objects between
-    partitions; they must not render twice)."""
-    done = set()
-    for path in out.glob("manifest-[0-9][0-9][0-9].json"):
-        if path != manifest_path(out, part):
-            done |= set(json.loads(path.read_text())["done"])
-    return done
 
 
 def _read_views(out_dir: Path, count: int) -> tuple[list[bytes], dict]:
@@ -154,10 +145,13 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
     settings_now = resume_settings(config)
     check_folder(out, part[1], settings_now)  # same layout and pixels as the other partitions
     source = make_source(config)
-    refs = take_partition(choose(source.list(), config.count, config.seed), *part)
+    assignment = folder_assignment(out)  # hash; round-robin in folders of the earlier layout
+    refs = assign(choose(source.list(), config.count, config.seed), *part, assignment)
     summary.listed = len(refs)
-    manifest = Manifest(out, part[0], part[1], settings_now)
-    done = set(manifest.done) | done_in_other_partitions(out, part[0])
+    manifest = Manifest(out, part[0], part[1], settings_now, assignment)
+    done = set(manifest.done)
+    if manifest.assignment == "round-robin":  # a grown count moves objects between partitions
+        done |= done_elsewhere(out, part[0])
     todo = [
         ref
         for ref in refs
@@ -170,6 +164,7 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
     summary.skipped = len(refs) - len(todo)
     manifest.save(listed=len(refs))
     if not todo:
+        manifest.close()
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -213,7 +208,7 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
                 "settings": settings,
             }
 
-    writer = ShardWriter(out, part[0], config.shard_size, manifest.next_shard_index())
+    writer = ShardWriter(manifest.dir, part[0], config.shard_size, manifest.next_shard_index())
 
     def finish_shard(done) -> None:
         if done:
@@ -267,7 +262,7 @@ def _render_partition(config: RenderConfig, out: Path, part: tuple[int, int]) ->
     finally:
         feeder.close()
         finish_shard(writer.close())  # objects in the open shard are complete: keep them
-        manifest.save()
+        manifest.close()
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
     summary.seconds = time.perf_counter() - started

@@ -23,9 +23,12 @@ def shard_name(part: int, index: int) -> str:
 
 
 def list_shards(folder: str | Path, part: int | None = None) -> list[Path]:
-    """Complete shards in ``folder`` (of one partition when ``part`` is given), sorted."""
+    """Complete shards in ``folder`` and its ``part-PPP/`` folders (of one partition when
+    ``part`` is given), sorted by name."""
+    folder = Path(folder)
+    found = [*folder.glob("shard-*.tar"), *folder.glob("part-[0-9][0-9][0-9]/shard-*.tar")]
     shards = []
-    for path in sorted(Path(folder).glob("shard-*.tar")):
+    for path in sorted(found, key=lambda p: p.name):
         match = SHARD_RE.match(path.name)
         if match and (part is None or int(match.group(1)) == part):
             shards.append(path)

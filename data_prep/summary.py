@@ -18,7 +18,9 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from data_prep.manifest import merge
+from data_prep.layout import legacy_manifests, partition_records
+from data_prep.manifest import PartitionState
+from data_prep.merge import merge
 from data_prep.shards import list_shards
 
 
@@ -30,32 +32,41 @@ def iter_samples(folder: str | Path) -> Iterator[dict]:
     return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgba8"))
 
 
-def _manifests(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("manifest-[0-9][0-9][0-9].json"))]
+def _partition_states(folder: Path) -> Iterator[PartitionState]:
+    """Each partition's replayed records, one at a time (and manifests of the earlier layout)."""
+    for path in partition_records(folder):
+        yield PartitionState.read(path)
+    for path in legacy_manifests(folder):
+        old, state = json.loads(path.read_text()), PartitionState()
+        state.done, state.failed = old["done"], old["failed"]
+        state.shards, state.warnings = old["shards"], old.get("warnings", {})
+        yield state
 
 
 def summarise(folder: str | Path) -> dict:
-    """Counts from the partitions' manifests (no image is decoded: at 800K objects decoding
-    every PNG takes hours). Shards from before per-shard view counts are listed, not opened."""
+    """Counts from the partitions' records, streamed one partition at a time (no image is
+    decoded: at 800K objects decoding every PNG takes hours)."""
     folder = Path(folder)
-    views, failures, failed_ids, warned, done = Counter(), Counter(), set(), set(), set()
-    for manifest in _manifests(folder):
-        done |= set(manifest["done"])
-        warned |= set(manifest.get("warnings", {}))
-        for info in manifest["shards"].values():
+    views, failures = Counter(), Counter()
+    done = warned = failed = 0
+    for state in _partition_states(folder):
+        done += len(state.done)
+        warned += len(state.warnings)
+        for info in state.shards.values():
             views.update({int(k): n for k, n in info.get("views", {}).items()})
-        for object_id, info in manifest["failed"].items():
-            failures[info["reason"]] += 1
-            failed_ids.add(object_id)
+        for object_id, info in state.failed.items():
+            if object_id not in state.done:
+                failures[info["reason"]] += 1
+                failed += 1
     shards = list_shards(folder)
     return {
         "shards": len(shards),
         "bytes": sum(p.stat().st_size for p in shards),
-        "objects": len(done),
+        "objects": done,
         "views": sum(v * n for v, n in views.items()),
         "views_per_object": dict(sorted(views.items())),
-        "objects_with_warnings": len(warned),
-        "failed": len(failed_ids - done),
+        "objects_with_warnings": warned,
+        "failed": failed,
         "failures_by_reason": dict(failures.most_common()),
     }
 
@@ -125,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for note in merged["dropped"]:
         print(note)
+    for note in merged["migrated"]:
+        print(note)
     print(
-        f"{len(merged['parts'])} partition manifests: {len(merged['done'])} done, "
-        f"{len(merged['failed'])} failed, {len(merged['shards'])} shards -> "
-        f"{Path(args.folder) / 'manifest.json'}"
+        f"{len(merged['parts'])} partitions: {merged['done']} done, {merged['failed']} failed, "
+        f"{merged['shards']} shards -> {Path(args.folder) / 'manifest.json'} (totals) and "
+        f"{Path(args.folder) / 'manifest.jsonl'} (one line per shard and failure)"
     )
     for problem in problems:
         print(f"problem: {problem}")

@@ -55,7 +55,7 @@ def reference_image(shards: Path, dest: Path) -> Path:
     """The held-out object's first reference view (RGBA PNG), as the user's input image."""
     import webdataset as wds
 
-    sample = next(iter(wds.WebDataset(sorted(map(str, shards.glob("*.tar"))), shardshuffle=False)))
+    sample = next(iter(wds.WebDataset(sorted(map(str, shards.rglob("*.tar"))), shardshuffle=False)))
     meta = json.loads(sample["meta.json"])
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(sample[f"{meta['refs'][0]:03d}.png"])

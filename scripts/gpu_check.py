@@ -67,7 +67,7 @@ class Context:
             if self.args.data:
                 return Path(self.args.data)
             folder = self.out / "shards"
-            if not list(folder.glob("*.tar")):
+            if not list(folder.rglob("*.tar")):
                 print(f"shards: {lib.render_shards(folder, self.args.objects)}", flush=True)
             return folder
 
@@ -94,7 +94,7 @@ class Context:
     def cache(self) -> Path:
         def make() -> Path:
             folder = self.out / "cache"
-            if not list(folder.glob("*.tar")):
+            if not list(folder.rglob("*.tar")):
                 args = ["--data", str(self.shards()), "--init", str(self.base())]
                 args += ["--out", str(folder), "--resolution", "256"]
                 lib.run_py(["-m", "training.latent_cache", *args], "latent cache")

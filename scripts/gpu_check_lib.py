@@ -197,7 +197,7 @@ def shard_renderer_devices(folder: Path) -> list[str]:
     import tarfile
 
     devices = []
-    for shard in sorted(folder.glob("*.tar")):
+    for shard in sorted(folder.rglob("*.tar")):
         with tarfile.open(shard) as tar:
             for member in tar:
                 if member.name.endswith(".meta.json"):

@@ -11,6 +11,7 @@ import pytest
 import trimesh
 
 from data_prep.config import load_config
+from data_prep.manifest import read_partition
 from data_prep.render import render
 from data_prep.samples import sample_glb_bytes, write_samples
 from data_prep.summary import iter_samples
@@ -85,7 +86,7 @@ def test_bad_files_fail_with_their_reason_while_the_rest_renders(bad_run):
         "no_mesh": "no_mesh",
         "draco": "draco",
     }
-    manifest = json.loads((out / "manifest-000.json").read_text())
+    manifest = read_partition(out)
     assert set(manifest["done"]) == {"front_marker", "mug", "far_huge", "missing_texture"}
     assert manifest["failed"]["draco"]["detail"].startswith("Draco-compressed")
     assert all(info["detail"] for info in manifest["failed"].values())
@@ -114,7 +115,7 @@ def test_missing_texture_is_handled_and_reported(bad_run):
     sample = next(s for s in iter_samples(out) if s["__key__"] == "missing_texture")
     warnings = sample["meta.json"]["warnings"]
     assert warnings and warnings[0].startswith("missing_texture")
-    manifest = json.loads((out / "manifest-000.json").read_text())
+    manifest = read_partition(out)
     assert manifest["warnings"]["missing_texture"] == warnings
     image = sample["000.png"]
     rgb = image[..., :3][image[..., 3] == 255].astype(int)
@@ -132,7 +133,7 @@ def test_rerun_never_retries_failures_that_come_from_the_file(bad_run):
     finally:
         config.retry_failed = False
     assert (retried.skipped, retried.rendered, retried.failed) == (8, 0, {})
-    manifest = json.loads((out / "manifest-000.json").read_text())
+    manifest = read_partition(out)
     assert {info["attempts"] for info in manifest["failed"].values()} == {1}
     assert set(manifest["failed"]) == set(first.failed)
 
@@ -157,14 +158,14 @@ def test_an_object_over_the_timeout_is_killed_and_recorded(tmp_path):
     summary = render(config)
     assert summary.failed == {"rainbow_blob": "timeout"}
     assert time.monotonic() - started < 25
-    manifest = json.loads((tmp_path / "out" / "manifest-000.json").read_text())
+    manifest = read_partition(tmp_path / "out")
     failure = manifest["failed"]["rainbow_blob"]
     # retried once in the run (timeout_retries: 1), on a fresh worker
     assert failure["reason"] == "timeout" and failure["attempts"] == 2, failure
     assert "2 tries" in failure["detail"]
     config.retry_failed, config.timeout_retries = True, 0
     assert render(config).failed == {"rainbow_blob": "timeout"}  # a timeout is retried...
-    manifest = json.loads((tmp_path / "out" / "manifest-000.json").read_text())
+    manifest = read_partition(tmp_path / "out")
     assert manifest["failed"]["rainbow_blob"]["attempts"] == 3
     again = render(config)  # ...but at most max_attempts (3) times in all
     assert (again.skipped, again.failed) == (1, {})

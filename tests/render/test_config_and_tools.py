@@ -103,9 +103,10 @@ def test_resume_refuses_changed_settings(tmp_path):
     with pytest.raises(ValueError, match="res=32"):
         Manifest(tmp_path, 0, 1, {"res": 64, "seed": 0})
     # a folder from before the fingerprint (other framing) is never resumed
-    old = json.loads((tmp_path / "manifest-000.json").read_text())
-    del old["fingerprint"]
-    (tmp_path / "manifest-000.json").write_text(json.dumps(old))
+    (tmp_path / "part-000" / "records.jsonl").unlink()
+    old = {"part_index": 0, "part_count": 1, "settings": {"res": 32, "seed": 0}}
+    old |= {"done": {}, "failed": {}, "shards": {}}
+    (tmp_path / "manifest-000.json").write_text(json.dumps(old))  # the earlier layout
     with pytest.raises(ValueError, match="older renderer"):
         Manifest(tmp_path, 0, 1, {"res": 32, "seed": 0})
     with pytest.raises(ValueError, match="older renderer"):

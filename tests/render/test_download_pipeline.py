@@ -69,7 +69,7 @@ def test_render_goes_on_while_one_download_stalls(tmp_path):
         config.objaverse.base_url, config.objaverse.cache_dir = url, str(tmp_path / "cache")
         summary = render(config)
     assert summary.rendered == 5 and not summary.failed
-    shards = sorted((tmp_path / "out").glob("shard-*.tar"), key=lambda p: p.stat().st_mtime)
+    shards = sorted((tmp_path / "out").rglob("shard-*.tar"), key=lambda p: p.stat().st_mtime)
     # the slow object's shard is the last one written: the others did not wait for it
     with tarfile.open(shards[-1]) as tar:
         assert any(slow in name for name in tar.getnames())

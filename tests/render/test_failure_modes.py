@@ -4,7 +4,6 @@ resume that changes a pixel setting."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 import trimesh
 
 from data_prep.config import load_config
+from data_prep.manifest import read_partition
 from data_prep.render import render
 from data_prep.samples import sample_glb_bytes
 from data_prep.sources import sample_key
@@ -163,7 +163,7 @@ def test_lights_inside_a_file_are_removed_unless_kept(modes, tmp_path):
 def test_point_clouds_and_lines_fail_as_empty_views(modes):
     summary, samples, root = modes
     assert summary.failed == {"point_cloud": "empty_view", "lines_only": "empty_view"}
-    manifest = json.loads((root / "out" / "manifest-000.json").read_text())
+    manifest = read_partition(root / "out")
     assert "nearly empty" in manifest["failed"]["point_cloud"]["detail"]
     assert "point_cloud" not in samples and "lines_only" not in samples
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from data_prep.manifest import Manifest, drop_from_shard, merge
+from data_prep.manifest import Manifest, drop_from_shard
+from data_prep.merge import merge, merged_done
 from data_prep.runfiles import lock_partition
 from data_prep.shards import shard_ids
 
@@ -24,22 +25,27 @@ REPO = Path(__file__).resolve().parents[2]
 def test_merge_drops_objects_done_twice(rendered_shards, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(rendered_shards, out)
-    first = json.loads((out / "manifest-000.json").read_text())
-    first["part_count"] = 2
-    (out / "manifest-000.json").write_text(json.dumps(first))
+    records = out / "part-000" / "records.jsonl"
+    header, *rest = records.read_text().splitlines(keepends=True)
+    first = json.loads(header)["header"] | {"part_count": 2}
+    records.write_text(json.dumps({"header": first}) + "\n" + "".join(rest))
     # a second machine rendered the first shard's objects again (e.g. a rerun with a stale list)
-    shutil.copy(out / "shard-000-000000.tar", out / "shard-001-000000.tar")
-    Manifest(out, 1, 2, first["settings"]).save()  # adopts the complete shard
+    (out / "part-001").mkdir()
+    shutil.copy(
+        out / "part-000" / "shard-000-000000.tar", out / "part-001" / "shard-001-000000.tar"
+    )
+    Manifest(out, 1, 2, first["settings"]).close()  # adopts the complete shard
     _, problems = merge(out)
     assert sum("done twice" in p for p in problems) == 4
     merged, problems = merge(out, deep=True, drop_duplicate_objects=True)
     assert problems == [] and len(merged["dropped"]) == 4
-    assert not (out / "shard-001-000000.tar").exists()  # nothing of it was left
-    assert sorted(merged["done"]) == sorted(first["done"])
+    assert not (out / "part-001" / "shard-001-000000.tar").exists()  # nothing of it was left
+    assert set(merged_done(out).values()) == {f"part-000/shard-000-00000{i}.tar" for i in range(3)}
+    assert merged["done"] == 10
     # a shard with one duplicate keeps its other objects, still readable by webdataset
-    shard = out / "shard-000-000001.tar"
+    shard = out / "part-000" / "shard-000-000001.tar"
     ids = shard_ids(shard)
-    assert drop_from_shard(out, shard.name, {ids[0]}) == shard.stat().st_size
+    assert drop_from_shard(shard.parent, shard.name, {ids[0]}) == shard.stat().st_size
     left = [s["meta.json"]["id"] for s in wds.WebDataset(str(shard), shardshuffle=False).decode()]
     assert left == ids[1:]
 

@@ -3,7 +3,6 @@ partition of one object list across machines."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from data_prep.config import load_config
-from data_prep.manifest import merge
+from data_prep.manifest import PartitionState
+from data_prep.merge import merge, merged_done
 from data_prep.partition import partition_from_env, take_partition
 from data_prep.render import render
 from data_prep.samples import SAMPLES
@@ -76,8 +76,7 @@ def test_sigkill_worker_and_parent_then_resume_renders_every_object_once(tmp_pat
         if parent.poll() is None:
             parent.kill()
     _wait_for(lambda: not any(_alive(pid) for pid in workers), 10)  # no orphan renders
-    manifest = json.loads((out / "manifest-000.json").read_text())
-    killed_done = len(manifest["done"])
+    killed_done = len(PartitionState.read(out / "part-000" / "records.jsonl").done)
     assert 0 < killed_done < len(SAMPLES)
     for shard in list_shards(out):  # every visible shard is complete and readable
         assert shard_ids(shard)
@@ -99,9 +98,9 @@ def test_sigkill_worker_and_parent_then_resume_renders_every_object_once(tmp_pat
     assert summary.skipped >= killed_done and not summary.failed
     ids = Counter(i for shard in list_shards(out) for i in shard_ids(shard))
     assert sorted(ids) == sorted(SAMPLES) and set(ids.values()) == {1}
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))
     merged, problems = merge(out, deep=True)
-    assert problems == [] and sorted(merged["done"]) == sorted(SAMPLES)
+    assert problems == [] and sorted(merged_done(out)) == sorted(SAMPLES)
 
 
 def test_partition_from_flags_and_environment():
@@ -146,10 +145,10 @@ def test_two_partitions_render_disjoint_sets_whose_union_is_the_list(tmp_path, m
     assert rendered[0] and rendered[1] and not rendered[0] & rendered[1]
     assert rendered[0] | rendered[1] == set(chosen)
     merged, problems = merge(tmp_path / "out", deep=True)
-    assert problems == [] and sorted(merged["done"]) == sorted(chosen)
+    assert problems == [] and sorted(merged_done(tmp_path / "out")) == sorted(chosen)
     assert (tmp_path / "out" / "manifest.json").exists()
-    # COUNT grows: the old choice is a prefix of the new one, objects now assigned to another
-    # partition are not rendered twice, and both partitions together cover the new list.
+    # COUNT grows: the old choice is a prefix of the new one; objects are assigned by a hash of
+    # their id, so none moves to the other partition, and both together cover the new list.
     grown = [r.id for r in choose(SampleSource(tmp_path / "s").list(), 9, seed=3)]
     assert set(chosen) < set(grown)
     for rank in ("0", "1"):
@@ -157,4 +156,4 @@ def test_two_partitions_render_disjoint_sets_whose_union_is_the_list(tmp_path, m
         config.count = 9
         render(config)
     merged, problems = merge(tmp_path / "out", deep=True)
-    assert problems == [] and sorted(merged["done"]) == sorted(grown)
+    assert problems == [] and sorted(merged_done(tmp_path / "out")) == sorted(grown)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
+from data_prep.manifest import read_partition
 from data_prep.samples import SAMPLES
 from data_prep.shards import list_shards, select_objects, shard_ids
 from models.cameras import project_points
@@ -51,7 +50,7 @@ def test_shards_read_back_with_webdataset_rgba8(rendered_shards):
 
 
 def test_manifest_lists_every_object_and_shard(rendered_shards):
-    manifest = json.loads((rendered_shards / "manifest-000.json").read_text())
+    manifest = read_partition(rendered_shards)
     assert sorted(manifest["done"]) == sorted(SAMPLES) and manifest["failed"] == {}
     assert sorted(manifest["shards"]) == [p.name for p in list_shards(rendered_shards)]
     assert [len(s["ids"]) for s in manifest["shards"].values()] == [4, 4, 2]

@@ -29,7 +29,7 @@ def corrupt_shards(rendered_shards, tmp_path_factory) -> dict:
     """Real rendered shards, one of them damaged: in its second object a PNG is garbage, its third
     object has no cameras.npy. Returns the folder and the keys of the two broken objects."""
     folder = tmp_path_factory.mktemp("corrupt_shards")
-    shards = sorted(Path(rendered_shards).glob("*.tar"))
+    shards = sorted(Path(rendered_shards).rglob("*.tar"))
     for shard in shards[1:]:
         shutil.copy(shard, folder / shard.name)
     members = _members(shards[0])

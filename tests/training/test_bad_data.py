@@ -42,7 +42,7 @@ def no_model(monkeypatch):
 def _bad_folder(tmp_path, kind: str, rendered_shards):
     folder = tmp_path / kind
     folder.mkdir()
-    good = sorted(rendered_shards.glob("*.tar"))[0]
+    good = sorted(rendered_shards.rglob("*.tar"))[0]
     (folder / good.name).write_bytes(good.read_bytes())  # a good shard beside the bad one
     bad = folder / "shard-999-000000.tar"
     if kind == "random-bytes":

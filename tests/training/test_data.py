@@ -40,7 +40,7 @@ def _first(loader, count):
 
 def _shard_cameras(shard_folder):
     cameras = {}
-    for path in sorted(shard_folder.glob("*.tar")):
+    for path in sorted(shard_folder.rglob("*.tar")):
         with tarfile.open(path) as tar:
             for member in tar.getmembers():
                 if member.name.endswith(".cameras.npy"):
@@ -102,13 +102,13 @@ def test_ranks_take_equal_steps_and_see_different_samples(rendered_shards, tmp_p
 
 @pytest.mark.parametrize("form", ["folder", "glob", "brace", "pipe", "http"])
 def test_url_forms(rendered_shards, tmp_path, form):
-    shards = sorted(rendered_shards.glob("*.tar"))
+    shards = sorted(rendered_shards.rglob("*.tar"))
     if form == "folder":
         url = str(rendered_shards)
     elif form == "glob":
-        url = str(rendered_shards / "shard-*.tar")
+        url = str(rendered_shards / "part-000" / "shard-*.tar")
     elif form == "brace":
-        url = str(rendered_shards / f"shard-000-{{000000..{len(shards) - 1:06d}}}.tar")
+        url = str(rendered_shards / "part-000" / f"shard-000-{{000000..{len(shards) - 1:06d}}}.tar")
     elif form == "pipe":
         url = f"pipe:cat {shards[0]}"
     else:
@@ -117,7 +117,7 @@ def test_url_forms(rendered_shards, tmp_path, form):
         )
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/{shards[0].name}"
+        url = f"http://127.0.0.1:{server.server_address[1]}/part-000/{shards[0].name}"
     expanded = expand_shard_urls([url])
     assert len(expanded) == (1 if form in ("pipe", "http") else len(shards))
     config = tiny_config(tmp_path, [url])
