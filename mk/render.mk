@@ -6,6 +6,7 @@
 #   make merge-manifests  [OUT=...]  merge/validate the partitions' manifests into OUT/manifest.json
 #   make bench-render     seconds/view, per-object overhead, objects/hour, pipeline vs plain loop
 #   make bench-download   one slow file among many: sliding download window vs chunked fetching
+#   make bench-manifest   10M-object records-only run: start-up, streaming merge, peak memory
 # COUNT= (empty) renders every object. With CONFIG, only the variables given on the command line
 # (or in the environment) override the config file; the Makefile's defaults do not.
 # Inside a SLURM array task (SLURM_ARRAY_TASK_ID set) or with NO_SETUP=1 these targets never run
@@ -46,3 +47,9 @@ bench-render: setup
 .PHONY: bench-download
 bench-download: setup
 	$(PYTHON) scripts/bench_download.py $(ARGS)
+
+# A records-only render run (no Blender): records written, one partition's start-up, the
+# streaming merge, peak memory. ARGS="--objects 10000000 --partitions 64" (the defaults).
+.PHONY: bench-manifest
+bench-manifest: setup
+	$(PYTHON) scripts/bench_manifest.py $(ARGS)

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHES = {
     "render": ["scripts/bench_render.py"],
     "download": ["scripts/bench_download.py"],
+    "manifest": ["scripts/bench_manifest.py", "--objects", "1000000", "--partitions", "16"],
     "data": ["scripts/bench_data.py"],
     "model": ["scripts/bench_model.py"],
     "train": ["scripts/bench_train.py"],

@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = {
+    "bench_manifest.py": ["--objects", "20000", "--partitions", "4"],
     "bench_download.py": ["--objects", "8", "--slow-s", "1", "--workers", "2", "--chunk", "4"],
     "bench_model.py": ["--modes", "eager", "--steps", "1", "--rounds", "1", "--warmup", "1"],
     "bench_train.py": ["--steps", "1", "--rounds", "1", "--warmup", "1"],
