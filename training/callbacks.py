@@ -4,33 +4,52 @@ sample grids (generated views beside ground truth) for a fixed validation batch.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-# Dense bf16 peak TFLOP/s per GPU, for the MFU estimate (log.peak_tflops overrides).
-PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "A10": 125.0,
-    "4090": 165.0,
-}
+# Dense bf16 peak TFLOP/s by GPU model, matched in order against torch's device name (most
+# specific first): the PCIe, NVL and SXM parts of one chip differ (an H100 PCIe peaks at 756, an
+# H100 SXM, "NVIDIA H100 80GB HBM3", at 989). log.peak_tflops overrides; no match: no MFU.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    (r"\bGH200\b", 989.0),
+    (r"\bH200 NVL\b", 835.0),
+    (r"\bH200\b", 989.0),
+    (r"\bH100 PCIe\b", 756.0),
+    (r"\bH100 NVL\b", 835.0),
+    (r"\bH100\b", 989.0),  # SXM
+    (r"\bH800 PCIe\b", 756.0),
+    (r"\bH800\b", 989.0),
+    (r"\bB200\b", 2250.0),
+    (r"\bA100\b", 312.0),  # SXM and PCIe share the peak
+    (r"\bA800\b", 312.0),
+    (r"\bL40S\b", 362.0),
+    (r"\bL40\b", 181.0),
+    (r"\bL4\b", 121.0),
+    (r"\bA10\b", 125.0),
+    (r"\b4090\b", 165.0),
+)
+
+
+def peak_tflops_of(device_name: str) -> float:
+    """The dense bf16 peak of a GPU model by its device name; 0 when unknown."""
+    for pattern, value in PEAK_TFLOPS:
+        if re.search(pattern, device_name):
+            return value
+    return 0.0
 
 
 def peak_tflops(configured: float) -> float:
     if configured > 0:
         return configured
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        for key, value in PEAK_TFLOPS.items():
-            if key in name:
-                return value
+        return peak_tflops_of(torch.cuda.get_device_name())
     return 0.0
 
 
@@ -179,11 +198,15 @@ class MetricsFile(pl.Callback):
 
 
 class SampleGrids(pl.Callback):
-    """Every N steps: sample views for a fixed validation batch and log [reference | ground truth
-    | generated] rows to TensorBoard. All ranks sample (ZeRO-3 needs every rank in the forward)."""
+    """Every N steps: sample views for a fixed validation batch; [reference | ground truth |
+    generated] rows go to ``folder/step_NNNNNNNN.png`` and to the logger (TensorBoard, W&B).
+    All ranks sample (ZeRO-3 needs every rank in the forward)."""
 
-    def __init__(self, every_n_steps: int, batch: dict, steps: int, guidance: float) -> None:
+    def __init__(
+        self, every_n_steps: int, batch: dict, steps: int, guidance: float, folder: Path
+    ) -> None:
         self.every, self.batch, self.steps, self.guidance = every_n_steps, batch, steps, guidance
+        self.folder = Path(folder)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -193,8 +216,13 @@ class SampleGrids(pl.Callback):
         from training.evaluate import generate_views, grid
 
         views = generate_views(module, self.batch, self.steps, self.guidance, seed=0)
-        if trainer.global_rank == 0 and trainer.logger is not None:
-            image = grid(self.batch, views)
+        if trainer.global_rank != 0:
+            return
+        image = grid(self.batch, views)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+        Image.fromarray(pixels).save(self.folder / f"step_{trainer.global_step:08d}.png")
+        if trainer.logger is not None:
             if hasattr(trainer.logger, "log_image"):  # Weights & Biases
                 trainer.logger.log_image(key="samples", images=[image], step=trainer.global_step)
             elif hasattr(trainer.logger.experiment, "add_image"):  # TensorBoard

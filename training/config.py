@@ -110,6 +110,7 @@ class CheckpointConfig:
 @dataclass
 class LogConfig:
     logger: str = "tensorboard"
+    wandb_project: str = "isotropic3d"
     every_n_steps: int = 10
     sample_every_n_steps: int = 1000
     sample_objects: int = 2

@@ -30,6 +30,7 @@ from training.datamodule import ShardDataModule
 from training.latent_cache import check_cache_matches
 from training.module import FineTuneModule
 from training.preemption import Preemption, StopFlag
+from training.run_logging import RunInfo, make_logger
 from training.strategy import build_launch
 
 
@@ -38,18 +39,6 @@ def global_rank_from_env() -> int:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 0
-
-
-def make_logger(config: RunConfig, out: Path):
-    if config.log.logger == "tensorboard":
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        return TensorBoardLogger(str(out), name="tensorboard", version="")
-    if config.log.logger == "wandb":
-        from pytorch_lightning.loggers import WandbLogger  # needs `pip install wandb`
-
-        return WandbLogger(project="isotropic3d", save_dir=str(out), name=out.name)
-    return False
 
 
 def build_trainer(
@@ -73,10 +62,11 @@ def build_trainer(
         MetricsFile(out, config.log.every_n_steps),
         FinalCheckpoint(out / CHECKPOINTS, config.checkpoint.keep_last),
         Preemption(out / CHECKPOINTS, flag or StopFlag()),  # after the EMA update of the step
+        RunInfo(config, out),
     ]
-    if config.log.sample_every_n_steps > 0 and config.log.logger != "none" and config.data.cached:
+    if config.log.sample_every_n_steps > 0 and config.data.cached:
         warnings.warn("no sample grids from a latent cache (it holds no images)", stacklevel=2)
-    elif config.log.sample_every_n_steps > 0 and config.log.logger != "none":
+    elif config.log.sample_every_n_steps > 0:  # written to out/samples/ even without a logger
         batch = data.fixed_batch(config.log.sample_objects)
         callbacks.append(
             SampleGrids(
@@ -84,6 +74,7 @@ def build_trainer(
                 batch,
                 config.log.sample_steps,
                 config.log.guidance_scale,
+                out / "samples",
             )
         )
     if config.log.progress_bar:

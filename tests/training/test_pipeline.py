@@ -54,6 +54,14 @@ def test_stage1_logs_branches_throughput_skips_and_samples(stage1_run):
         tags["scalars"]
     )
     assert "samples" in tags["images"]
+    grids = sorted(p.name for p in (out / "samples").iterdir())  # also as files in the run folder
+    assert grids == ["step_00000004.png", "step_00000008.png"]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["config"]["train"]["max_steps"] == 8 and info["environment"]["world_size"] == 1
+    assert len(info["environment"]["git"]["commit"]) == 40
+    assert info["environment"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    logged = (out / "tensorboard" / "hparams.yaml").read_text()  # what TensorBoard was sent
+    assert "environment" in logged and info["environment"]["git"]["commit"] in logged
 
 
 def test_stage2_from_stage1_then_export_then_sampler(stage1_run, rendered_shards, tmp_path):
