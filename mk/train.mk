@@ -4,9 +4,12 @@
 #     SLURM: PARTITION= ACCOUNT= QOS= TIME= CONSTRAINT= CPUS_PER_TASK= SBATCH_ARGS="--mem=0 ..." AFTER=<job id>
 #     (defaults: the config's slurm.* keys); ARGS=--dry-run prints the script, submits nothing
 #   make export CKPT=<checkpoint | run folder> OUT=<destination>      -> OUT/fp32, OUT/ema model folders
+#               (unet/ vae/ scheduler/ for diffusers, image_encoder/ for open_clip; docs/model.md)
+#               [LAYOUT=mvdream|isotropic3d]: also OUT/fp32.pt, OUT/ema.pt in that original layout
 #   make cache-latents DATA=<shards> INIT=<model> OUT=<cache folder>
 #   make gpu-check / make bench-train
 CKPT ?=
+LAYOUT ?=
 LAUNCHER ?=
 PARTITION ?=
 ACCOUNT ?=
@@ -28,9 +31,13 @@ TRAIN_FLAGS = --stage $(STAGE) --nodes $(NODES) $(if $(GPUS),--gpus $(GPUS)) $(i
 finetune: setup
 	$(PYTHON) -m training.launch $(TRAIN_FLAGS) $(ARGS)
 
+EXPORT_OUT = $(or $(OUT),outputs/export/$(notdir $(CKPT)))
 export: setup
-	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint or run folder> OUT=<destination>"; exit 2; }
-	$(PYTHON) -m training.checkpoints $(CKPT) --out $(or $(OUT),outputs/export/$(notdir $(CKPT)))
+	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint or run folder> OUT=<destination> [LAYOUT=mvdream|isotropic3d]"; exit 2; }
+	@case "$(LAYOUT)" in ""|diffusers|mvdream|isotropic3d) ;; *) echo "error: LAYOUT=$(LAYOUT): use mvdream or isotropic3d (the default is the diffusers/open_clip folders)"; exit 2;; esac
+	$(PYTHON) -m training.checkpoints $(CKPT) --out $(EXPORT_OUT)
+	$(if $(filter mvdream isotropic3d,$(LAYOUT)),for kind in fp32 ema; do if [ -d $(EXPORT_OUT)/$$kind ]; then \
+		$(PYTHON) -m models.convert --format $(LAYOUT) --export $(EXPORT_OUT)/$$kind --out $(EXPORT_OUT)/$$kind.pt || exit 1; fi; done)
 
 cache-latents: setup
 	@test -n "$(DATA)" || { echo "usage: make cache-latents DATA=<shards> INIT=<model> OUT=<folder>"; exit 2; }

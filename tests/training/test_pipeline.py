@@ -96,3 +96,28 @@ def test_stage2_from_stage1_then_export_then_sampler(stage1_run, rendered_shards
         assert all(torch.equal(state[n], weights[n]) for n in weights)
         views = sample_views(model, torch.rand(3, 32, 32), steps=2, image_size=32, progress=False)
         assert views.images.shape == (4, 3, 32, 32) and torch.isfinite(views.images).all()
+
+
+def test_make_export_writes_the_original_layout_one_variable_away(stage1_run, tmp_path):
+    import subprocess
+    import sys
+
+    from train_helpers import ROOT
+
+    from models.convert import convert
+
+    out = tmp_path / "export"
+    result = subprocess.run(
+        ["make", "-s", "-o", "setup", "export", f"CKPT={stage1_run['out']}", f"OUT={out}",
+         "LAYOUT=mvdream", f"PYTHON={sys.executable}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "ema" / "unet" / "config.json").is_file() and (out / "ema.pt").is_file()
+    back = load_model(
+        convert(out / "ema.pt", "mvdream", tmp_path / "back", preset="tiny"),
+        load_image_encoder=False,
+    )
+    exported = load_model(out / "ema")
+    for key, value in exported.unet.state_dict().items():
+        assert torch.equal(back.unet.state_dict()[key], value), key  # bit-exact round trip
