@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _code_lines() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S)
+    fenced = re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S)
+    blocks = [body for language, body in fenced if language in ("", "bash", "sh", "console")]
     lines: list[str] = []
     for block in blocks:
         joined = block.replace("\\\n", " ")
