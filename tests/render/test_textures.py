@@ -52,6 +52,9 @@ def test_textures_of_every_format_are_found_and_rendered(tmp_path):
             assert mean[1] > mean[0] + 60 and mean[1] > mean[2] + 60, (object_id, case, mean)
             assert abs(mean[1] - GREEN[1]) < 60, (object_id, mean)
     assert samples["obj_moved/cube"]["meta.json"]["textures"]["relinked"] == ["Green.PNG"]
+    # a PNG found at its own path loads there (not taken for missing because Blender had not
+    # read it yet: image.has_data is False until then)
+    assert samples["obj_beside/cube"]["meta.json"]["textures"]["relinked"] == []
     # the hidden helper (40 units wide, 300 units away) does not shrink the cube
     blend = samples["blend/model"]["meta.json"]["normalisation"]
     assert abs(blend["scale"] - 0.7 / (0.5 * 3**0.5)) < 1e-3, blend
