@@ -50,11 +50,16 @@ class LatentVAE(nn.Module):
         images_m11: torch.Tensor,
         sample: bool = True,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[B,3,H,W] in [-1,1] -> scaled latents [B,4,H/f,W/f]. ``sample=True`` draws from the
-        posterior (what LDM/MVDream training does); ``False`` takes its mean."""
+        posterior (what LDM/MVDream training does); ``False`` takes its mean. ``noise`` (standard
+        normal, the latents' shape) is the posterior draw when given (per-object seeding)."""
         dist = self.model.encode(images_m11.to(self.model.dtype)).latent_dist
-        latents = dist.sample(generator) if sample else dist.mode()
+        if noise is not None:
+            latents = dist.mean + dist.std * noise.to(dist.mean)
+        else:
+            latents = dist.sample(generator) if sample else dist.mode()
         return latents * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Loader workers only read and decode (training.samples): a raw-image batch crosses the worker
 boundary as uint8 straight-alpha views ``rgba [B,5,H,W,4]`` (4 targets, then the reference; a list
 of per-object tensors when the objects' render sizes differ) and the per-object background colour
-``background [B,3]``. Here, on the device (``FineTuneModule.on_after_batch_transfer``), the views
+``background [B,3]``. Here, on the device (``ShardDataModule.on_after_batch_transfer``), the views
 are premultiplied, resized to the training resolution (premultiplied, so resizing never bleeds the
 hidden colour into the edges), composited and scaled: the tensors the per-sample path used to make
 in every worker, from the same operations in the same order.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,15 @@ def unet_train_flops_per_image(
     return 3.0 * counter.get_total_flops() / num_views
 
 
+def mfu_unavailable(module: Any, peak: float) -> str | None:
+    """Why MFU cannot be logged for this run, or None."""
+    if peak <= 0:
+        return "no peak FLOP/s known for this device (set log.peak_tflops)"
+    if any(hasattr(p, "ds_id") for p in module.unet.parameters()):
+        return "ZeRO-3 partitions the weights, so the UNet cannot run alone to count its FLOPs"
+    return None
+
+
 class EMAUpdate(pl.Callback):
     """The weight EMA update after each optimizer step. Lightning runs callbacks' batch-end hooks
     before the module's and checkpoint callbacks last, so a periodic checkpoint taken at a step
@@ -106,13 +116,18 @@ class Throughput(pl.Callback):
         self.flops_per_image: dict[bool, float] = {}
 
     def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
-        try:
-            self.flops_per_image = {
-                True: unet_train_flops_per_image(module, 4, self.resolution),
-                False: unet_train_flops_per_image(module, 1, self.resolution),
-            }
-        except Exception:  # ZeRO-3 partitions weights: no stand-alone forward; MFU stays 0
-            self.flops_per_image = {}
+        self.flops_per_image = {}
+        reason = mfu_unavailable(module, peak_tflops(self.peak))
+        if reason is None:
+            try:
+                self.flops_per_image = {
+                    True: unet_train_flops_per_image(module, 4, self.resolution),
+                    False: unet_train_flops_per_image(module, 1, self.resolution),
+                }
+            except Exception as error:  # logging must not stop a run: say why, train on
+                reason = f"counting the UNet's FLOPs failed ({type(error).__name__}: {error})"
+        if reason is not None and trainer.is_global_zero:
+            warnings.warn(f"perf/mfu is not logged: {reason}", stacklevel=2)
         module.flops_per_image = self.flops_per_image.get(True, 0.0)
         self._t0, self._images0, self._flops = time.perf_counter(), module.images_seen, 0.0
 
@@ -162,7 +177,8 @@ class MetricsFile(pl.Callback):
         record = {
             "step": trainer.global_step,
             "multiview": module.multiview_step(trainer.global_step - 1),
-            "samples": list(zip(batch["key"], batch["choice"].tolist())),
+            "keys": list(batch["key"]),
+            "choice": batch["choice"].detach(),  # read at the flush: no host sync per step
         }
         self._pending.append((record, loss.detach().float().reshape(1)))
         if trainer.global_step % self.every == 0:
@@ -176,6 +192,8 @@ class MetricsFile(pl.Callback):
             return
         records = [r for r, _ in self._pending]
         losses = torch.cat([loss for _, loss in self._pending]).tolist()
+        for record in records:
+            record["samples"] = list(zip(record.pop("keys"), record.pop("choice").tolist()))
         self._pending = []
         per_rank = [records]
         if trainer.world_size > 1:

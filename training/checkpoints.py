@@ -21,6 +21,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
 
 PRESETS = ("tiny", "sd21-base")
+RANDOM_PREFIX = "random:"  # model.init=random:sd21-base: an explicit random init (debugging)
 BASE_MODEL = "base_model"  # run folder: frozen parts + initial UNet, written once at start
 CHECKPOINTS = "checkpoints"
 DS_TAG = "checkpoint"  # the tag Lightning's DeepSpeed strategy saves under
@@ -268,6 +269,7 @@ def resolve_init(
     this stack (e.g. stage 1 for stage 2), or an MVDream ``.pt`` / Isotropic3D ``.ckpt`` file
     (converted by models.convert into ``workdir``; MVDream brings no image encoder, so the open_clip
     weights come from the preset's pretrained tag). Conversions run once, on ``rank`` 0."""
+    init = init.removeprefix(RANDOM_PREFIX)  # training.train allows a bare preset for tiny only
     if init in PRESETS or init.endswith((".yaml", ".yml")):
         model = build_model(init, seed=seed)
         if model.image_encoder is not None:

@@ -66,6 +66,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     grad_clip: float = 1.0
+    accumulate: int = 1
     cfg_dropout: float = 0.1
     multiview_ratio: float = 0.75
     precision: str = "auto"
@@ -181,6 +182,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "checkpoint.every_n_steps": (1, 1 << 30),
     "checkpoint.keep_last": (1, 1 << 20),
     "train.max_steps": (1, 1 << 40),
+    "train.accumulate": (1, 1 << 20),
     "train.warmup_steps": (0, 1 << 40),
     "train.lr": (1e-12, 1.0),
     "train.min_lr_ratio": (0.0, 1.0),

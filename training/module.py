@@ -32,10 +32,18 @@ from training.ema import PartitionedWeightEMA, WeightEMA
 
 
 class Frozen:
-    """Holder that keeps frozen networks out of ``nn.Module`` registration."""
+    """Holder that keeps frozen networks out of ``nn.Module`` registration.
 
-    def __init__(self, model: MultiViewDiffusion) -> None:
+    ``cached`` (training from a latent cache): the image encoder and the VAE's encoder are dropped,
+    so no frozen encoder takes memory in the training process (ViT-H/14 alone is 2.5 GB in fp32);
+    the run's ``base_model`` folder, written before, keeps them for export."""
+
+    def __init__(self, model: MultiViewDiffusion, cached: bool = False) -> None:
         self.model = model
+        if cached:
+            model.image_encoder = None
+            model.vae.model.encoder = None
+            model.vae.model.quant_conv = None
         self.vae = model.vae.requires_grad_(False).eval()
         self.image_encoder = model.image_encoder
         if self.image_encoder is not None:
@@ -71,7 +79,7 @@ class FineTuneModule(pl.LightningModule):
         super().__init__()
         self.config = config
         self.unet = model.unet
-        self.frozen = Frozen(model)
+        self.frozen = Frozen(model, cached=config.data.cached)
         self.noise_scheduler = model.noise_scheduler
         self.policy = EMAFramePolicy(
             reference_timestep=config.stage2.ref_timestep,
@@ -90,6 +98,7 @@ class FineTuneModule(pl.LightningModule):
         self.images_seen = 0  # target views trained on by this rank
         self.flops_per_image = 0.0  # measured once (training.callbacks.Throughput)
         self._compiled: torch.nn.Module | None = None
+        self._micro_step, self._micro_objects = -1, 0  # see training_step
 
     # --- set-up -------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -144,16 +153,25 @@ class FineTuneModule(pl.LightningModule):
 
             optimizer = DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
         else:
-            optimizer = torch.optim.AdamW(params, fused=self.device.type == "cuda", **kwargs)
+            # Fused on CPU too: one kernel, no step-sized temporaries (the foreach path allocates
+            # two fp32 copies of the partition, 7 GB at sd21-base size).
+            optimizer = torch.optim.AdamW(params, fused=True, **kwargs)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.config))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # --- one step -----------------------------------------------------------------------------
-    def step_generator(self) -> torch.Generator:
-        """Noise, timesteps and dropout are a function of (seed, step, rank): exact on resume."""
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(make_seed(self.config.train.seed, self.global_step, self.global_rank))
-        return generator
+    def object_generators(
+        self, count: int, step: int, first: int = 0, salt: int = 0
+    ) -> list[torch.Generator]:
+        """One generator per object, seeded by (seed, step, rank, the object's index among this
+        optimizer step's objects): the noise, timestep, dropout and VAE draws of an object do not
+        depend on how the step's batch is split into micro-batches (``train.accumulate``), and
+        are exact on resume."""
+        seeds = (
+            make_seed(self.config.train.seed, step, self.global_rank, first + i, salt)
+            for i in range(count)
+        )
+        return [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
 
     def multiview_step(self, step: int) -> bool:
         return (
@@ -161,10 +179,15 @@ class FineTuneModule(pl.LightningModule):
             < self.config.train.multiview_ratio
         )
 
+    def _per_object(self, generators, draw) -> torch.Tensor:
+        return torch.stack([draw(g) for g in generators])
+
     @torch.no_grad()
-    def encode_batch(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    def encode_batch(
+        self, batch: dict, generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, ...]:
         """Latents [B,V,4,h,w], condition [B,1,D], reference latent [B,4,h,w] (frozen encoders,
-        or the latent cache)."""
+        or the latent cache). The VAE posterior's noise is drawn per object."""
         if "latents" in batch:
             latents, ref_latent, cond = (
                 batch["latents"],
@@ -176,9 +199,16 @@ class FineTuneModule(pl.LightningModule):
             views = batch["views"]
             b, v = views.shape[:2]
             images = views.flatten(0, 1)
-            if self.config.stage == 2:  # stage 1 never uses the reference latent
+            stage2 = self.config.stage == 2  # stage 1 never uses the reference latent
+            if stage2:
                 images = torch.cat([images, batch["ref_image"]])
-            encoded = self.frozen.vae.encode(images, generator=generator).float()
+            side = images.shape[-1] // self.frozen.model.latent_downsample
+            shape = (v + (1 if stage2 else 0), 4, side, side)
+            noise = self._per_object(
+                generators, lambda g: torch.randn(shape, generator=g, device=self.device)
+            )  # [B, V(+1), 4, h, w]: each object's views, then its reference
+            noise = torch.cat([noise[:, :v].flatten(0, 1), noise[:, v:].flatten(0, 1)])
+            encoded = self.frozen.vae.encode(images, noise=noise).float()
             latents, ref_latent = encoded[: b * v].unflatten(0, (b, v)), encoded[b * v :]
             cond = self.frozen.image_encoder.encode(batch["ref_clip"])
         return latents.float(), cond.float(), ref_latent.float()
@@ -188,32 +218,43 @@ class FineTuneModule(pl.LightningModule):
         batch: dict,
         step: int,
         sample_mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generators: list[torch.Generator] | None = None,
         multiview: bool | None = None,
+        first_object: int = 0,
     ) -> tuple[torch.Tensor, bool]:
-        generator = self.step_generator() if generator is None else generator
-        latents, cond, ref_latent = self.encode_batch(batch, generator)
+        b, v = batch["cameras"].shape[:2]
+        if generators is None:
+            generators = self.object_generators(b, step, first_object)
+        latents, cond, ref_latent = self.encode_batch(batch, generators)
         cameras = batch["cameras"].float()
-        b, v = latents.shape[:2]
-        drop = (
-            torch.rand(b, generator=generator, device=self.device) < self.config.train.cfg_dropout
-        )
-        cond = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
         multiview = self.multiview_step(step) if multiview is None else multiview
+        per_object = v if not multiview else 1  # single-view branch: a timestep per view
+        drop = self._per_object(
+            generators, lambda g: torch.rand((), generator=g, device=self.device)
+        )
+        t = self._per_object(
+            generators,
+            lambda g: torch.randint(
+                0,
+                self.noise_scheduler.config.num_train_timesteps,
+                (per_object,),
+                generator=g,
+                device=self.device,
+            ),
+        )
+        noise = self._per_object(
+            generators,
+            lambda g: torch.randn(latents.shape[1:], generator=g, device=self.device),
+        )
+        drop = drop < self.config.train.cfg_dropout
+        cond = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
         if not multiview:  # single-view branch: every view becomes its own object
             ref_latent = ref_latent.repeat_interleave(v, 0)
             cond, b, v = cond.repeat_interleave(v, 0), b * v, 1
         x0 = latents.reshape(b * v, *latents.shape[2:])
+        noise = noise.reshape(x0.shape)
         cameras = cameras.reshape(b * v, -1)
-        t = torch.randint(
-            0,
-            self.noise_scheduler.config.num_train_timesteps,
-            (b,),
-            generator=generator,
-            device=self.device,
-        )
-        t = t.repeat_interleave(v)  # one timestep per object, shared by its views
-        noise = torch.randn(x0.shape, generator=generator, device=self.device)
+        t = t.reshape(b).repeat_interleave(v)  # one timestep per object, shared by its views
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         target = noise
         if self.noise_scheduler.config.prediction_type == "v_prediction":
@@ -246,22 +287,30 @@ class FineTuneModule(pl.LightningModule):
         return F.mse_loss(pred.float(), target.float()), multiview
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, multiview = self.loss_for(batch, self.global_step)
+        # Under train.accumulate, the micro-batches of one optimizer step share its step number:
+        # count the objects already drawn for this step so each gets its own draws.
+        if self.global_step != self._micro_step:
+            self._micro_step, self._micro_objects = self.global_step, 0
+        first = self._micro_objects
+        self._micro_objects += batch["cameras"].shape[0]
+        loss, multiview = self.loss_for(batch, self.global_step, first_object=first)
         # Summed where it lives (the device): no host sync in the step; read every N steps.
         self.skipped = self.skipped + batch["skipped"].sum()
         self.images_seen += batch["cameras"].shape[0] * batch["cameras"].shape[1]
         branch = "multiview" if multiview else "single"
         self.log(f"loss/{branch}", loss, prog_bar=True, batch_size=batch["cameras"].shape[0])
         self.log("loss/all", loss, batch_size=batch["cameras"].shape[0])
-        self.log("global_step", float(self.global_step), batch_size=1)  # drives keep-last-N
+        if (self.global_step + 1) % self.config.checkpoint.every_n_steps == 0:
+            # Drives keep-last-N (ModelCheckpoint monitors it); logged only on the steps whose
+            # checkpoint reads it, so the other steps move no scalar to the device.
+            self.log("global_step", float(self.global_step), batch_size=1)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Held-out loss (data.val), the 4-view branch with the same draws at every validation:
         # its curve moves with the weights only.
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(make_seed(self.config.train.seed, batch_idx, self.global_rank, 9))
-        loss, _ = self.loss_for(batch, self.global_step, generator=generator, multiview=True)
+        generators = self.object_generators(batch["cameras"].shape[0], batch_idx, salt=9)
+        loss, _ = self.loss_for(batch, self.global_step, generators=generators, multiview=True)
         self.log("loss/val", loss, sync_dist=True, batch_size=batch["cameras"].shape[0])
         return loss
 

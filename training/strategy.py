@@ -164,6 +164,9 @@ def deepspeed_config(config: RunConfig) -> dict[str, Any]:
     return {
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # our AdamW is torch's, which ZeRO handles fine
+        # Gradients are summed across ranks in fp32 even though the engine computes them in bf16
+        # (8 mantissa bits lose small contributions when hundreds of ranks add up).
+        "communication_data_type": "fp32",
         "train_micro_batch_size_per_gpu": config.data.batch_size,
         "wall_clock_breakdown": False,
     }

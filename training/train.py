@@ -20,6 +20,7 @@ from training.callbacks import EMAUpdate, FinalCheckpoint, MetricsFile, SampleGr
 from training.checkpoints import (
     BASE_MODEL,
     CHECKPOINTS,
+    RANDOM_PREFIX,
     AtomicCheckpointIO,
     prune_signal_checkpoints,
     resolve_init,
@@ -90,6 +91,7 @@ def build_trainer(
         max_steps=config.train.max_steps,
         max_epochs=-1,
         gradient_clip_val=config.train.grad_clip or None,
+        accumulate_grad_batches=config.train.accumulate,
         gradient_clip_algorithm="norm",
         log_every_n_steps=config.log.every_n_steps,
         callbacks=callbacks,
@@ -123,7 +125,44 @@ def validation_args(config: RunConfig) -> dict:
     return {"limit_val_batches": 0}
 
 
+def check_init(config: RunConfig) -> None:
+    """A full-size preset name alone would train from random weights without a word (a GPU-week
+    wasted): stop and say what to pass. ``tiny`` is a random-init model by design."""
+    if config.model.init == "sd21-base":
+        raise ConfigError(
+            "model.init: sd21-base alone is an untrained random init. Pass the weights to start "
+            "from: INIT=sd-v2.1-base-4view.pt (MVDream checkpoint), INIT=<model folder> (make "
+            "convert-model / make export) or INIT=<training run> (ARGS=\"model.init=...\" with "
+            f"python -m training.train); for a debugging run from random weights, "
+            f"model.init={RANDOM_PREFIX}sd21-base"
+        )
+
+
+def check_accumulate(config: RunConfig) -> None:
+    """An epoch must end on an optimizer step: Lightning steps a partial accumulation at the end
+    of an epoch, which would give that step fewer objects than the others."""
+    if config.data.steps_per_epoch % config.train.accumulate:
+        raise ConfigError(
+            f"data.steps_per_epoch ({config.data.steps_per_epoch}) must be a multiple of "
+            f"train.accumulate ({config.train.accumulate}): batches per epoch, accumulated in "
+            "groups of train.accumulate per optimizer step"
+        )
+
+
+def global_batch_line(config: RunConfig, world_size: int) -> str:
+    """What one optimizer step trains on, and the LR it uses (printed at start)."""
+    batch, accumulate = config.data.batch_size, config.train.accumulate
+    total = batch * accumulate * world_size
+    return (
+        f"global batch: {total} objects per optimizer step ({batch} per rank x {accumulate} "
+        f"accumulated x {world_size} ranks; {total * 4} target views), peak lr "
+        f"{config.train.lr:g} (not rescaled with the batch: docs/training.md)"
+    )
+
+
 def run(config: RunConfig) -> pl.Trainer:
+    check_init(config)
+    check_accumulate(config)
     out = Path(config.out)
     flag = StopFlag()
     flag.install()  # from the start: a signal while the model loads must not kill the run
@@ -148,6 +187,8 @@ def run(config: RunConfig) -> pl.Trainer:
             save_model(model, out / BASE_MODEL, source={"init": config.model.init})
     module = FineTuneModule(config, model)
     trainer = build_trainer(config, data, flag)
+    if trainer.is_global_zero:
+        print(global_batch_line(config, trainer.world_size), flush=True)
     resume = resolve_resume(config.checkpoint.resume, out)
     # Our checkpoints hold tensors and plain containers only: load them weights-only.
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)

@@ -107,7 +107,8 @@ def test_the_reference_is_vae_encoded_only_in_stage2(stage, rendered_shards, tmp
         encoded.append(len(images)),
         encode(images, **kw),
     )[1]
-    latents, _, ref_latent = module.encode_batch(batch, torch.Generator().manual_seed(0))
+    generators = module.object_generators(config.data.batch_size, step=0)
+    latents, _, ref_latent = module.encode_batch(batch, generators)
     b = config.data.batch_size
     assert encoded == [b * 4 + (b if stage == 2 else 0)]
     assert latents.shape[:2] == (b, 4) and len(ref_latent) == (b if stage == 2 else 0)
