@@ -7,7 +7,9 @@
 #               (unet/ vae/ scheduler/ for diffusers, image_encoder/ for open_clip; docs/model.md)
 #               [LAYOUT=mvdream|isotropic3d]: also OUT/fp32.pt, OUT/ema.pt in that original layout
 #   make cache-latents DATA=<shards> INIT=<model> OUT=<cache folder>
-#   make gpu-check / make bench-train
+#   make gpu-check / make bench-train [ARGS="--one-step --preset sd21-base --bf16 --grad-checkpointing"]
+#   make plan-memory CONFIG=<stage config or preset> NODES=N GPUS=G [ARGS="--gpu-mem 80 --measure"]
+#   make smoke-full   the sd21-base model end to end on this machine's CPU (~12 min, <20 GB RAM)
 CKPT ?=
 LAYOUT ?=
 LAUNCHER ?=
@@ -26,7 +28,7 @@ TRAIN_FLAGS = --stage $(STAGE) --nodes $(NODES) $(if $(GPUS),--gpus $(GPUS)) $(i
 	$(if $(CONSTRAINT),--constraint '$(CONSTRAINT)') $(if $(CPUS_PER_TASK),--cpus-per-task $(CPUS_PER_TASK)) \
 	$(if $(SBATCH_ARGS),--sbatch-args '$(SBATCH_ARGS)') $(if $(AFTER),--after $(AFTER))
 
-.PHONY: finetune export cache-latents gpu-check bench-train
+.PHONY: finetune export cache-latents gpu-check bench-train plan-memory smoke-full
 
 finetune: setup
 	$(PYTHON) -m training.launch $(TRAIN_FLAGS) $(ARGS)
@@ -48,3 +50,12 @@ gpu-check: setup
 
 bench-train: setup
 	$(PYTHON) scripts/bench_train.py $(ARGS)
+
+# Bytes per GPU of weights, gradients, optimizer state, EMA, activations; largest batch per GPU.
+plan-memory: setup
+	$(PYTHON) scripts/plan_memory.py --config $(or $(CONFIG),sd21-base) --stage $(STAGE) \
+		--nodes $(NODES) --gpus $(or $(GPUS),1) $(ARGS)
+
+# The full-size model through stage 1, stage 2, export, sampling, SDS and scoring on the CPU.
+smoke-full: setup
+	$(PYTHON) scripts/smoke_full.py $(ARGS)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import torch
 from bench_common import record  # scripts/ is on sys.path when run
 from diffusers import UNet2DConditionModel
 
+from models.bundle import build_model
 from models.unet import unet_config
 from training.callbacks import peak_tflops, unet_train_flops_per_image
 from training.checkpoints import resolve_init
@@ -69,6 +71,59 @@ def module_step(module: FineTuneModule, batch: dict, dtype: torch.dtype):
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def resident_peak_gb() -> float:
+    """This process's peak resident memory (VmHWM), GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
+def one_step(args: argparse.Namespace) -> dict:
+    """One optimizer step of the real module from the latent cache (no frozen encoder built):
+    its FLOPs (counted by torch), seconds and peak memory, at the given size. On a CPU at
+    ``sd21-base`` size this is the known figure a GPU run compares against."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if args.bf16 or cuda else torch.float32
+    overrides = [
+        f"model.init=random:{args.preset}", "train.multiview_ratio=1.0", "data.cached=true",
+        f"model.grad_checkpointing={str(args.grad_checkpointing).lower()}",
+        f"model.compile={str(args.compile).lower()}",
+    ]  # fmt: skip
+    config = load_config(ROOT / "configs" / f"stage{args.stage}-{args.preset}.yaml", overrides)
+    model = build_model(args.preset, seed=0, with_image_encoder=False)
+    module = FineTuneModule(config, model).to(device).train()
+    module.frozen.to(device, dtype)
+    module.configure_model()
+    batch = batches(module, args.objects, args.resolution, device)["latent cache"]
+    step = module_step(module, batch, dtype)
+    flops = unet_train_flops_per_image(module, 4, args.resolution) * args.objects * 4
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else resident_peak_gb()
+    return {
+        "device": torch.cuda.get_device_name()
+        if cuda
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "preset": args.preset,
+        "stage": args.stage,
+        "objects": args.objects,
+        "resolution": args.resolution,
+        "dtype": "bf16 autocast" if dtype == torch.bfloat16 else "fp32",
+        "grad_checkpointing": args.grad_checkpointing,
+        "step_tflop": flops / 1e12,
+        "step_seconds": seconds,
+        "achieved_tflops": flops / seconds / 1e12,
+        "peak_memory_gb": peak,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -159,10 +214,35 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--peak-tflops", type=float, default=0.0, help="for MFU (0: look the GPU up)"
     )
+    parser.add_argument(
+        "--one-step",
+        action="store_true",
+        help="one optimizer step from the latent cache: FLOPs, seconds, peak memory only",
+    )
+    parser.add_argument("--bf16", action="store_true", help="--one-step: bf16 autocast on a CPU")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="--one-step")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.one_step:
+        report = one_step(args)
+        print(
+            f"{report['preset']} stage {report['stage']}, {report['objects']} object(s) x 4 views "
+            f"at {report['resolution']} px, {report['dtype']}, grad checkpointing "
+            f"{report['grad_checkpointing']} on {report['device']}: one step "
+            f"{report['step_tflop']:.2f} TFLOP in {report['step_seconds']:.1f} s "
+            f"({report['achieved_tflops']:.3f} TFLOP/s), peak memory {report['peak_memory_gb']:.1f} GB"
+        )
+        print(json.dumps(report))
+        record(
+            "train",
+            f"one step {report['preset']} ({report['device']})",
+            report["step_seconds"],
+            "s",
+        )
+        return
     report = run(parse(argv))
     for name, rate in report["images_per_s"].items():
         print(f"{name:>22}: {rate:9.1f} img/s")

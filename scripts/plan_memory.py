@@ -38,7 +38,8 @@ from models.bundle import build_model, load_model, read_model_meta  # noqa: E402
 from training.config import RunConfig, load_config  # noqa: E402
 
 GB = 1e9
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2+offload", "zero3+offload")
+BUCKET_ELEMENTS = 50_000_000  # training.strategy.deepspeed_config's reduce_bucket_size
 
 
 def resident_bytes(field: str = "VmRSS") -> int:
@@ -83,20 +84,26 @@ def model_numbers(config: RunConfig, preset) -> dict:
 
 
 def states(strategy: str, n: int, world: int, ema: bool) -> dict[str, float]:
-    """Bytes per device of weights, gradients, optimizer state, the fp32 gradient partition the
-    ZeRO step casts the bf16 gradients to (alive during the step only) and the EMA."""
+    """Bytes per rank of weights, gradients, optimizer state, the fp32 gradient partition and
+    the EMA, and which of them live in host memory (``host``: ZeRO-Offload)."""
     if strategy == "ddp":
         return {
             "params": 4 * n, "grads": 4 * n, "optimizer": 8 * n, "grad32": 0,
-            "ema": 4 * n if ema else 0,
+            "ema": 4 * n if ema else 0, "buckets": 0, "host": 0,
         }  # fmt: skip
-    stage = int(strategy[-1])
+    stage, offload = int(strategy[4]), strategy.endswith("offload")
+    optimizer, grad32 = 12 * n / world, 4 * n / world  # fp32 masters + AdamW moments; fp32 grads
     return {
         "params": 2 * n / (world if stage == 3 else 1),
-        "grads": 2 * n / (world if stage >= 2 else 1),
-        "optimizer": 12 * n / world,  # fp32 masters and AdamW's two moments
-        "grad32": 4 * n / world,
+        # ZeRO-2/3 keep the reduced bf16 gradients of their partition; offload copies them to the
+        # host's fp32 buffer bucket by bucket instead.
+        "grads": 0 if offload else 2 * n / (world if stage >= 2 else 1),
+        "optimizer": optimizer,
+        "grad32": grad32,
         "ema": 4 * n / world if ema else 0,
+        # overlap_comm: two fp32 reduce buckets (communication_data_type fp32)
+        "buckets": 2 * BUCKET_ELEMENTS * 4,
+        "host": optimizer + grad32 if offload else 0,
     }
 
 
@@ -157,27 +164,30 @@ def plan(
     baseline: float,
 ) -> dict:
     n = numbers["unet"]
-    bf16_frozen = frozen_bytes(config, numbers, 2)
     rows = {}
     for strategy in STRATEGIES:
         parts = states(strategy, n, world, config.ema.enabled)
         frozen = frozen_bytes(config, numbers, 4 if strategy == "ddp" else 2)
-        fixed = sum(parts.values()) + frozen
-        free = gpu_mem_gb * GB - fixed - 1.5 * GB  # CUDA context, allocator slack, buffers
+        device = sum(v for k, v in parts.items() if k != "host") - parts["host"] + frozen
+        free = gpu_mem_gb * GB - device - 1.5 * GB  # CUDA context, allocator slack
         rows[strategy] = {
             **{k: v / GB for k, v in parts.items()},
             "frozen": frozen / GB,
-            "fixed": fixed / GB,
+            "device": device / GB,
             "max_batch": max(int(free // activations), 0) if activations > 0 else None,
         }
-    # The config as given (its strategy; DeepSpeed's ZeRO stage) on one process.
-    name = config.strategy.name
-    key = f"zero{config.strategy.zero_stage}" if name == "deepspeed" else "ddp"
+    # The config as given, all of it in one process's memory (a CPU run: device and host alike).
+    key = "ddp"
+    if config.strategy.name in ("deepspeed", "auto"):  # auto: DeepSpeed on GPUs
+        key = f"zero{config.strategy.zero_stage}"
+        key += "+offload" if config.strategy.offload_optimizer and key != "zero1" else ""
     parts = states(key, n, world, config.ema.enabled)
-    # Peak: either the step (the fp32 gradient partition is cast while the bf16 gradients still
-    # exist) or the backward (activations instead of that partition), whichever is larger.
-    predicted = baseline + sum(parts.values()) + bf16_frozen
-    predicted += max(activations * config.data.batch_size - parts["grad32"], 0.0)
+    predicted = baseline + sum(v for k, v in parts.items() if k != "host")
+    predicted += frozen_bytes(config, numbers, 4 if key == "ddp" else 2)
+    # Without offload the step's fp32 gradient partition and the backward's activations are
+    # not alive at once: the peak is the larger of the two.
+    transient = parts["grad32"] if not parts["host"] else 0.0
+    predicted += max(activations * config.data.batch_size - transient, 0.0)
     return {
         "world_size": world,
         "trainable_params": n,
@@ -191,8 +201,9 @@ def plan(
 
 
 def table(result: dict) -> str:
-    head = f"{'':<7}" + "".join(
-        f"{k:>10}" for k in ("params", "grads", "optim", "ema", "frozen", "total", "max batch")
+    head = f"{'':<14}" + "".join(
+        f"{k:>10}"
+        for k in ("params", "grads", "optim", "ema", "frozen", "on device", "on host", "max batch")
     )
     lines = [
         f"{result['trainable_params'] / 1e6:.0f}M trainable parameters, world size "
@@ -203,14 +214,11 @@ def table(result: dict) -> str:
     for name, row in result["per_device_gb"].items():
         optim = row["optimizer"] + row["grad32"]
         cells = [row["params"], row["grads"], optim, row["ema"], row["frozen"]]
+        cells += [row["device"], row["host"]]
         batch = "-" if row["max_batch"] is None else str(row["max_batch"])
-        lines.append(
-            f"{name:<7}"
-            + "".join(f"{c:>10.2f}" for c in cells)
-            + f"{row['fixed']:>10.2f}{batch:>10}"
-        )
+        lines.append(f"{name:<14}" + "".join(f"{c:>10.2f}" for c in cells) + f"{batch:>10}")
     lines.append(
-        f"this config ({result['config_strategy']}, batch as configured, one process): "
+        f"this config ({result['config_strategy']}, its batch, all in one process's memory): "
         f"predicted peak {result['predicted_peak_gb']:.2f} GB "
         f"(baseline {result['baseline_gb']:.2f} GB)"
     )
@@ -221,7 +229,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", required=True, help="a stage config (configs/stage*.yaml)")
+    parser.add_argument(
+        "--config", required=True, help="a stage config (YAML) or a preset (sd21-base, tiny)"
+    )
+    parser.add_argument("--stage", type=int, default=1, choices=(1, 2), help="with a preset")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus", type=int, default=1, help="devices per node")
     parser.add_argument("--gpu-mem", type=float, default=80.0, help="GB per device")
@@ -231,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    from training.launch import default_config
+
+    config = load_config(default_config(args.stage, args.config), args.overrides)
     # The training process's libraries, imported before its baseline is read.
     import training.train  # noqa: F401
 

@@ -144,8 +144,10 @@ def deepspeed_config(config: RunConfig) -> dict[str, Any]:
         "contiguous_gradients": True,
         "reduce_scatter": True,
         "allgather_partitions": True,
-        "reduce_bucket_size": 200_000_000,
-        "allgather_bucket_size": 200_000_000,
+        # Elements per bucket. Gradients travel in fp32 (communication_data_type below) and
+        # overlap_comm keeps two buckets: 2 x 50M x 4 B = 400 MB per rank.
+        "reduce_bucket_size": 50_000_000,
+        "allgather_bucket_size": 50_000_000,
     }
     if config.strategy.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}

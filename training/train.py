@@ -132,7 +132,7 @@ def check_init(config: RunConfig) -> None:
         raise ConfigError(
             "model.init: sd21-base alone is an untrained random init. Pass the weights to start "
             "from: INIT=sd-v2.1-base-4view.pt (MVDream checkpoint), INIT=<model folder> (make "
-            "convert-model / make export) or INIT=<training run> (ARGS=\"model.init=...\" with "
+            'convert-model / make export) or INIT=<training run> (ARGS="model.init=..." with '
             f"python -m training.train); for a debugging run from random weights, "
             f"model.init={RANDOM_PREFIX}sd21-base"
         )

@@ -116,3 +116,16 @@ def test_sd21_base_without_init_names_what_to_pass(tmp_path):
     for expected in ("sd-v2.1-base-4view.pt", "model folder", "random:sd21-base"):
         assert expected in message
     assert not any(tmp_path.iterdir())  # stopped before writing anything
+
+
+def test_the_ema_is_partitioned_from_the_start_when_deepspeed_is_picked(monkeypatch):
+    from training import module as modules
+    from training.ema import PartitionedWeightEMA
+
+    # strategy.name: auto on a GPU machine resolves to DeepSpeed (training.strategy).
+    monkeypatch.setattr(modules, "resolve_accelerator", lambda config: "gpu")
+    config = load_config(ROOT / "configs" / "stage1-tiny.yaml")
+    assert config.strategy.name == "auto" and config.ema.enabled
+    module = FineTuneModule(config, build_model("tiny", seed=0))
+    assert isinstance(module.weight_ema, PartitionedWeightEMA)
+    assert module.weight_ema.shadow is None  # nothing held until bound to this rank's partition

@@ -27,6 +27,12 @@ def _validated(ds_config: dict):
     return DeepSpeedConfig(full)
 
 
+def _validated_as_is(ds_config: dict):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    return DeepSpeedConfig({**ds_config, "bf16": {"enabled": True}})
+
+
 def test_deepspeed_zero2_is_the_gpu_default(monkeypatch):
     config = load_config(SD21)
     monkeypatch.setattr(strategies, "resolve_accelerator", lambda config: "gpu")
@@ -37,7 +43,31 @@ def test_deepspeed_zero2_is_the_gpu_default(monkeypatch):
     assert launch.strategy.exclude_frozen_parameters
     parsed = _validated(launch.strategy.config)
     assert parsed.zero_optimization_stage == 2 and parsed.train_micro_batch_size_per_gpu == 16
-    assert parsed.zero_config.offload_optimizer is None and parsed.gradient_clipping == 1.0
+    assert parsed.zero_config.offload_optimizer is None
+
+
+def test_deepspeed_gets_the_configured_clipping_and_accumulation(rendered_shards, tmp_path):
+    """train.grad_clip and train.accumulate reach DeepSpeed's own config through the Trainer
+    (Lightning writes them into it; DeepSpeed then clips and accumulates itself)."""
+    from train_helpers import tiny_config
+
+    from models.bundle import build_model
+    from training.datamodule import ShardDataModule
+    from training.module import FineTuneModule
+    from training.train import build_trainer
+
+    config = tiny_config(
+        tmp_path, rendered_shards, "strategy.name=deepspeed", "train.grad_clip=0.37",
+        "train.accumulate=3", "data.steps_per_epoch=3",
+    )  # fmt: skip
+    trainer = build_trainer(config, ShardDataModule(config.data))
+    module = FineTuneModule(config, build_model("tiny", seed=0))
+    module.trainer = trainer
+    trainer.strategy.connect(module)
+    trainer.strategy._format_batch_size_and_grad_accum_config()  # what setup does
+    parsed = _validated_as_is(trainer.strategy.config)
+    assert parsed.gradient_clipping == pytest.approx(0.37)
+    assert parsed.gradient_accumulation_steps == 3
 
 
 def test_deepspeed_zero3_with_cpu_offload_validates():
