@@ -51,9 +51,8 @@ def test_documented_yaml_comments_are_read_per_dotted_key():
     assert docs["res"] == "image width = height, pixels"
     assert docs["objaverse.licenses"].startswith("keep only these licences")
     assert "OBJECT_RADIUS" in docs["relative_radius"]  # a comment continued on the next lines
-    assert (
-        comments(ROOT / "configs" / "stage1-tiny.yaml")["train.lr"] == "peak learning rate (AdamW)"
-    )
+    lr = comments(ROOT / "configs" / "stage1-tiny.yaml")["train.lr"]
+    assert lr.startswith("peak learning rate (AdamW)") and "never rescaled" in lr
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
