@@ -39,7 +39,7 @@ from training.config import RunConfig, load_config  # noqa: E402
 
 GB = 1e9
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2+offload", "zero3+offload")
-BUCKET_ELEMENTS = 50_000_000  # training.strategy.deepspeed_config's reduce_bucket_size
+BUCKET_ELEMENTS = 25_000_000  # training.strategy.deepspeed_config's reduce_bucket_size
 
 
 def resident_bytes(field: str = "VmRSS") -> int:
@@ -108,8 +108,8 @@ def states(strategy: str, n: int, world: int, ema: bool) -> dict[str, float]:
 
 
 def frozen_bytes(config: RunConfig, numbers: dict, bytes_per: int) -> float:
-    if config.data.cached:  # only the VAE decoder stays (training.module.Frozen)
-        return numbers["vae_decoder"] * bytes_per
+    if config.data.cached:  # no frozen weights stay (training.module.Frozen)
+        return 0.0
     return (numbers["vae"] + numbers["image_encoder"]) * bytes_per
 
 

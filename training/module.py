@@ -42,16 +42,16 @@ def uses_deepspeed(config: RunConfig) -> bool:
 class Frozen:
     """Holder that keeps frozen networks out of ``nn.Module`` registration.
 
-    ``cached`` (training from a latent cache): the image encoder and the VAE's encoder are dropped,
+    ``cached`` (training from a latent cache): the image encoder and the VAE's weights are dropped,
     so no frozen encoder takes memory in the training process (ViT-H/14 alone is 2.5 GB in fp32);
     the run's ``base_model`` folder, written before, keeps them for export."""
 
     def __init__(self, model: MultiViewDiffusion, cached: bool = False) -> None:
         self.model = model
-        if cached:
+        if cached:  # (sample grids need images: a cached run has none, so no decoder either)
             model.image_encoder = None
-            model.vae.model.encoder = None
-            model.vae.model.quant_conv = None
+            for part in ("encoder", "quant_conv", "decoder", "post_quant_conv"):
+                setattr(model.vae.model, part, None)
         self.vae = model.vae.requires_grad_(False).eval()
         self.image_encoder = model.image_encoder
         if self.image_encoder is not None:

@@ -145,9 +145,9 @@ def deepspeed_config(config: RunConfig) -> dict[str, Any]:
         "reduce_scatter": True,
         "allgather_partitions": True,
         # Elements per bucket. Gradients travel in fp32 (communication_data_type below) and
-        # overlap_comm keeps two buckets: 2 x 50M x 4 B = 400 MB per rank.
-        "reduce_bucket_size": 50_000_000,
-        "allgather_bucket_size": 50_000_000,
+        # overlap_comm keeps two buckets: 2 x 25M x 4 B = 200 MB per rank.
+        "reduce_bucket_size": 25_000_000,
+        "allgather_bucket_size": 25_000_000,
     }
     if config.strategy.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
