@@ -202,3 +202,53 @@ def describe_submitted(job_id: str, name: str, log: Path) -> str:
         f"  follow: tail -f {log}    (state: squeue -j {job_id})\n"
         f"  cancel: scancel {job_id}"
     )
+
+
+def add_job_arguments(parser) -> None:
+    """The flags every submitting command shares (Make: LAUNCHER, PARTITION, ACCOUNT, QOS, TIME,
+    CONSTRAINT, CPUS_PER_TASK, SBATCH_ARGS)."""
+    group = parser.add_argument_group("SLURM")
+    group.add_argument(
+        "--launcher", default=os.environ.get("LAUNCHER") or "auto", choices=LAUNCHERS
+    )
+    group.add_argument("--partition", default=None)
+    group.add_argument("--account", default=None)
+    group.add_argument("--qos", default=None)
+    group.add_argument("--time", default=None, help="time limit of one task, e.g. 24:00:00")
+    group.add_argument("--constraint", default=None)
+    group.add_argument("--cpus-per-task", type=int, default=None)
+    group.add_argument("--sbatch-args", default=None, help='more sbatch options, "--mem=0 ..."')
+    group.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+
+
+def options_from_args(args) -> JobOptions:
+    return JobOptions(
+        partition=args.partition, account=args.account, qos=args.qos, time=args.time,
+        constraint=args.constraint, cpus_per_task=args.cpus_per_task,
+        extra=shlex.split(args.sbatch_args or ""),
+    )  # fmt: skip
+
+
+def submit_chain(jobs: list[tuple[Path, str, str, str | None]], dry_run: bool) -> list[str]:
+    """Write each ``(script path, text, job name, dependency kind)`` and submit it, the ones with a
+    kind (``afterok``, ``afterany``) after the job before; on a dry run print them instead."""
+    ids: list[str] = []
+    for path, text, name, kind in jobs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if dry_run:
+            print(f"--- {path} (dry run: not submitted)\n{text}")
+            continue
+        after = f"{kind}:{ids[-1]}" if kind and ids else None
+        job_id = submit(path, after)
+        ids.append(job_id)
+        output = next(
+            x.split("=", 1)[1] for x in text.splitlines() if x.startswith("#SBATCH --output=")
+        )
+        note = (
+            f" (starts when job {ids[-2]} has {'succeeded' if kind == 'afterok' else 'ended'})"
+            if after
+            else ""
+        )
+        print(describe_submitted(job_id, name, log_path(Path(output), job_id, name)) + note)
+    return ids

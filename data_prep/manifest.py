@@ -91,6 +91,14 @@ def _refusal(path: Path, old: dict, settings: dict) -> str:
     return _differences(path, upgraded, upgrade_settings(settings)) or f"{path}: other settings"
 
 
+def recorded_part_count(folder: Path) -> int | None:
+    """The partition count the folder's partitions record (None for a new folder)."""
+    headers = [json.loads(path.read_text()) for path in legacy_manifests(folder)]
+    headers += [read_header(path) for path in partition_records(folder)]
+    counts = [int(h["part_count"]) for h in headers if h.get("part_count")]
+    return counts[0] if counts else None
+
+
 def check_folder(folder: Path, part_count: int, settings: dict) -> None:
     """Refuse to add to a folder whose partitions were rendered with another partition layout
     or other pixel settings (each partition's header, or old manifest, records both). Reads

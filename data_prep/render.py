@@ -27,7 +27,13 @@ from tqdm import tqdm
 from data_prep.config import RenderConfig, add_config_arguments, resolve_from_args
 from data_prep.fetching import Feeder
 from data_prep.layout import assign, folder_assignment
-from data_prep.manifest import Manifest, check_folder, done_elsewhere, retryable
+from data_prep.manifest import (
+    Manifest,
+    check_folder,
+    done_elsewhere,
+    recorded_part_count,
+    retryable,
+)
 from data_prep.partition import partition_from_env
 from data_prep.pool import WorkerPool
 from data_prep.quality import empty_view_problem, quality
@@ -134,7 +140,9 @@ def render(config: RenderConfig) -> RunSummary:
     config.validate()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    part = partition_from_env(config.part_index, config.part_count)
+    part = partition_from_env(
+        config.part_index, config.part_count, recorded=recorded_part_count(out)
+    )
     with lock_partition(out, part[0]):
         return _render_partition(config, out, part)
 

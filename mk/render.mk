@@ -9,6 +9,10 @@
 #   make bench-manifest   10M-object records-only run: start-up, streaming merge, peak memory
 # COUNT= (empty) renders every object. With CONFIG, only the variables given on the command line
 # (or in the environment) override the config file; the Makefile's defaults do not.
+# On a SLURM cluster (a controller answers; LAUNCHER=local renders here) these two targets submit
+# an array of TASKS tasks (one partition each; default: the folder's layout, else 8) and a merge +
+# summary job after it (data_prep/render_slurm.py; PARTITION=, TIME=, ... as for finetune;
+# ARGS=--dry-run prints the scripts).
 # Inside a SLURM array task (SLURM_ARRAY_TASK_ID set) or with NO_SETUP=1 these targets never run
 # pip: 64 tasks installing into one shared .venv at once would corrupt it. Run `make setup` once
 # before `sbatch`; a task then only checks that the environment is there.
@@ -18,7 +22,7 @@ RENDER_OUT = $(or $(OUT),outputs/render/$(notdir $(patsubst %/,%,$(1))))
 # $(call render_flag,VAR,--flag): pass --flag $(VAR) unless a CONFIG is given and VAR is a default.
 render_flag = $(if $($(1)),$(if $(or $(if $(CONFIG),,1),$(filter command line environment%,$(origin $(1)))),$(2) $($(1))))
 # $(call RENDER_CMD,source flag,default out)
-RENDER_CMD = $(PYTHON) -m data_prep.render $(1) $(if $(OUT),--out $(OUT),$(if $(CONFIG),,--out $(2))) \
+RENDER_CMD = $(PYTHON) -m data_prep.render_slurm $(SLURM_FLAGS) $(if $(TASKS),--tasks $(TASKS)) $(1) $(if $(OUT),--out $(OUT),$(if $(CONFIG),,--out $(2))) \
 	$(call render_flag,COUNT,--count) $(call render_flag,RES,--res) \
 	$(call render_flag,WORKERS,--workers) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 

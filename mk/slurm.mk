@@ -5,6 +5,20 @@
 #   make slurm-status  its nodes and partition
 SLURM_DIR ?= outputs/slurm-local
 
+# Settings of every submitting target (finetune, render-*, eval): see docs/cluster.md.
+LAUNCHER ?=
+PARTITION ?=
+ACCOUNT ?=
+QOS ?=
+TIME ?=
+CONSTRAINT ?=
+CPUS_PER_TASK ?=
+SBATCH_ARGS ?=
+SLURM_FLAGS = $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PARTITION),--partition $(PARTITION)) \
+	$(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(QOS),--qos $(QOS)) $(if $(TIME),--time $(TIME)) \
+	$(if $(CONSTRAINT),--constraint '$(CONSTRAINT)') $(if $(CPUS_PER_TASK),--cpus-per-task $(CPUS_PER_TASK)) \
+	$(if $(SBATCH_ARGS),--sbatch-args '$(SBATCH_ARGS)')
+
 .PHONY: slurm-up slurm-down slurm-status
 
 slurm-up: setup

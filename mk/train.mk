@@ -12,21 +12,10 @@
 #   make smoke-full   the sd21-base model end to end on this machine's CPU (~12 min, <20 GB RAM)
 CKPT ?=
 LAYOUT ?=
-LAUNCHER ?=
-PARTITION ?=
-ACCOUNT ?=
-QOS ?=
-TIME ?=
-CONSTRAINT ?=
-CPUS_PER_TASK ?=
-SBATCH_ARGS ?=
 AFTER ?=
 TRAIN_FLAGS = --stage $(STAGE) --nodes $(NODES) $(if $(GPUS),--gpus $(GPUS)) $(if $(CONFIG),--config $(CONFIG)) \
 	$(if $(DATA),--data $(DATA)) $(if $(INIT),--init $(INIT)) $(if $(OUT),--out $(OUT)) \
-	$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PARTITION),--partition $(PARTITION)) \
-	$(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(QOS),--qos $(QOS)) $(if $(TIME),--time $(TIME)) \
-	$(if $(CONSTRAINT),--constraint '$(CONSTRAINT)') $(if $(CPUS_PER_TASK),--cpus-per-task $(CPUS_PER_TASK)) \
-	$(if $(SBATCH_ARGS),--sbatch-args '$(SBATCH_ARGS)') $(if $(AFTER),--after $(AFTER))
+	$(SLURM_FLAGS) $(if $(AFTER),--after $(AFTER))
 
 .PHONY: finetune export cache-latents gpu-check bench-train plan-memory smoke-full
 

@@ -107,8 +107,17 @@ def test_partition_from_flags_and_environment():
     assert partition_from_env(env={}) == (0, 1)
     slurm = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4", "RANK": "9"}
     assert partition_from_env(env=slurm) == (3, 4)
-    shifted = {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4"}
-    assert partition_from_env(env=shifted | {"SLURM_ARRAY_TASK_MIN": "1"}) == (3, 4)
+    # Resubmitting one task of a 16-task array (sbatch --array=7): partition 7 of the layout the
+    # folder records (or --part-count), not partition 0 of 1 (it used to be: the new array's size)
+    one = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_ARRAY_TASK_MIN": "7",
+           "SLURM_ARRAY_TASK_MAX": "7"}  # fmt: skip
+    assert partition_from_env(env=one, recorded=16) == (7, 16)
+    assert partition_from_env(None, 16, env=one) == (7, 16)
+    whole = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "16",
+             "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "15"}  # fmt: skip
+    assert partition_from_env(env=whole) == (7, 16)
+    with pytest.raises(ValueError, match="array ids are partition indices"):
+        partition_from_env(env=one)  # a fresh folder cannot tell which layout task 7 belongs to
     assert partition_from_env(env={"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
     assert partition_from_env(2, 5, env=slurm) == (2, 5)
     with pytest.raises(ValueError, match="outside"):

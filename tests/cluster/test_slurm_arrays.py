@@ -1,0 +1,73 @@
+"""Heavy jobs as SLURM arrays on the local two-node cluster: ``make render-samples TASKS=2``
+renders one partition per node whose shards equal a single-process render's, merges the manifests
+in a job after the array, and a resubmitted task renders its own partition of the original layout
+(it used to take the one-task array's size as the partition count)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from cluster_helpers import job_ids, make, wait_done
+from PIL import Image
+
+# the settings of the session's rendered_shards fixture (tests/conftest.py), as flags
+RENDER = "--samples 8 --no-denoise --num-quads 1 --num-refs 1 --shard-size 4"
+
+
+def _objects(folder: Path) -> dict[str, dict]:
+    """Per object: its views' pixels, cameras and metadata (without the thread count, which
+    follows the workers per machine)."""
+    found: dict[str, dict] = defaultdict(dict)
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                data = tar.extractfile(member).read()
+                if ext.endswith(".png"):
+                    data = np.asarray(Image.open(io.BytesIO(data))).tobytes()
+                elif ext == "meta.json":
+                    meta = json.loads(data)
+                    meta["renderer"].pop("threads", None)
+                    data = json.dumps(meta, sort_keys=True)
+                found[key][ext] = data
+    return dict(found)
+
+
+def test_render_array_over_two_nodes_equals_one_process(slurm_env, rendered_shards, tmp_path):
+    out = tmp_path / "array"
+    result = make(
+        "render-samples", "TASKS=2", "CPUS_PER_TASK=4", f"OUT={out}", "RES=32", "WORKERS=2",
+        f"ARGS={RENDER}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    array, merge = job_ids(result.stdout)
+    assert f"(starts when job {array} has ended)" in result.stdout
+    states = wait_done([merge])
+    logs = {p.name: p.read_text() for p in (out / "slurm").glob("*.out")}
+    assert states[merge]["JobState"] == "COMPLETED", logs
+    tasks = [logs[f"render-{array}_{i}.out"] for i in (0, 1)]
+    assert "array task 0 on n1" in tasks[0] and "array task 1 on n2" in tasks[1]
+    assert "partition 0/2: 5 objects" in tasks[0] and "partition 1/2: 5 objects" in tasks[1]
+    assert (
+        sorted(p.name[:9] for p in out.glob("shard-*.tar")) == ["shard-000"] * 2 + ["shard-001"] * 2
+    )
+    merged = json.loads((out / "manifest.json").read_text())
+    assert sorted(merged["parts"]) == [0, 1] and len(merged["done"]) == 10
+    assert (out / "contact_sheet.png").is_file()  # the summary ran after the merge
+    assert _objects(out) == _objects(rendered_shards)  # same objects, pixels, cameras, metadata
+    # Resubmitting task 1 alone (an array of one task, id 1): partition 1 of 2, nothing left to do
+    again = subprocess.run(
+        ["sbatch", "--parsable", "--array=1", str(out / "slurm" / "render.sbatch")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    job = again.stdout.strip()
+    wait_done([job])
+    log = (out / "slurm" / f"render-{job}_1.out").read_text()
+    assert "partition 1/2: 5 objects, 5 already done or failed before, 0 rendered" in log, log
