@@ -9,6 +9,9 @@
 #                                (ARGS="--clip-unit raw")
 #   make bench-sds               SDS it/s at 64 and 256 px, time split (sd21-base on GPU, tiny on CPU)
 #   make test-eval               the evaluation tests
+# On a SLURM cluster (a controller answers; LAUNCHER=local runs here) it submits one job of NODES
+# nodes, each using all of its GPUs, that ends with the one report (evaluation/eval_slurm.py;
+# PARTITION=, TIME=, ... as for finetune; ARGS=--dry-run prints the script).
 # MODEL is required; a pipeline check on a random-init tiny model: ARGS=model.size=tiny (scores
 # are then meaningless).
 EVAL_OUT = $(or $(OUT),outputs/eval)
@@ -17,7 +20,7 @@ EVAL_OUT = $(or $(OUT),outputs/eval)
 
 eval: setup
 	@test -n "$(IMAGES)$(findstring --print-config,$(ARGS))" || { echo "usage: make eval IMAGES=DIR [MODEL=DIR] [OUT=DIR] [STEPS=N] [CONFIG=YAML] [GPUS=all] [ARGS=...]"; exit 1; }
-	$(PYTHON) -m evaluation.run $(if $(IMAGES),--images $(IMAGES)) --out $(EVAL_OUT) $(if $(MODEL),--model $(MODEL)) \
+	$(PYTHON) -m evaluation.eval_slurm $(SLURM_FLAGS) --nodes $(NODES) $(if $(IMAGES),--images $(IMAGES)) --out $(EVAL_OUT) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 
 eval-report: setup

@@ -1,20 +1,25 @@
-"""Heavy jobs as SLURM arrays on the local two-node cluster: ``make render-samples TASKS=2``
+"""Heavy jobs on the local two-node cluster: ``make render-samples TASKS=2``
 renders one partition per node whose shards equal a single-process render's, merges the manifests
 in a job after the array, and a resubmitted task renders its own partition of the original layout
-(it used to take the one-task array's size as the partition count)."""
+(it used to take the one-task array's size as the partition count); ``make eval NODES=2``
+evaluates one object per node and writes one report."""
 
 from __future__ import annotations
 
 import io
 import json
 import subprocess
+import sys
 import tarfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from cluster_helpers import job_ids, make, wait_done
-from PIL import Image
+from cluster_helpers import ROOT, job_ids, make, wait_done
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(ROOT / "tests" / "evaluation"))
+from eval_helpers import TINY_OVERRIDES  # noqa: E402  (the evaluation tests' tiny settings)
 
 # the settings of the session's rendered_shards fixture (tests/conftest.py), as flags
 RENDER = "--samples 8 --no-denoise --num-quads 1 --num-refs 1 --shard-size 4"
@@ -71,3 +76,33 @@ def test_render_array_over_two_nodes_equals_one_process(slurm_env, rendered_shar
     wait_done([job])
     log = (out / "slurm" / f"render-{job}_1.out").read_text()
     assert "partition 1/2: 5 objects, 5 already done or failed before, 0 rendered" in log, log
+
+
+def _draw_images(folder: Path) -> Path:
+    folder.mkdir()
+    for name, colour in [("duck", (220, 180, 30)), ("tomato", (200, 40, 40))]:
+        image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+        ImageDraw.Draw(image).ellipse((16, 8, 48, 56), fill=(*colour, 255))
+        image.save(folder / f"{name}.png")
+    return folder
+
+
+def test_eval_over_two_nodes_writes_one_report(slurm_env, tmp_path):
+    images, out = _draw_images(tmp_path / "images"), tmp_path / "eval"
+    args = ["model.size=tiny", "--no-progress", "report.clip_unit=raw", *TINY_OVERRIDES]
+    result = make(
+        "eval", f"IMAGES={images}", f"OUT={out}", "NODES=2", "CONFIG=configs/eval_tiny.yaml",
+        f"ARGS={' '.join(args)}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 node(s) x 2 worker(s) (partition local, gpu:2), then one report" in result.stdout
+    (job,) = job_ids(result.stdout)
+    states = wait_done([job])
+    log = (out / "slurm" / f"eval-{job}.out").read_text()
+    assert states[job]["JobState"] == "COMPLETED", log[-4000:]
+    assert "task 0 of 2 on n1" in log and "task 1 of 2 on n2" in log
+    for name in ("duck", "tomato"):
+        assert json.loads((out / "objects" / name / "result.json").read_text())["steps"] == 2
+    report = json.loads((out / "results.json").read_text())
+    assert sorted(o["id"] for o in report["objects"]) == ["duck", "tomato"], report
+    assert (out / "index.html").is_file()
