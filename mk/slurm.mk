@@ -1,8 +1,11 @@
 # A local two-node SLURM cluster (cluster/local.py; docs/cluster.md): for the tests and for trying
 # the cluster path on one machine. Installs slurm-wlm + munge with apt-get on first use.
-#   make slurm-up [SLURM_DIR=outputs/slurm-local]   start it; then `export SLURM_CONF=$(SLURM_DIR)/slurm.conf`
+#   make slurm-up      [SLURM_DIR=outputs/slurm-local] start it; then export SLURM_CONF=SLURM_DIR/slurm.conf
 #   make slurm-down    cancel its jobs, stop every daemon it started
 #   make slurm-status  its nodes and partition
+# On any SLURM cluster, finetune, render-objaverse/render-samples and eval submit themselves, with
+#   LAUNCHER=slurm|torchrun|local PARTITION= ACCOUNT= QOS= TIME= CONSTRAINT= CPUS_PER_TASK=
+#   SBATCH_ARGS="--mem=0 ..." (docs/cluster.md)
 SLURM_DIR ?= outputs/slurm-local
 
 # Settings of every submitting target (finetune, render-*, eval): see docs/cluster.md.
