@@ -8,9 +8,10 @@ Cameras arrive as ready-made camera-to-world matrices, so this process never imp
 
 Job: ``{"id", "path", "out_dir", "views": [{"c2w": 4x4, "fov_deg"}], "settings": {...}}``.
 Result: ``{"id", "ok", "reason", "detail", "warnings", "normalisation", "device", "timing"}``;
-on success ``out_dir`` holds ``000.png``... and optionally ``depth.npy`` / ``normal.npy`` /
-``albedo.npy``. Optional job keys: ``asset_root`` (where external textures are searched; default
-the file's folder), ``lighting_seed`` (seeds the randomised lighting).
+on success ``out_dir`` holds the shard members under their names (models/shards/format.py): the
+views ``000.png``... and optionally ``depth.npy`` / ``normal.npy`` / ``albedo.npy``. Optional job
+keys: ``asset_root`` (where external textures are searched; default the file's folder),
+``lighting_seed`` (seeds the randomised lighting).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import numpy as np
 
 from data_prep import blender_lighting, blender_materials
 from data_prep import blender_scene as bs
+from models.shards.format import ALBEDO, DEPTH, NORMAL, view_name
 
 JOB_LOG = "blender.log"  # per-job log inside the job's out_dir
 
 
 # pass name -> (render-layer socket, channels kept, file name in the sample)
-PASSES = {"depth": ("Depth", 1, "depth.npy"), "normal": ("Normal", 3, "normal.npy")}
-PASSES["albedo"] = ("DiffCol", 3, "albedo.npy")
+PASSES = {"depth": ("Depth", 1, DEPTH), "normal": ("Normal", 3, NORMAL)}
+PASSES["albedo"] = ("DiffCol", 3, ALBEDO)
 
 
 def _setup_passes(out_dir: Path, wanted: list[str]):
@@ -109,7 +111,7 @@ def render_job(job: dict) -> dict:
     for index, view in enumerate(job["views"]):
         view_start = time.perf_counter()
         bs.place_camera(camera, view["c2w"], view["fov_deg"])
-        bpy.context.scene.render.filepath = str(out_dir / f"{index:03d}.png")
+        bpy.context.scene.render.filepath = str(out_dir / view_name(index))
         # The frame stays fixed (animated assets keep one pose in every view), so each view's
         # pass files get their own folder instead of a frame number.
         view_passes = out_dir / "passes" / f"{index:03d}"

@@ -26,7 +26,6 @@ import json
 import os
 import tarfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +38,14 @@ from data_prep.layout import (
     read_header,
     records_path,
 )
-from data_prep.shards import SHARD_RE, list_shards, shard_ids
+from models.shards.format import (
+    META,
+    SHARD_RE,
+    list_shards,
+    shard_ids,
+    split_member,
+    views_per_object,
+)
 
 VERSION = 3
 # Failure reasons a rerun with --retry-failed tries again (each at most max_attempts times in
@@ -119,14 +125,6 @@ def check_folder(folder: Path, part_count: int, settings: dict) -> None:
             )
         if not _same_settings(old, settings):
             raise ValueError(_refusal(path, old, settings))
-
-
-def tar_views(path: Path) -> dict[str, int]:
-    """``{views per object: objects}`` of one shard, from its member names (nothing decoded)."""
-    with tarfile.open(path) as tar:
-        names = [m.name for m in tar if m.name.endswith(".png")]
-    per_key = Counter(name.rsplit("/", 1)[-1].split(".", 1)[0] for name in names)
-    return {str(k): v for k, v in sorted(Counter(per_key.values()).items())}
 
 
 def read_records(path: Path) -> Iterator[dict]:
@@ -289,7 +287,7 @@ class Manifest:
                 notes.append(f"shard {name} is gone: its {count} objects will render again")
         for name, path in sorted(on_disk.items()):
             if name not in self.shards:
-                self.add_shard(name, shard_ids(path), tar_views(path), sync=False)
+                self.add_shard(name, shard_ids(path), views_per_object(path), sync=False)
                 notes.append(f"adopted complete shard {name} missing from the records")
         if notes:
             self.save()
@@ -307,7 +305,7 @@ class Manifest:
         ``size``: the shard's bytes (default: read from the file)."""
         path = self.dir / name
         size = size if size is not None else path.stat().st_size
-        views = views if views is not None else tar_views(path)
+        views = views if views is not None else views_per_object(path)
         warnings = {i: self._pending_warnings.pop(i) for i in ids if i in self._pending_warnings}
         record = {"shard": name, "ids": ids, "bytes": size, "views": views}
         self._append(record | ({"warnings": warnings} if warnings else {}), sync=sync)
@@ -359,13 +357,14 @@ def drop_from_shard(folder: Path, name: str, object_ids: set[str]) -> int:
     path = folder / name
     with tarfile.open(path) as tar:
         members = tar.getmembers()
+        metas = [m for m in members if split_member(m.name)[1] == META]
         keys = {
-            m.name.split(".", 1)[0]
-            for m in members
-            if m.name.endswith(".meta.json") and json.load(tar.extractfile(m))["id"] in object_ids
+            split_member(m.name)[0]
+            for m in metas
+            if json.load(tar.extractfile(m))["id"] in object_ids
         }
-        kept = [m for m in members if m.name.split(".", 1)[0] not in keys]
-        if not any(m.name.endswith(".meta.json") for m in kept):
+        kept = [m for m in members if split_member(m.name)[0] not in keys]
+        if not any(split_member(m.name)[1] == META for m in kept):
             path.unlink()
             return 0
         tmp = path.with_name(path.name + ".tmp")

@@ -22,9 +22,8 @@ from data_prep.manifest import (
     PartitionState,
     drop_from_shard,
     records_path,
-    tar_views,
 )
-from data_prep.shards import list_shards, shard_ids
+from models.shards.format import list_shards, shard_ids, views_per_object
 
 
 def migrate_folder(folder: Path) -> list[str]:
@@ -109,7 +108,7 @@ def drop_duplicates(folder: Path) -> list[str]:
                 size = drop_from_shard(manifest.dir, shard, {object_id})
                 if size:
                     kept = [i for i in manifest.shards[shard]["ids"] if i != object_id]
-                    views = tar_views(manifest.dir / shard)
+                    views = views_per_object(manifest.dir / shard)
                     manifest._append(
                         {"rewritten": shard, "ids": kept, "bytes": size} | {"views": views}
                     )

@@ -38,8 +38,10 @@ from data_prep.partition import partition_from_env
 from data_prep.pool import WorkerPool
 from data_prep.quality import empty_view_problem, quality
 from data_prep.runfiles import lock_partition, make_run_scratch
-from data_prep.shards import ShardWriter, build_sample
-from data_prep.sources import ObjectRef, choose, make_source
+from data_prep.shard_writer import ShardWriter
+from data_prep.source_factory import make_source
+from data_prep.sources import ObjectRef, choose
+from models.shards.format import RENDER_EXTRAS, build_sample, view_name
 
 if TYPE_CHECKING:  # views imports torch: loaded lazily, while the Blender workers start up
     from data_prep.views import ViewPlan
@@ -92,11 +94,9 @@ def worker_envs(config: RenderConfig) -> list[dict[str, str]]:
 
 
 def _read_views(out_dir: Path, count: int) -> tuple[list[bytes], dict]:
-    pngs = [(out_dir / f"{i:03d}.png").read_bytes() for i in range(count)]
+    pngs = [(out_dir / view_name(i)).read_bytes() for i in range(count)]
     extra = {
-        name: (out_dir / name).read_bytes()
-        for name in ("depth.npy", "normal.npy", "albedo.npy")
-        if (out_dir / name).exists()
+        name: (out_dir / name).read_bytes() for name in RENDER_EXTRAS if (out_dir / name).exists()
     }
     return pngs, extra
 

@@ -1,38 +1,23 @@
 """Object sources behind one interface: each yields :class:`ObjectRef` (id, file, licence).
 
 ``samples`` (the built-in set), a local folder of meshes, or ``objaverse`` (see
-:mod:`data_prep.objaverse_source`). Listing is cheap and deterministic; fetching files
-(downloads) happens in :meth:`Source.fetch`, only for the objects this run will render.
+:mod:`data_prep.objaverse_source`); :mod:`data_prep.source_factory` picks the configured one.
+Listing is cheap and deterministic; fetching files (downloads) happens in :meth:`Source.fetch`,
+only for the objects this run will render.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.config import RenderConfig
+from models.shards.format import sample_key
 
 # Every format the bpy wheel imports (docs/render.md "Supported formats").
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".fbx", ".ply", ".stl", ".dae", ".abc", ".blend")
 MESH_SUFFIXES += (".usd", ".usda", ".usdc", ".usdz")
-
-
-SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def sample_key(object_id: str) -> str:
-    """WebDataset ``__key__``, unique per id: a plain id (letters, digits, ``_``, ``-``) is its own
-    key; any other id (dots would split the sample, slashes make folders, spaces...) becomes its
-    sanitised form plus ``~`` and a hash of the exact id, so ``a b``, ``a.b`` and ``a_b`` never
-    share a key (``~`` never occurs in a plain id)."""
-    if SAFE_KEY.match(object_id):
-        return object_id
-    digest = hashlib.sha256(object_id.encode()).hexdigest()[:10]
-    return re.sub(r"[^A-Za-z0-9_-]", "_", object_id)[:80] + "~" + digest
 
 
 @dataclass
@@ -129,22 +114,3 @@ def choose(refs: list[ObjectRef], count: int | None, seed: int) -> list[ObjectRe
         return refs
     random.Random(seed).shuffle(refs)
     return sorted(refs[:count], key=lambda ref: ref.id)
-
-
-def make_source(config: RenderConfig) -> Source:
-    if config.source == "samples":
-        return SampleSource(Path(config.out) / "_samples")
-    if config.source == "objaverse":
-        from data_prep.objaverse_source import ObjaverseSource
-
-        return ObjaverseSource(config.objaverse)
-    if config.source == "objaverse-xl":
-        from data_prep.objaverse_xl import ObjaverseXLSource
-
-        return ObjaverseXLSource(config.objaverse)
-    if Path(config.source).is_dir():
-        return FolderSource(config.source)
-    raise ValueError(
-        f"source {config.source!r} is neither 'objaverse', 'objaverse-xl', 'samples' nor an "
-        "existing folder"
-    )

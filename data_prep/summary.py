@@ -21,7 +21,7 @@ from PIL import Image
 from data_prep.layout import legacy_manifests, partition_records
 from data_prep.manifest import PartitionState
 from data_prep.merge import merge
-from data_prep.shards import list_shards
+from models.shards.format import META, list_shards, view_name
 
 
 def iter_samples(folder: str | Path) -> Iterator[dict]:
@@ -92,8 +92,8 @@ def contact_sheet(
         for taken, sample in enumerate(stream.decode("rgba8")):
             if taken >= per_shard or len(rows) >= objects:
                 break
-            count = len(sample["meta.json"]["fov_deg"])
-            views = [sample[f"{i:03d}.png"].astype(np.float32) / 255 for i in range(count)]
+            count = len(sample[META]["fov_deg"])
+            views = [sample[view_name(i)].astype(np.float32) / 255 for i in range(count)]
             row = [v[..., :3] * v[..., 3:] + background / 255 * (1 - v[..., 3:]) for v in views]
             rows.append(np.concatenate(row, axis=1))
     width = max(r.shape[1] for r in rows)

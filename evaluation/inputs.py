@@ -1,4 +1,4 @@
-"""Objects to evaluate: a folder of reference images, or held-out shards (docs/ARCHITECTURE.md).
+"""Objects to evaluate: a folder of reference images, or held-out shards (models/shards/format.py).
 
 A shard object gives its reference view (the first of ``refs``, else the first view) with its
 known pose, and its first azimuth-orthogonal quadruple as ground truth for the 2D multi-view score.
@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
-import json
 import logging
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from models.shards.format import read_meta, read_sample, shard_keys
+from models.shards.images import composite, decode_view
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 log = logging.getLogger(__name__)
@@ -65,9 +65,8 @@ def save_rgba(tensor: torch.Tensor, path: Path) -> None:
 
 def on_background(rgba: torch.Tensor, background=(1.0, 1.0, 1.0)) -> torch.Tensor:
     """``[...,4,H,W]`` straight-alpha RGBA -> ``[...,3,H,W]`` composited on ``background``."""
-    bg = torch.tensor(background, dtype=rgba.dtype).view(3, 1, 1)
     alpha = rgba[..., 3:, :, :]
-    return rgba[..., :3, :, :] * alpha + bg * (1 - alpha)
+    return composite(torch.cat([rgba[..., :3, :, :] * alpha, alpha], dim=-3), tuple(background))
 
 
 def resize_rgba(rgba: torch.Tensor, size: int) -> torch.Tensor:
@@ -167,24 +166,6 @@ def object_id(name: str) -> str:
     return name.replace(".", "_").replace("/", "_")
 
 
-def _shard_keys(path: Path) -> list[str]:
-    with tarfile.open(path) as tar:
-        names = [Path(n).name for n in tar.getnames()]
-    return sorted({n.split(".", 1)[0] for n in names if "." in n})
-
-
-def _shard_members(path: Path, key: str) -> dict[str, bytes]:
-    """The members of one sample (``key.ext`` -> bytes); keys have no dots (WebDataset)."""
-    members: dict[str, bytes] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            name = Path(member.name).name
-            if member.isfile() and name.startswith(f"{key}."):
-                data = tar.extractfile(member)
-                members[name.split(".", 1)[1]] = data.read() if data else b""
-    return members
-
-
 @functools.lru_cache(maxsize=256)
 def _shard_digest(path: Path) -> str:
     """One sampled digest per shard (not a scan per object: shards hold thousands)."""
@@ -193,36 +174,29 @@ def _shard_digest(path: Path) -> str:
     return file_digest(path)
 
 
-def _pose(meta: dict, index: int) -> dict:
-    return {
-        k: float(meta[k][index]) for k in ("elevation_deg", "azimuth_deg", "fov_deg", "distance")
-    }
-
-
-def _shard_object(key: str, members: dict[str, bytes], shard: Path, inputs_cfg) -> EvalObject:
-    meta = json.loads(members["meta.json"])
+def _shard_object(sample: dict, shard: Path, inputs_cfg) -> EvalObject:
+    meta = read_meta(sample)  # the format's checks: a bad sample is named, not guessed at
 
     def view(index: int) -> torch.Tensor:
-        image = Image.open(io.BytesIO(members[f"{index:03d}.png"]))
-        return resize_rgba(to_rgba_tensor(image), inputs_cfg.size)
+        rgba = decode_view(sample, index).permute(2, 0, 1).float() / 255.0
+        return resize_rgba(rgba, inputs_cfg.size)
 
-    refs, quads = meta.get("refs") or [], meta.get("quads") or []
-    ref_index = refs[0] if refs else (quads[0][0] if quads else 0)
-    gt_views = gt_pose = None
-    if quads:
-        quad = quads[0]
-        gt_views = torch.stack([view(i) for i in quad])
-        poses = [_pose(meta, i) for i in quad]
-        gt_pose = {k: [p[k] for p in poses] for k in poses[0]}
+    quad = meta.quads[0]
+    ref_index = meta.refs[0] if meta.refs else quad[0]
+    poses = [meta.pose(i) for i in quad]
     reference = view(ref_index)
     return EvalObject(
-        id=key,
+        id=sample["__key__"],
         reference=reference,
-        reference_pose=_pose(meta, ref_index),
+        reference_pose=meta.pose(ref_index),
         pose_reference=reference,  # shard views are never recentred
-        gt_views=gt_views,
-        gt_pose=gt_pose,
-        source={"shard": str(shard), "license": meta.get("license"), "origin": meta.get("source")},
+        gt_views=torch.stack([view(i) for i in quad]),
+        gt_pose={k: [p[k] for p in poses] for k in poses[0]},
+        source={
+            "shard": str(shard),
+            "license": meta.meta.get("license"),
+            "origin": meta.meta.get("source"),
+        },
     )
 
 
@@ -251,8 +225,8 @@ def list_objects(inputs_cfg) -> list[ObjectRef]:
     else:
         shards = [root] if root.is_file() else sorted(root.rglob("*.tar"))
         for shard in shards:
-            for key in _shard_keys(shard):
-                load = lambda s=shard, k=key: _shard_object(k, _shard_members(s, k), s, inputs_cfg)  # noqa: E731
+            for key in shard_keys(shard):
+                load = lambda s=shard, k=key: _shard_object(read_sample(s, k), s, inputs_cfg)  # noqa: E731
                 digest = lambda s=shard, k=key: f"{_shard_digest(s)}:{k}"  # noqa: E731
                 refs.append(ObjectRef(key, load, digest))
     if not refs:

@@ -34,9 +34,9 @@ from PIL import Image
 
 from models.bundle import MultiViewDiffusion, load_model
 from models.sample import sample_views
-from training.batch_transforms import BACKGROUNDS, composite
-from training.datamodule import expand_shard_urls
-from training.samples import decode_rgba, read_meta
+from models.shards.format import read_meta
+from models.shards.images import BACKGROUNDS, composite, decode_rgba
+from models.shards.urls import expand_shard_urls
 
 CONDITIONS = ("trained", "untrained", "cameras rotated", "other reference")
 WHITE_THRESHOLD = 0.08  # a sampled pixel is foreground when a channel is this far from white
@@ -72,17 +72,17 @@ def load_ground_truth(
         if keys is not None and sample["__key__"] not in keys:
             continue
         meta = read_meta(sample)
-        quad = meta["_quads"][0]
-        ref = int(meta["refs"][0]) if meta.get("refs") else quad[0]
-        angles = meta["_angles"][quad]
+        quad = meta.quads[0]
+        ref = meta.refs[0] if meta.refs else quad[0]
+        angles = meta.angles[quad]
         found[sample["__key__"]] = GroundTruth(
             key=sample["__key__"],
             reference=decode_rgba(sample, ref, resolution),
             views=torch.stack([decode_rgba(sample, i, resolution) for i in quad]),
             elevation_deg=float(angles[0, 0]),
             azimuths_deg=[float(a) for a in angles[:, 1]],
-            fov_deg=[float(meta["fov_deg"][i]) for i in quad],
-            distance=[float(meta["distance"][i]) for i in quad],
+            fov_deg=[meta.pose(i)["fov_deg"] for i in quad],
+            distance=[meta.pose(i)["distance"] for i in quad],
         )
     missing = sorted(set(keys or []) - set(found))
     if missing:

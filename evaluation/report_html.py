@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from urllib.parse import quote
 
-from evaluation.report import CLIP_COLUMNS, METRICS, NOT_MEANINGFUL, fmt, runs
+from evaluation.report_rows import CLIP_COLUMNS, METRICS, NOT_MEANINGFUL, fmt, runs
 
 STYLE = """
 body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}

@@ -24,7 +24,7 @@ from evaluation.field import Field
 from evaluation.multiview_score import GroundTruth, load_ground_truth, save_strip
 from evaluation.sds import build_occupancy, load_checkpoint
 from evaluation.views import CameraBatch
-from training.batch_transforms import BACKGROUNDS, composite
+from models.shards.images import BACKGROUNDS, composite
 
 FIELD = "field.pt"
 

@@ -26,7 +26,7 @@ EXPORT_OUT = $(or $(OUT),outputs/export/$(notdir $(CKPT)))
 export: setup
 	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint or run folder> OUT=<destination> [LAYOUT=mvdream|isotropic3d]"; exit 2; }
 	@case "$(LAYOUT)" in ""|diffusers|mvdream|isotropic3d) ;; *) echo "error: LAYOUT=$(LAYOUT): use mvdream or isotropic3d (the default is the diffusers/open_clip folders)"; exit 2;; esac
-	$(PYTHON) -m training.checkpoints $(CKPT) --out $(EXPORT_OUT)
+	$(PYTHON) -m training.export $(CKPT) --out $(EXPORT_OUT)
 	$(if $(filter mvdream isotropic3d,$(LAYOUT)),for kind in fp32 ema; do if [ -d $(EXPORT_OUT)/$$kind ]; then \
 		$(PYTHON) -m models.convert --format $(LAYOUT) --export $(EXPORT_OUT)/$$kind --out $(EXPORT_OUT)/$$kind.pt || exit 1; fi; done)
 

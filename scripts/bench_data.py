@@ -56,10 +56,13 @@ def render_shards(folder: Path, res: int) -> Path:
 
 
 def shard_pngs(shards: Path) -> list[bytes]:
+    from models.shards.format import split_member, view_index
+
     pngs = []
     for path in sorted(shards.glob("**/*.tar")):
         with tarfile.open(path) as tar:
-            pngs += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png")]
+            views = [m for m in tar.getmembers() if view_index(split_member(m.name)[1]) is not None]
+            pngs += [tar.extractfile(m).read() for m in views]
     if not pngs:
         raise SystemExit(f"no PNG views in the shards under {shards}")
     return pngs
@@ -68,7 +71,8 @@ def shard_pngs(shards: Path) -> list[bytes]:
 def decoders() -> dict[str, Callable[[bytes], object]]:
     from PIL import Image
 
-    from training.samples import decode_view
+    from models.shards.format import view_name
+    from models.shards.images import decode_view
 
     def pil(data: bytes):
         with Image.open(io.BytesIO(data)) as image:
@@ -80,7 +84,7 @@ def decoders() -> dict[str, Callable[[bytes], object]]:
 
     return {
         "PIL": pil,
-        "torchvision decode_png": lambda data: decode_view({"000.png": data}, 0),
+        "torchvision decode_png": lambda data: decode_view({view_name(0): data}, 0),
         "PIL + reduce(2)": pil_reduced,
     }
 
@@ -93,8 +97,9 @@ def ms_per_view(decode: Callable[[bytes], object], pngs: list[bytes]) -> float:
 
 
 def stream(shards: Path, res: int, batch_size: int, cached: bool):
+    from models.shards.urls import expand_shard_urls
     from training.config import DataConfig
-    from training.datamodule import ShardStream, expand_shard_urls
+    from training.datamodule import ShardStream
 
     config = DataConfig(
         train=[str(shards)],

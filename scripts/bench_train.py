@@ -23,8 +23,8 @@ from diffusers import UNet2DConditionModel
 from models.bundle import build_model
 from models.unet import unet_config
 from training.callbacks import peak_tflops, unet_train_flops_per_image
-from training.checkpoints import resolve_init
 from training.config import load_config
+from training.model_init import resolve_init
 from training.module import FineTuneModule
 
 ROOT = Path(__file__).resolve().parents[1]

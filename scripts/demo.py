@@ -55,10 +55,12 @@ def reference_image(shards: Path, dest: Path) -> Path:
     """The held-out object's first reference view (RGBA PNG), as the user's input image."""
     import webdataset as wds
 
+    from models.shards.format import read_meta, view_bytes
+
     sample = next(iter(wds.WebDataset(sorted(map(str, shards.rglob("*.tar"))), shardshuffle=False)))
-    meta = json.loads(sample["meta.json"])
+    meta = read_meta(sample)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(sample[f"{meta['refs'][0]:03d}.png"])
+    dest.write_bytes(view_bytes(sample, meta.refs[0]))
     return dest
 
 
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     model = out / "model"
     run_step(
         "export the stage-2 run to our model format",
-        [py, "-m", "training.checkpoints", str(stage2), "--out", str(model)],
+        [py, "-m", "training.export", str(stage2), "--out", str(model)],
         timings,
     )
     multiview = out / "multiview"
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         timings,
     )
 
-    from data_prep.shards import select_objects
+    from data_prep.shard_writer import select_objects
 
     sds_input = select_objects(shards, [SDS_OBJECT], out / "shards" / "sds")
     evaluation = out / "eval"

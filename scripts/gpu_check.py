@@ -82,7 +82,7 @@ class Context:
                 from models.bundle import build_model, save_model
 
                 model = build_model("sd21-base", seed=0, device="cuda")
-                model.preset["image_encoder"]["pretrained"] = None  # as training.checkpoints
+                model.preset["image_encoder"]["pretrained"] = None  # as training.model_init
                 model.image_encoder.section["pretrained"] = None  # resolve_init: save weights
                 save_model(model, folder, source={"init": "sd21-base"})
                 del model

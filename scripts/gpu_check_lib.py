@@ -74,7 +74,8 @@ def expect_steps(run: Path, last: int) -> None:
 
 
 def newest_checkpoint(run: Path, step: int) -> Path:
-    from training.checkpoints import latest_checkpoint, step_of
+    from training.checkpoint_files import step_of
+    from training.checkpoint_resolve import latest_checkpoint
 
     found = latest_checkpoint(run)
     if found is None or step_of(found) != step:
@@ -87,7 +88,8 @@ def export_and_sample(run: Path, dest: Path, device: str = "cuda") -> dict:
     each on the GPU; returns the seconds of both."""
     from models.bundle import load_model
     from models.sample import sample_views
-    from training.checkpoints import export, latest_checkpoint
+    from training.checkpoint_resolve import latest_checkpoint
+    from training.export import export
 
     start = time.perf_counter()
     folders = export(latest_checkpoint(run), dest)
@@ -169,8 +171,9 @@ def synthetic_shards(out: Path, config, objects: int) -> None:
 
     from PIL import Image, ImageDraw
 
-    from data_prep.shards import ShardWriter, build_sample
+    from data_prep.shard_writer import ShardWriter
     from data_prep.views import plan_views
+    from models.shards.format import build_sample
 
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out, 0, 4)
@@ -194,15 +197,13 @@ def synthetic_shards(out: Path, config, objects: int) -> None:
 
 def shard_renderer_devices(folder: Path) -> list[str]:
     """``renderer.device`` of every sample's meta.json in the shards of ``folder``."""
-    import tarfile
+    from models.shards.format import read_meta, read_sample, shard_keys
 
     devices = []
     for shard in sorted(folder.rglob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(".meta.json"):
-                    meta = json.load(tar.extractfile(member))
-                    devices.append(str(meta.get("renderer", {}).get("device")))
+        for key in shard_keys(shard):
+            meta = read_meta(read_sample(shard, key)).meta
+            devices.append(str(meta.get("renderer", {}).get("device")))
     return devices
 
 

@@ -1,6 +1,6 @@
 """The image half of the data path, batched on the training device.
 
-Loader workers only read and decode (training.samples): a raw-image batch crosses the worker
+Loader workers only read and decode (training.samples, models.shards.images): a raw-image batch crosses the worker
 boundary as uint8 straight-alpha views ``rgba [B,5,H,W,4]`` (4 targets, then the reference; a list
 of per-object tensors when the objects' render sizes differ) and the per-object background colour
 ``background [B,3]``. Here, on the device (``ShardDataModule.on_after_batch_transfer``), the views
@@ -12,31 +12,8 @@ in every worker, from the same operations in the same order.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5)}
-WHITE = BACKGROUNDS["white"]
-
-
-def premultiplied(rgba: torch.Tensor, resolution: int) -> torch.Tensor:
-    """uint8 straight-alpha ``[N,H,W,4]`` -> premultiplied float ``[N,4,R,R]`` in [0,1]."""
-    images = rgba.permute(0, 3, 1, 2).float() / 255.0
-    images[:, :3] *= images[:, 3:]  # premultiply so resizing does not bleed the hidden colour
-    if images.shape[-2:] != (resolution, resolution):
-        images = F.interpolate(
-            images, size=(resolution, resolution), mode="bilinear", antialias=True
-        )
-    return images
-
-
-def composite(
-    rgba: torch.Tensor, colour: torch.Tensor | tuple[float, float, float]
-) -> torch.Tensor:
-    """Premultiplied RGBA ``[...,4,H,W]`` over a solid colour -> RGB in [0,1]. ``colour``: an RGB
-    tuple, or a tensor that broadcasts against ``[...,3,1,1]`` (one colour per object)."""
-    if not isinstance(colour, torch.Tensor):
-        colour = torch.tensor(colour, dtype=rgba.dtype, device=rgba.device).view(3, 1, 1)
-    return (rgba[..., :3, :, :] + (1 - rgba[..., 3:, :, :]) * colour).clamp(0, 1)
+from models.shards.images import WHITE, composite, premultiplied
 
 
 def _premultiplied_views(rgba: torch.Tensor | list[torch.Tensor], resolution: int) -> torch.Tensor:

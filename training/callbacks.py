@@ -254,7 +254,7 @@ class FinalCheckpoint(pl.Callback):
         self.folder, self.keep_last = Path(folder), keep_last
 
     def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
-        from training.checkpoints import step_of
+        from training.checkpoint_prune import stale_checkpoints
 
         path = self.folder / f"step={trainer.global_step:08d}.ckpt"
         if trainer.global_step == 0 or path.exists():
@@ -263,6 +263,5 @@ class FinalCheckpoint(pl.Callback):
             path, weights_only=False
         )  # every rank: DeepSpeed saves its shards collectively
         if trainer.is_global_zero:
-            saved = sorted((p for p in self.folder.iterdir() if step_of(p) >= 0), key=step_of)
-            for old in saved[: -self.keep_last]:
+            for old in stale_checkpoints(self.folder, self.keep_last):
                 trainer.strategy.remove_checkpoint(old)

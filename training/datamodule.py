@@ -17,13 +17,10 @@ persistent; each new epoch's stream reads its (epoch, position) from memory shar
 from __future__ import annotations
 
 import dataclasses
-import glob
 import multiprocessing
-import os
 import random
 from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -32,43 +29,13 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 from webdataset.utils import make_seed, pytorch_worker_info
 
+from models.shards.format import CorruptSample
+from models.shards.tar_stream import tar_samples
+from models.shards.urls import expand_shard_urls
 from training.batch_transforms import image_batch
 from training.config import DataConfig
-from training.samples import CorruptSample, cached_sample, collate, image_sample
+from training.samples import cached_sample, collate, image_sample
 from training.shard_check import DataError, check_shards
-from training.tar_stream import tar_samples
-
-
-def expand_shard_urls(sources: list[str]) -> list[str]:
-    """Local folders (all ``*.tar`` inside), globs, brace patterns, ``pipe:`` and http(s) URLs.
-    A source that names nothing (a missing path, an empty folder, a glob matching no file) is a
-    FileNotFoundError naming it."""
-    if not sources:
-        raise FileNotFoundError("no shards given (data.train / DATA is empty)")
-    urls: list[str] = []
-    for source in sources:
-        if source.startswith(("pipe:", "http://", "https://", "gs://")):
-            found = wds.shardlists.expand_urls(source)
-        elif os.path.isdir(source):
-            found = sorted(glob.glob(os.path.join(source, "**", "*.tar"), recursive=True))
-            if not found:
-                raise FileNotFoundError(f"no shards found in {source}: the folder has no *.tar")
-        elif any(c in source for c in "*?["):
-            found = sorted(glob.glob(source))
-            if not found:
-                raise FileNotFoundError(f"no shards found in {source}: the pattern matches nothing")
-        else:
-            found = wds.shardlists.expand_urls(source)
-            missing = [u for u in found if not Path(u).exists()]
-            if missing:
-                what = (
-                    "does not exist"
-                    if len(found) == 1
-                    else f"{len(missing)} of its {len(found)} files do not exist, e.g. {missing[0]}"
-                )
-                raise FileNotFoundError(f"shards {source}: {what}")
-        urls.extend(found)
-    return urls
 
 
 def _describe(error: Exception) -> str:

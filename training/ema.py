@@ -10,7 +10,7 @@ DeepSpeed strategy never saves.
   master partition only (the flat tensors DeepSpeed's ZeRO optimizer steps, 1/world of the model),
   updated in place with no copy, no communication and no gather; saved per rank beside
   DeepSpeed's shards and merged at export by DeepSpeed's own shard merger
-  (training.checkpoints).
+  (training.checkpoint_read).
 """
 
 from __future__ import annotations

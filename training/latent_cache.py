@@ -11,38 +11,31 @@ Every cached ``meta.json`` records what made it (``latent_cache``: the SHA-256 o
 the image encoder's weights, the resolution, the VAE scaling factor, the model preset's hash and
 the ``--init``), and training refuses a cache that another VAE, encoder or resolution made
 (``check_cache_matches``), naming both. The images are made by the training data path itself
-(training.samples decodes, training.batch_transforms composites and resizes).
+(models.shards.images decodes, premultiplies, resizes and composites).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import random
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch import nn
 from tqdm import tqdm
 
 from models.bundle import MultiViewDiffusion
-from training.batch_transforms import BACKGROUNDS, WHITE, composite, premultiplied
-from training.checkpoints import resolve_init
-from training.datamodule import expand_shard_urls
-from training.samples import CorruptSample, background_colour, decode_views, read_meta
+from models.shards.format import CorruptSample, cache_sample, read_meta
+from models.shards.images import BACKGROUNDS, WHITE, composite, decode_views, premultiplied
+from models.shards.urls import expand_shard_urls
+from training.model_init import resolve_init
+from training.samples import background_colour
 from training.shard_check import DataError
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -75,7 +68,7 @@ def check_cache_matches(first_samples: list[dict], model: MultiViewDiffusion, re
     sample of each checked cache shard (ShardDataModule.check)."""
     ours: dict | None = None
     for sample in first_samples:
-        stored = json.loads(sample["meta.json"]).get("latent_cache", {})
+        stored = sample["meta"].get("latent_cache", {})
         where = sample.get("key")
         if "vae_sha256" not in stored:
             raise DataError(
@@ -107,7 +100,7 @@ def encode_sample(
     model, sample: dict, resolution: int, background: str, device: torch.device, record: dict
 ) -> dict:
     meta = read_meta(sample)
-    views = len(meta["_cameras"])
+    views = meta.views
     rgba = torch.stack(decode_views(sample, list(range(views)))).to(device)
     colour = background_colour(background, random.Random(zlib.crc32(sample["__key__"].encode())))
     dtype = next(model.vae.parameters()).dtype
@@ -115,15 +108,10 @@ def encode_sample(
     images = (composite(premult, colour) * 2 - 1).to(dtype)
     latents = model.vae.encode(images, sample=False).float().cpu()
     clip = model.image_encoder.encode(composite(premult, WHITE).to(dtype))
-    stored = json.loads(sample["meta.json"])
-    stored["latent_cache"] = {**record, "background": background, "vae": "mean"}
-    return {
-        "__key__": sample["__key__"],
-        "cameras.npy": sample["cameras.npy"],
-        "meta.json": json.dumps(stored).encode(),
-        "latents.npy": _npy(latents.numpy().astype(np.float16)),
-        "clip.npy": _npy(clip.reshape(views, -1).float().cpu().numpy().astype(np.float16)),
-    }
+    stored = {**meta.meta, "latent_cache": {**record, "background": background, "vae": "mean"}}
+    return cache_sample(
+        sample, stored, latents.numpy(), clip.reshape(views, -1).float().cpu().numpy()
+    )
 
 
 def cache_latents(

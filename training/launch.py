@@ -107,8 +107,8 @@ def train_args(job: Job) -> list[str]:
 
 def check_inputs(job: Job, chained: bool) -> None:
     """DATA and INIT exist and read as expected, on the submitting host (shared storage)."""
-    from training.checkpoints import PRESETS
     from training.datamodule import ShardDataModule
+    from training.model_init import PRESETS
 
     ShardDataModule(job.config.data).check()
     init = job.config.model.init

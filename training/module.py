@@ -27,7 +27,7 @@ from webdataset.utils import make_seed
 
 from models.bundle import MultiViewDiffusion
 from models.ema_frames import EMAFramePolicy, assemble_ema_frames, masked_mse
-from training.checkpoints import DS_TAG, EMA_SHARD
+from training.checkpoint_files import DS_TAG, EMA_SHARD
 from training.config import RunConfig, to_dict
 from training.ema import PartitionedWeightEMA, WeightEMA
 from training.strategy import resolve_accelerator, resolve_devices, strategy_name

@@ -74,7 +74,7 @@ class Preemption(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
         if not trainer.strategy.reduce_boolean_decision(self.flag.signum is not None, all=False):
             return
-        from training.checkpoints import is_complete
+        from training.checkpoint_files import is_complete
 
         step = trainer.global_step
         path = self.folder / f"step={step:08d}.ckpt"

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 import webdataset as wds
 
 from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
-from training.datamodule import expand_shard_urls
+from models.shards.format import CorruptSample, read_meta
+from models.shards.images import BACKGROUNDS, composite, decode_rgba
+from models.shards.urls import expand_shard_urls
 from training.pretrain_image_encoder import pretrain_image_encoder
-from training.samples import BACKGROUNDS, CorruptSample, composite, decode_rgba, read_meta
 
 CHECKPOINT = "vae_checkpoint.pt"
 METRICS = "vae_metrics.json"
@@ -50,7 +51,7 @@ def load_views(sources: list[str], resolution: int) -> tuple[torch.Tensor, list[
     for sample in stream:
         try:
             meta = read_meta(sample)
-            rgba = [decode_rgba(sample, i, resolution) for i in range(len(meta["_cameras"]))]
+            rgba = [decode_rgba(sample, i, resolution) for i in range(meta.views)]
         except CorruptSample as error:
             print(f"skipping a corrupt sample: {error}")
             continue

@@ -2,7 +2,7 @@
 
 ``check_shards`` runs once at start-up (training.train.run, before ``resolve_init``): every data
 path must exist and hold shards, and each checked shard must be a readable tar whose samples follow
-the schema (docs/ARCHITECTURE.md; latent-cache samples when ``cached``), decoded by the very code
+the format (models/shards/format.py; latent-cache samples when ``cached``), decoded by the very code
 the loader workers run. Isolated corrupt samples pass (the stream skips and counts them); a shard
 that yields no usable sample within ``max_consecutive_skips`` samples stops the run, naming the
 shard and the reason. Remote shards (``pipe:``, http) are checked by the first one's first
@@ -15,8 +15,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from training.samples import CorruptSample, cached_sample, image_sample
-from training.tar_stream import tar_samples
+from models.shards.format import CorruptSample, NewerFormat, members_needed, read_meta
+from models.shards.tar_stream import tar_samples
+from training.samples import cached_sample, image_sample
 
 MAX_CHECKED = 64  # local shards read at start-up, spread evenly over the list
 
@@ -27,11 +28,6 @@ class DataError(ValueError):
 
 def _is_remote(url: str) -> bool:
     return url.startswith("pipe:") or "://" in url
-
-
-def _schema(cached: bool) -> str:
-    members = "latents.npy, clip.npy" if cached else "000.png, 001.png, ..."
-    return f"the members meta.json, cameras.npy, {members} (docs/ARCHITECTURE.md)"
 
 
 def first_good_sample(url: str, cached: bool, limit: int) -> dict:
@@ -47,22 +43,24 @@ def first_good_sample(url: str, cached: bool, limit: int) -> dict:
                     out = cached_sample(sample, rng, False)
                 else:
                     out = image_sample(sample, rng, "white", False)
-                out["meta.json"] = bytes(sample["meta.json"])
+                out["meta"] = read_meta(sample).meta
                 return out
             except CorruptSample as error:
                 errors.append(str(error))
                 if len(errors) >= limit:
                     break
+    except NewerFormat as error:
+        raise DataError(str(error)) from error
     except Exception as error:  # tarfile / IO errors come in many types
         reason = str(error.args[0]) if error.args else type(error).__name__
         raise DataError(
             f"shard {url}: not a readable tar file ({type(error).__name__}: {reason})"
         ) from error
     if not errors:
-        raise DataError(f"shard {url}: holds no samples (expected {_schema(cached)})")
+        raise DataError(f"shard {url}: holds no samples (expected {members_needed(cached)})")
     raise DataError(
         f"shard {url}: no usable sample in its first {len(errors)}; the first: {errors[0]} "
-        f"(each sample needs {_schema(cached)})"
+        f"(each sample needs {members_needed(cached)})"
     )
 
 

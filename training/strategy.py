@@ -38,14 +38,14 @@ class Launch:
 
 
 class MarkedDeepSpeedStrategy(DeepSpeedStrategy):
-    """DeepSpeed saves whose folder is marked complete (training.checkpoints.COMPLETE) once the
+    """DeepSpeed saves whose folder is marked complete (training.checkpoint_files.COMPLETE) once the
     last rank has written its shard: a run killed mid-save leaves an unmarked folder that
     ``resume: auto`` passes over."""
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any = None) -> None:
         from pathlib import Path
 
-        from training.checkpoints import DS_TAG, mark_complete
+        from training.checkpoint_files import DS_TAG, mark_complete
 
         filepath = self.broadcast(filepath)
         super().save_checkpoint(checkpoint, filepath, storage_options)

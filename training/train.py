@@ -17,18 +17,13 @@ from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from models.bundle import save_model
 from training.callbacks import EMAUpdate, FinalCheckpoint, MetricsFile, SampleGrids, Throughput
-from training.checkpoints import (
-    BASE_MODEL,
-    CHECKPOINTS,
-    RANDOM_PREFIX,
-    AtomicCheckpointIO,
-    prune_signal_checkpoints,
-    resolve_init,
-    resolve_resume,
-)
+from training.checkpoint_files import BASE_MODEL, CHECKPOINTS, AtomicCheckpointIO
+from training.checkpoint_prune import prune_signal_checkpoints
+from training.checkpoint_resolve import resolve_resume
 from training.config import ConfigError, RunConfig, resolve_config, save_config
 from training.datamodule import ShardDataModule
 from training.latent_cache import check_cache_matches
+from training.model_init import RANDOM_PREFIX, resolve_init
 from training.module import FineTuneModule
 from training.preemption import Preemption, StopFlag
 from training.run_logging import RunInfo, make_logger

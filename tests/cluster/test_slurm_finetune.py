@@ -12,7 +12,8 @@ import torch
 from cluster_helpers import FAST, job_ids, make, wait_done
 
 from cluster import slurm
-from training.checkpoints import is_complete, read_checkpoint
+from training.checkpoint_files import is_complete
+from training.checkpoint_read import read_checkpoint
 
 STEPS = 4
 

@@ -12,7 +12,7 @@ import time
 import torch
 from cluster_helpers import FAST, job_ids, job_state, make, wait_done
 
-from training.checkpoints import read_checkpoint
+from training.checkpoint_read import read_checkpoint
 
 STEPS = 12
 

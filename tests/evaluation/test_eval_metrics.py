@@ -17,7 +17,7 @@ from evaluation.metrics import (
     psnr,
     ssim,
 )
-from evaluation.report import summarise, table_rows
+from evaluation.report_rows import summarise, table_rows
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from data_prep.config import load_config
 from data_prep.manifest import read_partition
 from data_prep.render import render
 from data_prep.samples import sample_glb_bytes
-from data_prep.sources import sample_key
 from data_prep.summary import iter_samples
+from models.shards.format import sample_key
 
 # Blender writes the files trimesh cannot: a root object with keyframed location far from the
 # origin, and a glTF carrying a strong point light just in front of the object.

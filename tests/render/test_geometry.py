@@ -8,7 +8,7 @@ import webdataset as wds
 from data_prep.config import load_config
 from data_prep.render import render
 from data_prep.samples import write_samples
-from data_prep.shards import list_shards
+from models.shards.format import list_shards
 
 # front_marker's face colours (data_prep/samples.py): -Y red, +X green, +Y blue, -X yellow, +Z purple
 PURPLE = (140, 60, 180)

@@ -17,7 +17,7 @@ import webdataset as wds
 from data_prep.manifest import Manifest, drop_from_shard
 from data_prep.merge import merge, merged_done
 from data_prep.runfiles import lock_partition
-from data_prep.shards import shard_ids
+from models.shards.format import shard_ids
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,8 @@ from data_prep.merge import merge, merged_done
 from data_prep.partition import partition_from_env, take_partition
 from data_prep.render import render
 from data_prep.samples import SAMPLES
-from data_prep.shards import list_shards, shard_ids
 from data_prep.sources import SampleSource, choose
+from models.shards.format import list_shards, shard_ids
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,9 @@ import webdataset as wds
 
 from data_prep.manifest import read_partition
 from data_prep.samples import SAMPLES
-from data_prep.shards import list_shards, select_objects, shard_ids
+from data_prep.shard_writer import select_objects
 from models.cameras import project_points
+from models.shards.format import list_shards, shard_ids
 
 
 def _samples(folder):

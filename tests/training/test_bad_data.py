@@ -2,7 +2,7 @@
 a folder with no shards, a DATA path that does not exist each stop the run at start-up, before
 any model is built, with a message naming the shard and the reason; isolated corrupt samples are
 still skipped and counted, a run of consecutive ones is an error. Also the loader's tar reader
-(training.tar_stream) against webdataset's."""
+(models.shards.tar_stream) against webdataset's."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import webdataset as wds
 from train_helpers import TINY, run_cli, tiny_config
 
 import training.train
-from training.datamodule import ShardDataModule, ShardStream, expand_shard_urls
+from models.shards.tar_stream import tar_samples
+from models.shards.urls import expand_shard_urls
+from training.datamodule import ShardDataModule, ShardStream
 from training.shard_check import DataError
-from training.tar_stream import tar_samples
 
 
 def _tar(path, members: dict[str, bytes], fmt=tarfile.PAX_FORMAT) -> None:

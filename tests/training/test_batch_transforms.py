@@ -15,8 +15,9 @@ import torch
 from data_helpers import synthetic_sample
 from webdataset.utils import make_seed
 
+from models.shards.images import decode_rgba
 from training.batch_transforms import image_batch
-from training.samples import collate, decode_rgba, image_sample
+from training.samples import collate, image_sample
 
 GOLDEN = Path(__file__).parent / "data" / "per_sample_golden.npz"
 CASES = {  # name: (render size, training resolution, background, reference among targets)

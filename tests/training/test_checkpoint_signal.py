@@ -8,7 +8,7 @@ import shutil
 
 from train_helpers import tiny_config
 
-from training.checkpoints import resolve_resume, signal_checkpoints
+from training.checkpoint_resolve import resolve_resume, signal_checkpoints
 from training.train import run
 
 BASE = [

@@ -18,8 +18,9 @@ import torch
 from train_helpers import tiny_config
 
 from models.cameras import camera_embedding
+from models.shards.urls import expand_shard_urls
 from training.batch_transforms import image_batch
-from training.datamodule import ShardDataModule, expand_shard_urls
+from training.datamodule import ShardDataModule
 
 
 def _loader(config, urls=None):

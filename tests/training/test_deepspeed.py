@@ -19,16 +19,10 @@ import torch
 from train_helpers import FAST, ROOT
 
 from models.bundle import load_model
-from training.checkpoints import (
-    COMPLETE,
-    DS_TAG,
-    EMA_SHARD,
-    export,
-    is_complete,
-    latest_checkpoint,
-    read_checkpoint,
-    safe_load,
-)
+from training.checkpoint_files import COMPLETE, DS_TAG, EMA_SHARD, is_complete, safe_load
+from training.checkpoint_read import read_checkpoint
+from training.checkpoint_resolve import latest_checkpoint
+from training.export import export
 
 STEPS = 4
 EMA_START = 3  # steps 1-2 the EMA tracks the weights, steps 3-4 it averages
@@ -251,7 +245,7 @@ def test_init_from_a_zero_folder_is_converted_once_by_rank_0(zero2_run, tmp_path
     """The other ranks wait for rank 0's model folder instead of each merging the shards."""
     import threading
 
-    from training.checkpoints import resolve_init
+    from training.model_init import resolve_init
 
     source = latest_checkpoint(zero2_run["out"])
     waited: dict = {}

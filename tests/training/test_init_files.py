@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from training.checkpoints import resolve_init
+from training.model_init import resolve_init
 
 
 def test_a_truncated_checkpoint_of_ours_is_reported_as_damaged(stage1_run, tmp_path):

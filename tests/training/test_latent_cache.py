@@ -10,7 +10,8 @@ import webdataset as wds
 from train_helpers import tiny_config
 
 from models.bundle import build_model, load_model, save_model
-from training.datamodule import ShardDataModule, expand_shard_urls
+from models.shards.urls import expand_shard_urls
+from training.datamodule import ShardDataModule
 from training.latent_cache import (
     cache_latents,
     check_cache_matches,
@@ -77,7 +78,7 @@ def test_scaling_factor_resolution_and_unrecorded_caches_are_refused(
     model.vae.scaling_factor = 0.18215
     with pytest.raises(DataError, match="VAE scaling factor: 4.0"):
         check_cache_matches(first, model, 32)
-    meta = json.loads(first[0]["meta.json"])
+    meta = first[0]["meta"]
     del meta["latent_cache"]
     old = [{**first[0], "meta.json": json.dumps(meta).encode()}]
     with pytest.raises(DataError, match="records no VAE"):

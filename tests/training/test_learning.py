@@ -22,7 +22,7 @@ import json
 import pytest
 from train_helpers import run_cli, tiny_config
 
-from data_prep.shards import select_objects
+from data_prep.shard_writer import select_objects
 from evaluation.multiview_score import load_ground_truth, score_conditions
 from evaluation.sds_gt_score import score_sds
 from models.bundle import load_model, save_model

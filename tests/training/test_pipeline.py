@@ -10,7 +10,8 @@ from train_helpers import run_cli, tiny_config
 
 from models.bundle import load_model
 from models.sample import sample_views
-from training.checkpoints import latest_checkpoint, read_checkpoint
+from training.checkpoint_read import read_checkpoint
+from training.checkpoint_resolve import latest_checkpoint
 from training.train import run
 
 
@@ -86,7 +87,7 @@ def test_stage2_from_stage1_then_export_then_sampler(stage1_run, rendered_shards
             assert torch.equal(tensor, stage1.ema[name]), name
 
     export = tmp_path / "export"
-    result = run_cli(["-m", "training.checkpoints", str(out), "--out", str(export)])
+    result = run_cli(["-m", "training.export", str(out), "--out", str(export)])
     assert result.returncode == 0, result.stderr[-3000:]
     final = read_checkpoint(latest_checkpoint(out))
     assert final.run_config["stage"] == 2 and final.step == 3

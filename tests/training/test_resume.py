@@ -14,7 +14,8 @@ import pytest
 import torch
 from train_helpers import FAST, ROOT, run_cli, tiny_config
 
-from training.checkpoints import latest_checkpoint, read_checkpoint
+from training.checkpoint_read import read_checkpoint
+from training.checkpoint_resolve import latest_checkpoint
 from training.train import run
 
 STEPS = 8

@@ -1,4 +1,4 @@
-"""Atomic WebDataset shard writing and reading back (schema: docs/ARCHITECTURE.md "Shards").
+"""Atomic shard writing for a render run (the format itself: models/shards/format.py).
 
 A shard is written as ``shard-PPP-NNNNNN.tar.tmp`` and renamed to ``.tar`` only once complete and
 flushed to disk, so a reader never sees a partial shard: a run killed mid-shard leaves a ``.tmp``
@@ -7,42 +7,10 @@ that the next run deletes (its objects were never marked done, so they render ag
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import tarfile
 from pathlib import Path
 
-import numpy as np
-
-SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{6})\.tar$")
-
-
-def shard_name(part: int, index: int) -> str:
-    return f"shard-{part:03d}-{index:06d}.tar"
-
-
-def list_shards(folder: str | Path, part: int | None = None) -> list[Path]:
-    """Complete shards in ``folder`` and its ``part-PPP/`` folders (of one partition when
-    ``part`` is given), sorted by name."""
-    folder = Path(folder)
-    found = [*folder.glob("shard-*.tar"), *folder.glob("part-[0-9][0-9][0-9]/shard-*.tar")]
-    shards = []
-    for path in sorted(found, key=lambda p: p.name):
-        match = SHARD_RE.match(path.name)
-        if match and (part is None or int(match.group(1)) == part):
-            shards.append(path)
-    return shards
-
-
-def shard_ids(path: str | Path) -> list[str]:
-    """Object ids of the samples in one shard (from each sample's meta.json)."""
-    ids = []
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if member.name.endswith(".meta.json"):
-                ids.append(json.load(tar.extractfile(member))["id"])
-    return ids
+from models.shards.format import list_shards, shard_name
 
 
 def select_objects(folder: str | Path, keys: list[str] | tuple[str, ...], out: str | Path) -> Path:
@@ -131,15 +99,3 @@ class ShardWriter:
             self._tar.close()
             self._tmp_path().unlink(missing_ok=True)
             self._tar, self._file, self._ids = None, None, []
-
-
-def build_sample(
-    key: str, view_pngs: list[bytes], cameras: np.ndarray, meta: dict, extra: dict
-) -> dict:
-    """One WebDataset sample: ``000.png``..., ``cameras.npy``, ``meta.json`` and optional
-    ``depth.npy`` / ``normal.npy`` (raw .npy bytes from the worker)."""
-    sample = {"__key__": key, "cameras.npy": cameras, "meta.json": meta}
-    for index, png in enumerate(view_pngs):
-        sample[f"{index:03d}.png"] = png
-    sample.update(extra)
-    return sample

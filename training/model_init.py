@@ -1,0 +1,137 @@
+"""Model initialisation: ``model.init`` (a preset, a model folder, a training checkpoint or
+run, a published MVDream/Isotropic3D file) -> a model, and a checkpoint's UNet on its run's base
+model."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
+from training.checkpoint_files import BASE_MODEL, CHECKPOINTS, is_deepspeed_checkpoint
+from training.checkpoint_read import TrainingCheckpoint, read_checkpoint
+from training.checkpoint_resolve import latest_checkpoint
+
+PRESETS = ("tiny", "sd21-base")
+RANDOM_PREFIX = "random:"  # model.init=random:sd21-base: an explicit random init (debugging)
+
+
+def run_folder(checkpoint: TrainingCheckpoint) -> Path:
+    """The run folder of a checkpoint: next to its checkpoints/ folder, else the recorded out."""
+    for parent in checkpoint.path.parents:
+        if (parent / BASE_MODEL).is_dir():
+            return parent
+    return Path(checkpoint.run_config["out"])
+
+
+def model_from_checkpoint(
+    checkpoint: TrainingCheckpoint, use_ema: bool, base: str | Path | None = None
+) -> MultiViewDiffusion:
+    """The run's base model (frozen VAE/encoder) with the checkpoint's UNet (EMA or raw)."""
+    model = load_model(base or run_folder(checkpoint) / BASE_MODEL)
+    unet_state = model.unet.state_dict()
+    weights = checkpoint.ema if use_ema and checkpoint.ema is not None else checkpoint.unet
+    merged = {
+        k: weights.get(k, v).float() for k, v in unet_state.items()
+    }  # frozen UNet buffers kept
+    missing = set(checkpoint.unet) - set(unet_state)
+    if missing:
+        raise ValueError(
+            f"checkpoint UNet tensors unknown to the base model: {sorted(missing)[:5]}"
+        )
+    model.unet.load_state_dict(merged)
+    return model
+
+
+def convert_once(target: Path, make, rank: int, timeout: float = 3600.0) -> Path:
+    """Rank 0 writes the model folder ``target`` into a temporary folder renamed into place; the
+    other ranks wait for it (polling the shared file system) instead of racing to write it."""
+    if (target / "model.json").is_file():
+        return target
+    if rank == 0:
+        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make(tmp)
+        os.replace(tmp, target)
+        return target
+    deadline = time.monotonic() + timeout
+    while not (target / "model.json").is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model.init: rank 0 did not finish writing {target}")
+        time.sleep(1.0)
+    return target
+
+
+def resolve_init(
+    init: str,
+    seed: int,
+    use_ema: bool = True,
+    workdir: str | Path | None = None,
+    rank: int = 0,
+) -> MultiViewDiffusion:
+    """``model.init``: a preset name (random init), our model folder, a training checkpoint of
+    this stack (e.g. stage 1 for stage 2), or an MVDream ``.pt`` / Isotropic3D ``.ckpt`` file
+    (converted by models.convert into ``workdir``; MVDream brings no image encoder, so the open_clip
+    weights come from the preset's pretrained tag). Conversions run once, on ``rank`` 0."""
+    init = init.removeprefix(RANDOM_PREFIX)  # training.train allows a bare preset for tiny only
+    if init in PRESETS or init.endswith((".yaml", ".yml")):
+        model = build_model(init, seed=seed)
+        if model.image_encoder is not None:
+            # A random encoder is not the pretrained one its preset names: save its weights with
+            # the run (base_model) instead of pointing at the hub tag (no network on many nodes).
+            model.preset["image_encoder"]["pretrained"] = None
+            model.image_encoder.section["pretrained"] = None
+        return model
+    path = Path(init)
+    if (path / "model.json").is_file():
+        return load_model(path)
+    if path.is_dir() and not is_deepspeed_checkpoint(path):  # a run or checkpoints folder: newest
+        latest = latest_checkpoint(path.parent if path.name == CHECKPOINTS else path)
+        if latest is None:
+            raise FileNotFoundError(f"model.init: no checkpoint found under {path}")
+        path = latest
+    if is_deepspeed_checkpoint(path):  # shards merged once into a model folder (rank 0)
+        target = (
+            Path(workdir or path.parent) / f"imported-{path.name}-{'ema' if use_ema else 'fp32'}"
+        )
+        make = lambda tmp: save_model(  # noqa: E731
+            model_from_checkpoint(read_checkpoint(path), use_ema), tmp, source={"init": str(path)}
+        )
+        return load_model(convert_once(target, make, rank))
+    if path.is_file() and path.suffix == ".ckpt" and _is_ours(path):
+        return model_from_checkpoint(read_checkpoint(path), use_ema)
+    if path.is_file():  # a published checkpoint: convert once into the run folder, then load
+        from models.convert import convert
+
+        fmt = "isotropic3d" if path.suffix == ".ckpt" else "mvdream"
+        target = Path(workdir or path.parent) / f"imported-{path.stem}"
+        make = lambda tmp: convert(path, fmt, tmp, preset="sd21-base")  # noqa: E731
+        return load_model(convert_once(target, make, rank))
+    raise FileNotFoundError(
+        f"model.init: {init!r} is not a preset ({', '.join(PRESETS)}), a model folder or a checkpoint"
+    )
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether a ``.ckpt`` file is a training checkpoint of this stack. A file that cannot be read
+    at all (truncated, damaged) is reported as such here rather than handed to the Isotropic3D
+    importer, whose error would blame the format; a readable file that weights-only loading
+    refuses (pickled objects) is a foreign checkpoint, left to the importers."""
+    try:
+        state = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except pickle.UnpicklingError:  # objects weights-only refuses: a foreign format
+        return False
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ValueError(
+            f"model.init: {path} cannot be read ({type(error).__name__}: {error}); the file is "
+            "damaged or incomplete (an interrupted save or copy?)"
+        ) from error
+    return isinstance(state, dict) and "run_config" in state
