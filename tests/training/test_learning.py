@@ -25,7 +25,9 @@ from train_helpers import run_cli, tiny_config
 from data_prep.shard_writer import select_objects
 from evaluation.multiview_score import load_ground_truth, score_conditions
 from evaluation.sds_gt_score import score_sds
-from models.bundle import load_model, save_model
+from models.bundle import load_model
+from training.checkpoint_resolve import latest_checkpoint
+from training.export import export
 from training.latent_cache import cache_latents
 from training.pretrain_vae import pretrain_vae
 from training.train import run
@@ -56,10 +58,12 @@ def trained(rendered_shards, tmp_path_factory) -> dict:
         "train.multiview_ratio=1.0", "ema.enabled=false", f"checkpoint.every_n_steps={STEPS}",
         "log.logger=none", "log.every_n_steps=50", "data.batch_size=2",
     )  # fmt: skip
-    trainer = run(config)
+    run(config)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    model = trainer.lightning_module.frozen.model.eval()
-    folder = save_model(model, tmp / "model", source={"test": "test_learning"})
+    # Through the export, as a user gets it: a cached run holds no VAE or image encoder weights,
+    # the export takes them from the run's base model.
+    folder = export(latest_checkpoint(out), tmp / "model")["fp32"]
+    model = load_model(folder).eval()
     return {"vae": metrics, "shards": shards, "out": out, "losses": losses, "model": model,
             "folder": folder, "tmp": tmp}  # fmt: skip
 
