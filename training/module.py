@@ -124,7 +124,9 @@ class FineTuneModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.config.model.compile and self._compiled is None:
             # Held outside module registration so the state dict keeps one copy of the UNet.
-            object.__setattr__(self, "_compiled", torch.compile(self.unet))
+            # Static shapes: a batch takes few shapes (objects x views, the last partial batch),
+            # each compiled once; symbolic shapes failed in Inductor on a changed batch size.
+            object.__setattr__(self, "_compiled", torch.compile(self.unet, dynamic=False))
 
     def _unet_call(self, *args, **kwargs) -> torch.Tensor:
         """The UNet on inputs in its own dtype (DeepSpeed bf16 and ``bf16-true`` hold bf16

@@ -96,6 +96,15 @@ def test_compiled_unet_trains_on_cpu(rendered_shards, tmp_path):
     assert isinstance(module._compiled, torch._dynamo.eval_frame.OptimizedModule)
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["loss/all"])
+    # A batch of another size (the last, partial batch of an epoch) compiles again and runs.
+    unet, views = module.unet, 4
+    for objects in (1,):
+        x = torch.randn(objects * views, unet.conv_in.in_channels, 8, 8)
+        t = torch.full((objects * views,), 10)
+        context = torch.randn(objects * views, 1, unet.config.cross_attention_dim)
+        camera = torch.randn(objects * views, 16)
+        out = module._unet_call(x, t, context, camera, num_views=views)
+        assert out.shape == x.shape and torch.isfinite(out).all()
 
 
 def test_bf16_gradients_are_reduced_in_fp32():
