@@ -7,7 +7,6 @@ batch layout apart from the images."""
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
@@ -85,13 +84,18 @@ def cached_sample(sample: dict, rng: random.Random, ref_in_targets: bool) -> dic
 
 
 def _stack(tensors: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
-    """One copy into ``[len, *shape]``; in a loader worker straight into shared memory (as
-    torch's default_collate does), so handing the batch to the main process copies nothing."""
+    """Stack ``tensors`` (all of one shape) with one copy and view the result as
+    ``[-1, *shape]``. In a loader worker the copy goes straight into shared memory (as torch's
+    default_collate does), so handing the batch to the main process copies nothing. The buffer
+    is made in the stack's own shape ``[len, *tensor shape]``: ``torch.stack(out=)`` resizes
+    (and warns, a behaviour PyTorch deprecates) an ``out`` of any other shape."""
     out = None
     if torch.utils.data.get_worker_info() is not None:
-        count = len(tensors) * math.prod(shape)
-        storage = tensors[0]._typed_storage()._new_shared(count, device=tensors[0].device)
-        out = tensors[0].new(storage).resize_(len(tensors), *shape)
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(
+            len(tensors) * first.numel(), device=first.device
+        )
+        out = first.new(storage).view(len(tensors), *first.shape)
     return torch.stack(tensors, out=out).view(-1, *shape)
 
 
