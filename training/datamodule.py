@@ -3,9 +3,11 @@
 Each rank and loader worker draws shards with replacement (``resampled``) from a seed made of
 (data seed, epoch, rank, worker), then ``split_by_node``/``split_by_worker`` as webdataset expects.
 ``with_epoch`` on the loader gives every rank the same number of steps, so uneven shards never hang
-DDP. Corrupt samples (bad tar member, undecodable PNG, bad metadata) are skipped and counted; the
-count rides along in each batch (``batch["skipped"]``) so the module can log it across workers; a
-run of ``data.max_consecutive_skips`` failures in a row stops the run (bad shards, not bad luck).
+DDP. Corrupt samples (bad tar member, undecodable PNG, bad metadata, a shard that breaks off) are
+skipped, counted and named: the count (``batch["skipped"]``) and one record per skip
+(``batch["skips"]``: shard, key, reason) ride along in each batch, so the module logs the count
+across workers and training.skipped_data names each one in the log and the run folder; a run of
+``data.max_consecutive_skips`` failures in a row stops the run (bad shards, not bad luck).
 The loader is resumable: Lightning saves its ``state_dict`` (epoch, batches consumed) and, with
 ``exact_resume``, the restarted stream replays to the same position.
 
@@ -38,39 +40,46 @@ from training.samples import cached_sample, collate, image_sample
 from training.shard_check import DataError, check_shards
 
 
-def _describe(error: Exception) -> str:
-    """webdataset appends the stream and the shard URL to a tar error's args: name the shard."""
-    args = [a for a in error.args if isinstance(a, str)]
-    reason = args[0] if args else type(error).__name__
-    url = args[-1] if len(args) > 1 else "?"
-    return f"shard {url}: {type(error).__name__}: {reason}"
+def _split_where(message: str, shard: str, key: str) -> str:
+    """A CorruptSample message without its ``shard:key: `` prefix (the record names both)."""
+    prefix = f"{shard}:{key}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 class SkipCounter:
-    """Counts skipped samples in one worker; each emitted sample carries the count since the last.
-    ``limit`` failures in a row (no good sample between them) raise DataError."""
+    """Counts skipped samples in one worker and names them: each emitted sample carries the count
+    since the last (``skipped``) and one record per skip (``skips``: shard, key, reason; the key
+    is None when a shard broke off before naming one). ``limit`` failures in a row (no good
+    sample between them) raise DataError."""
 
     def __init__(self, limit: int) -> None:
-        self.pending = 0
+        self.pending: list[dict] = []
         self.in_a_row = 0
         self.limit = limit
 
-    def failed(self, reason: str) -> None:
-        self.pending += 1
+    def failed(self, shard: str | None, key: str | None, reason: str) -> None:
+        self.pending.append({"shard": shard, "key": key, "reason": reason})
         self.in_a_row += 1
         if self.in_a_row >= self.limit:
             raise DataError(
                 f"{self.in_a_row} samples in a row failed (data.max_consecutive_skips="
-                f"{self.limit}): the shards are bad, not a few samples; the last: {reason}"
+                f"{self.limit}): the shards are bad, not a few samples; the last: "
+                + (f"{shard}:{key}: {reason}" if key else f"shard {shard}: {reason}")
             )
 
     def handler(self, error: Exception) -> bool:  # webdataset handler: True = continue
-        self.failed(_describe(error))
+        # tar_samples appends the shard URL to a reading error's args; a tar that breaks off
+        # names the first sample it lost (``.key``: it and the rest of the shard).
+        args = [a for a in error.args if isinstance(a, str)]
+        url = args[-1] if len(args) > 1 else None
+        key = getattr(error, "key", None)
+        reason = f"{type(error).__name__}: {args[0] if args else error}"
+        self.failed(url, key, reason)
         return True
 
-    def take(self) -> int:
-        count, self.pending, self.in_a_row = self.pending, 0, 0
-        return count
+    def take(self) -> tuple[int, list[dict]]:
+        records, self.pending, self.in_a_row = self.pending, [], 0
+        return len(records), records
 
 
 class ShardStream(IterableDataset):
@@ -112,9 +121,10 @@ class ShardStream(IterableDataset):
                 else:
                     out = image_sample(sample, rng, cfg.background, self.ref_in_targets)
             except CorruptSample as error:
-                counter.failed(str(error))
+                url, key = sample.get("__url__"), sample.get("__key__")
+                counter.failed(url, key, _split_where(str(error), url, key))
                 continue
-            out["skipped"] = counter.take()
+            out["skipped"], out["skips"] = counter.take()
             yield out
 
     def __iter__(self) -> Iterator[dict]:

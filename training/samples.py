@@ -100,13 +100,15 @@ def _stack(tensors: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors (each object's views into one ``rgba [B,5,H,W,4]``), list strings, and sum
-    the per-sample skip counters into one number."""
+    """Stack tensors (each object's views into one ``rgba [B,5,H,W,4]``), list strings, sum the
+    per-sample skip counters into one number and join their records into one list."""
     batch: dict = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
         if name == "skipped":
             batch[name] = torch.tensor(sum(values), dtype=torch.long)
+        elif name == "skips":  # records of the skipped samples, as one list
+            batch[name] = [record for records in values for record in records]
         elif name == "rgba":
             if len({v[0].shape for v in values}) > 1:  # render sizes differ: resized on the device
                 batch[name] = [torch.stack(v) for v in values]

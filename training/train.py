@@ -27,6 +27,7 @@ from training.model_init import RANDOM_PREFIX, resolve_init
 from training.module import FineTuneModule
 from training.preemption import Preemption, StopFlag
 from training.run_logging import RunInfo, make_logger
+from training.skipped_data import SkippedData
 from training.strategy import build_launch
 
 
@@ -56,6 +57,7 @@ def build_trainer(
         EMAUpdate(),
         Throughput(config.log.every_n_steps, config.log.peak_tflops, config.data.resolution),
         MetricsFile(out, config.log.every_n_steps),
+        SkippedData(out),  # names each skipped sample: the log and out/skipped.jsonl
         FinalCheckpoint(out / CHECKPOINTS, config.checkpoint.keep_last),
         Preemption(out / CHECKPOINTS, flag or StopFlag()),  # after the EMA update of the step
         RunInfo(config, out),

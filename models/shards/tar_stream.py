@@ -9,7 +9,9 @@ skips everything else. Local shards are memory-mapped: a member is a read-only `
 of the file's pages, so the views a sample does not use are never read or copied; other shards are
 opened by webdataset's ``gopen`` (``pipe:``, http) and give ``bytes``. Members are grouped into
 samples exactly as ``webdataset.tarfile_to_samples`` groups them (the key is the name up to the
-first dot of its base name), with ``__key__`` and ``__url__``.
+first dot of its base name), with ``__key__`` and ``__url__``. A tar that breaks off (mid-member,
+or at a block boundary without tar's end-of-archive block) raises ``tarfile.ReadError`` whose
+``key`` names the first sample lost; the whole samples before it still come out.
 """
 
 from __future__ import annotations
@@ -75,30 +77,51 @@ def _open(url: str):
 _ZERO = bytes(BLOCK)
 
 
+def _read_error(message: str, member: str | None) -> tarfile.ReadError:
+    """A tar that breaks off or is no tar; ``.member``: the file being read, when one was (a
+    reader names the sample lost with the rest of the shard by it)."""
+    error = tarfile.ReadError(f"{message} (in member {member})" if member else message)
+    error.member = member
+    return error
+
+
 def tar_members(stream) -> Iterator[tuple[str, memoryview]]:
     """(name, data) of each regular file of the tar stream ``stream``, in order; ``data`` is a
-    read-only memoryview (of the mapped file, or of the bytes read from a stream)."""
+    read-only memoryview (of the mapped file, or of the bytes read from a stream). A stream that
+    ends without tar's end-of-archive block was cut short (a copy broken off at a block boundary
+    would otherwise lose its last objects without a word): a ReadError naming the last member."""
     pending: dict[str, str] = {}
     read = stream.read
+    last = None  # the last member read: where a cut shard broke off
     while True:
         header = bytes(read(BLOCK))
         if len(header) < BLOCK or header == _ZERO:
+            if header != _ZERO and last is not None:
+                raise _read_error("truncated: no end-of-archive block after it", last)
             if header and len(header) < BLOCK:
-                raise tarfile.ReadError("truncated tar header")
-            return  # end-of-archive (zero block) or a clean end
+                raise _read_error("truncated tar header", last)
+            return  # end-of-archive (zero block), or an empty stream
         try:
             stored, size = _number(header[148:156]), _number(header[124:136])
         except ValueError:
             stored = size = -1
         if stored != sum(header) - sum(header[148:156]) + 256:  # chksum field as spaces
-            raise tarfile.ReadError("invalid tar header (bad checksum): not a tar file?")
+            raise _read_error("invalid tar header (bad checksum): not a tar file?", last)
         kind = header[156:157]
         if "size" in pending and kind not in (b"x", b"L", b"g"):  # pax size of a huge member
             size = int(pending["size"])
+        regular = kind in (b"0", b"\0", b"7")
+        name = pending.get("path") if regular else None
+        if regular and name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if header[257:262] == b"ustar" and prefix:
+                name = prefix.decode("utf-8", "replace") + "/" + name
         padded = size + (-size % BLOCK)
         data = memoryview(read(padded))  # the member and its padding in one read
         if len(data) != padded:
-            raise tarfile.ReadError(f"unexpected end of data ({len(data)} of {padded} bytes)")
+            got = f"unexpected end of data ({len(data)} of {padded} bytes)"
+            raise _read_error(got, name or last)
         data = data[:size]
         if kind == b"x":  # pax extended header for the next member (mostly just an mtime)
             record = bytes(data)
@@ -107,34 +130,40 @@ def tar_members(stream) -> Iterator[tuple[str, memoryview]]:
         if kind == b"L":  # GNU long name for the next member
             pending = {"path": bytes(data).rstrip(b"\0").decode("utf-8", "replace")}
             continue
-        if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers...: skip
-            pending = {}
-            continue
-        name = pending.get("path")
-        if name is None:
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-            prefix = header[345:500].split(b"\0", 1)[0]
-            if header[257:262] == b"ustar" and prefix:
-                name = prefix.decode("utf-8", "replace") + "/" + name
         pending = {}
+        if not regular:  # directories, links, global headers...: skip
+            continue
+        last = name
         yield name, data
 
 
 def group_samples(members: Iterable[tuple[str, memoryview]], url: str) -> Iterator[dict]:
-    """Consecutive members with one key -> one sample ``{"__key__", "__url__", ext: data}``."""
+    """Consecutive members with one key -> one sample ``{"__key__", "__url__", ext: data}``.
+    When the tar breaks off, the sample before the broken member's is complete and still comes
+    out; the error's ``key`` names the first sample lost (it and the rest of the shard)."""
     sample: dict | None = None
-    for name, data in members:
-        match = _KEY.match(name)
-        if match is None or _META.search(name):
-            continue
-        key, ext = match.group(1), match.group(2).lower()
-        if sample is None or key != sample["__key__"]:
-            if sample is not None:
-                yield sample
-            sample = {"__key__": key, "__url__": url}
-        if ext in sample:
-            raise ValueError(f"{name}: duplicate file name in tar file {url}")
-        sample[ext] = data
+    try:
+        for name, data in members:
+            match = _KEY.match(name)
+            if match is None or _META.search(name):
+                continue
+            key, ext = match.group(1), match.group(2).lower()
+            if sample is None or key != sample["__key__"]:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": url}
+            if ext in sample:
+                raise ValueError(f"{name}: duplicate file name in tar file {url}")
+            sample[ext] = data
+    except tarfile.ReadError as error:
+        member = getattr(error, "member", None)
+        match = _KEY.match(member) if member else None
+        broken = match.group(1) if match else None
+        if sample is not None and broken is not None and broken != sample["__key__"]:
+            yield sample  # complete: the shard broke off in the next sample's members
+            sample = None
+        error.key = sample["__key__"] if sample is not None else broken
+        raise
     if sample is not None:
         yield sample
 

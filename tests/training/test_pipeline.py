@@ -12,6 +12,7 @@ from models.bundle import load_model
 from models.sample import sample_views
 from training.checkpoint_read import read_checkpoint
 from training.checkpoint_resolve import latest_checkpoint
+from training.skipped_data import read_skipped
 from training.train import run
 
 
@@ -39,7 +40,7 @@ def test_stage1_checkpoint_content_and_keep_last(stage1_run):
     assert raw["lr_schedulers"][0]["last_epoch"] == 8
 
 
-def test_stage1_logs_branches_throughput_skips_and_samples(stage1_run):
+def test_stage1_logs_branches_throughput_skips_and_samples(stage1_run, corrupt_shards):
     out = stage1_run["out"]
     records = _metrics(out)
     assert [r["step"] for r in records] == list(range(1, 9))
@@ -47,6 +48,9 @@ def test_stage1_logs_branches_throughput_skips_and_samples(stage1_run):
     logged = [r for r in records if "perf/images_per_s" in r]
     assert logged and all(r["perf/images_per_s"] > 0 for r in logged)
     assert logged[-1]["data/skipped"] > 0  # the damaged shard was read: skipped and counted
+    named = {(r["shard"], r["key"]) for r in read_skipped(out)}  # and named in the run folder
+    damaged = str(corrupt_shards["shard"])
+    assert named and named <= {(damaged, key) for key in corrupt_shards["broken"]}, named
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
