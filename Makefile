@@ -4,6 +4,7 @@
 #   make test [ARGS="-k name"]   the test suite;   make lint / make format   ruff
 #   make print-config JOB=finetune|eval|render [the job's variables]   the job's resolved config,
 #                      each value with the file, flag or override it came from; runs nothing
+#   make design-picture   redraw docs/design.svg (packages, imports, a sample's way) from the code
 #   make clean         remove outputs/
 # PY=python3.11: the interpreter .venv is made with.
 SHELL := /bin/bash
@@ -34,7 +35,7 @@ IMAGES ?=
 MODEL ?=
 STEPS ?=
 
-.PHONY: setup test lint format clean browser help print-config
+.PHONY: setup test lint format clean browser help print-config design-picture
 
 setup: $(STAMP)
 
@@ -82,6 +83,10 @@ PRINT_JOB = $(or $(filter $(JOB),finetune eval),$(if $(filter $(JOB),render),ren
 print-config:
 	@test -n "$(PRINT_JOB)" || { echo "usage: make print-config JOB=finetune|eval|render [the job's variables, ARGS=key=value ...]"; exit 2; }
 	@$(MAKE) -s --no-print-directory $(PRINT_JOB) ARGS="$(ARGS) --print-config"
+
+# The picture docs/design.md opens with; tests/test_layers.py fails while it is stale.
+design-picture: setup
+	$(PYTHON) scripts/draw_design.py
 
 clean:
 	rm -rf outputs .pytest_cache

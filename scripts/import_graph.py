@@ -1,8 +1,9 @@
 """The repository's import graph, read from the source (nothing is imported), and its rules.
 
 The packages form a one-way stack (docs/design.md): ``models`` (the network, the cameras and the
-shard format, ``models/shards``) at the bottom; ``data_prep``, ``training`` and ``evaluation``
-each import only ``models`` and themselves, never each other. ``models.shards`` imports only
+shard format, ``models/shards``) and ``cluster`` (SLURM, the local cluster) at the bottom, neither
+importing the other; ``data_prep``, ``training`` and ``evaluation`` each import only those and
+themselves, never each other. ``models.shards`` imports only
 itself (the format stays light: no network code). No module imports itself back through others
 (no circles), none is over ``MAX_LINES`` lines, and no module but ``models/shards/format.py``
 spells a shard member name. ``tests/test_layers.py`` holds the code to these rules;
@@ -18,7 +19,9 @@ from pathlib import Path
 from models.shards.format import CACHE_MEMBERS, CAMERAS, META, RENDER_EXTRAS
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"models": 0, "data_prep": 1, "training": 1, "evaluation": 1}
+# cluster (SLURM and the local cluster: no model, no data) sits at the bottom beside models: the
+# launchers of data_prep, training and evaluation all use it.
+LAYERS = {"models": 0, "cluster": 0, "data_prep": 1, "training": 1, "evaluation": 1}
 SHARED = "models.shards"  # the shared layer inside models: imports only itself
 FORMAT_MODULE = "models.shards.format"  # the one module that spells member names
 CHECKED = (*LAYERS, "scripts")  # scripts sit on top: they may import any package
@@ -130,11 +133,23 @@ def _owner(target: str, modules: dict[str, Module]) -> str | None:
     return target or None
 
 
+def rule_broken(source: str, target: str) -> str | None:
+    """Why module (or package) ``source`` may not import ``target``; None when it may."""
+    top, other = source.split(".")[0], target.split(".")[0]
+    if other == "scripts" and top != "scripts":
+        return "scripts/ sits on top; no package imports it"
+    if top in LAYERS and other != top and LAYERS[other] >= LAYERS[top]:
+        below = " and ".join(sorted(p for p in LAYERS if LAYERS[p] < LAYERS[top])) or "nothing"
+        return f"{top} may import only {below} (and itself); move what both need down"
+    if source.startswith(SHARED) and not target.startswith(SHARED):
+        return f"{SHARED} imports only itself"
+    return None
+
+
 def layer_problems(modules: dict[str, Module]) -> list[str]:
     """Imports that go up or sideways, or out of the shared layer."""
     problems = []
     for module in modules.values():
-        top = module.name.split(".")[0]
         for target, line in sorted(module.named.items()):
             if target not in modules:
                 path = module.path.relative_to(ROOT)
@@ -142,17 +157,10 @@ def layer_problems(modules: dict[str, Module]) -> list[str]:
                     f"{path}:{line}: {module.name} imports {target}, which is no module"
                 )
         for target, line in sorted(module.imports.items()):
-            other = target.split(".")[0]
-            where = f"{module.path.relative_to(ROOT)}:{line}: {module.name} imports {target}"
-            if other == "scripts" and top != "scripts":
-                problems.append(f"{where}: scripts/ sits on top; no package imports it")
-            elif top in LAYERS and other != top and LAYERS[other] >= LAYERS[top]:
-                problems.append(
-                    f"{where}: {top} may import only models (and itself); move what both "
-                    "need down into models/shards"
-                )
-            elif module.name.startswith(SHARED) and not target.startswith(SHARED):
-                problems.append(f"{where}: {SHARED} imports only itself")
+            reason = rule_broken(module.name, target)
+            if reason is not None:
+                where = f"{module.path.relative_to(ROOT)}:{line}: {module.name} imports {target}"
+                problems.append(f"{where}: {reason}")
     return problems
 
 

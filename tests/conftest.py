@@ -16,7 +16,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rendered_shards(tmp_path_factory):
     """Folder (pathlib.Path) of WebDataset shards rendered once per session from the 10 built-in
-    samples: ``part-000/shard-000-*.tar`` (4 objects each) in the schema of docs/ARCHITECTURE.md, 5 views
+    samples: ``part-000/shard-000-*.tar`` (4 objects each) in the format of docs/shards.md, 5 views
     per object (1 orthogonal quadruple + 1 reference view), 32 x 32 RGBA, with
     ``part-000/records.jsonl`` beside them (all in ``part-000/``). About 5-10 s on 2 CPU cores."""
     from data_prep.config import load_config

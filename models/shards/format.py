@@ -77,9 +77,12 @@ META_KEYS = {
     "refs": "[i, ...]: reference views at random poses",
     "renderer": "the settings that made the pixels",
     "normalisation": "how the mesh was centred and scaled",
+    "textures": "image textures: external, relinked (found elsewhere), missing",
+    "lighting": "what lit the object: mode (fixed, random), its lights and environment",
     "warnings": "what the renderer noticed",
     "quality": "per-view coverage, border, mean_alpha",
     "attribution": "Objaverse only: the creator's credit",
+    "extra": "what the source knows beside the id (Objaverse name, Objaverse-XL sha256...)",
     "latent_cache": "latent cache only: what made the latents (training/latent_cache.py)",
 }
 

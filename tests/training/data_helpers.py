@@ -1,6 +1,6 @@
 """Synthetic shard samples for the data-path tests: seeded RGBA views with soft-edged alpha and
 garbage colour under the transparent pixels (what premultiplied resizing must not bleed), in the
-shard schema of docs/ARCHITECTURE.md."""
+shard format of docs/shards.md."""
 
 from __future__ import annotations
 
