@@ -20,15 +20,11 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 import torch.nn.functional as F
 
+from evaluation.schedules import annealed_fraction, at_step
+
 
 def _no_timer(_: str) -> AbstractContextManager:
     return nullcontext()
-
-
-def annealed_fraction(step: int, start: float, end: float, anneal_steps: int) -> float:
-    """Linear interpolation from ``start`` at step 0 to ``end`` at ``anneal_steps``, then flat."""
-    ramp = min(max(step / max(anneal_steps, 1), 0.0), 1.0)
-    return start + (end - start) * ramp
 
 
 class MultiViewGuidance:
@@ -57,10 +53,11 @@ class MultiViewGuidance:
 
     def timestep_range(self, step: int) -> tuple[int, int]:
         """(min, max) integer timesteps at ``step``: both start at ``t_start`` and anneal
-        linearly to ``t_end`` over ``t_anneal_steps``."""
+        linearly to ``t_end`` over ``t_anneal_steps`` (a fraction of ``steps`` or a count)."""
         cfg = self.cfg
-        low = annealed_fraction(step, cfg.t_start, cfg.t_end[0], cfg.t_anneal_steps)
-        high = annealed_fraction(step, cfg.t_start, cfg.t_end[1], cfg.t_anneal_steps)
+        anneal = at_step(cfg.t_anneal_steps, int(cfg.steps))
+        low = annealed_fraction(step, cfg.t_start, cfg.t_end[0], anneal)
+        high = annealed_fraction(step, cfg.t_start, cfg.t_end[1], anneal)
         n = self.num_train_timesteps
         return int(n * low), max(int(n * high), int(n * low))
 

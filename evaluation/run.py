@@ -33,6 +33,7 @@ from evaluation.config import ConfigError, resolve_config
 from evaluation.evaluate import FAILED, RESULT, STARTED, Evaluator, read_json, write_json_atomic
 from evaluation.inputs import ObjectRef, list_objects
 from evaluation.report import build_report, console_summary
+from evaluation.schedules import schedule_warnings
 
 log = logging.getLogger("evaluation")
 
@@ -291,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_config:
         print(resolved.describe())
         return
+    for warning in schedule_warnings(cfg):  # e.g. --steps below a schedule given in steps
+        log.warning(warning)
     if not cfg.model.path and resolved.is_default("model.size"):
         raise SystemExit(NO_MODEL)  # a random model is a pipeline check: it must be asked for
     out = Path(args.out)

@@ -12,29 +12,33 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from evaluation.field import Field
-from evaluation.guidance import MultiViewGuidance, _no_timer, annealed_fraction
+from evaluation.guidance import MultiViewGuidance, _no_timer
 from evaluation.renderer import OccupancyGrid, render_settings, render_views, step_size
+from evaluation.schedules import annealed_fraction, at_step
 from evaluation.views import sample_lights, sample_sds_cameras
 
 
 def phase(sds_cfg, step: int) -> tuple[int, int]:
     """(render resolution, views per step) at ``step`` (the 64 -> 256 px schedule)."""
-    index = sum(step >= m for m in sds_cfg.milestones)
+    index = sum(step >= at_step(m, int(sds_cfg.steps)) for m in sds_cfg.milestones)
     return sds_cfg.resolution[index], sds_cfg.batch_views[index]
 
 
 def orientation_weight(sds_cfg, step: int) -> float:
     low, high = sds_cfg.lambda_orient
-    return annealed_fraction(step, low, high, sds_cfg.orient_ramp_steps)
+    ramp = at_step(sds_cfg.orient_ramp_steps, int(sds_cfg.steps))
+    return annealed_fraction(step, low, high, ramp)
 
 
-def step_shading(material_cfg, step: int, generator: torch.Generator) -> tuple[str, float]:
+def step_shading(
+    material_cfg, step: int, generator: torch.Generator, total: int
+) -> tuple[str, float]:
     """(shading mode, ambient share) for one step, threestudio's diffuse-with-point-light
     material: albedo during the ambient-only warm-up; then albedo with probability
     ``1 - diffuse_prob``, else textureless with ``textureless_prob``, else diffuse. Soft shading
     draws the diffuse share uniformly per step (ambient = 1 - diffuse). Draws come from the CPU
-    generator: no device sync."""
-    if material_cfg.mode == "albedo" or step < material_cfg.ambient_only_steps:
+    generator: no device sync. ``total``: ``sds.steps`` (the warm-up may be a fraction of it)."""
+    if material_cfg.mode == "albedo" or step < at_step(material_cfg.ambient_only_steps, total):
         return "albedo", 1.0
     draws = torch.rand(3, generator=generator).tolist()
     if draws[0] > material_cfg.diffuse_prob:
@@ -135,7 +139,7 @@ def sds_step(
     resolution, batch_views = phase(cfg.sds, step)
     cameras = sample_sds_cameras(generator, cfg.cameras, batch_views)
     c2w = cameras.c2w().to(device)
-    shading, ambient = step_shading(cfg.material, step, generator)
+    shading, ambient = step_shading(cfg.material, step, generator, int(cfg.sds.steps))
     # Lights are drawn every step (one per view group), whatever the shading, as the released
     # sampler does; the shading mode decides whether they are used.
     lights = sample_lights(

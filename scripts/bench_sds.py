@@ -24,6 +24,7 @@ from evaluation.config import load_config
 from evaluation.evaluate import autocast_dtype
 from evaluation.field import Field
 from evaluation.guidance import MultiViewGuidance
+from evaluation.schedules import at_step
 from evaluation.sds import (
     FieldState,
     build_occupancy,
@@ -83,7 +84,7 @@ def measure_sds(
             model, run_cfg.sds, cfg.cameras.views, device, autocast_dtype(cfg.precision, device)
         )
         times: dict[str, float] = defaultdict(float)
-        step_in_recipe = 0 if phase == 0 else int(recipe.milestones[0])
+        step_in_recipe = 0 if phase == 0 else at_step(recipe.milestones[0], int(recipe.steps))
 
         @contextlib.contextmanager
         def timer(name: str, keep: bool = True, times=times):
@@ -116,7 +117,8 @@ def measure_sds(
         rows[size] = {"views": views, "it_s": steps / total} | ms
     result: dict = {"rows": rows, "projected_min": None}
     if len(rows) >= 2:
-        first, rest = recipe.milestones[0], recipe.steps - recipe.milestones[0]
+        first = at_step(recipe.milestones[0], int(recipe.steps))
+        rest = recipe.steps - first
         low, high = min(rows), max(rows)
         result["projected_min"] = (first / rows[low]["it_s"] + rest / rows[high]["it_s"]) / 60
     return result
@@ -166,8 +168,9 @@ def main() -> None:
         record_figure("sds", f"compiled / eager it/s at {size} px", ratio, "x")
     for name, result in results.items():
         if result["projected_min"] is not None:
-            print(f"projected full recipe, {name} ({recipe.milestones[0]} steps at {min(sizes)} "
-                  f"px + {recipe.steps - recipe.milestones[0]} at {max(sizes)} px): "
+            first = at_step(recipe.milestones[0], int(recipe.steps))
+            print(f"projected full recipe, {name} ({first} steps at {min(sizes)} "
+                  f"px + {recipe.steps - first} at {max(sizes)} px): "
                   f"{result['projected_min']:.1f} min per object")  # fmt: skip
             record_figure(
                 "sds", f"projected 10k-step recipe ({name})", result["projected_min"],

@@ -23,6 +23,7 @@ from evaluation.renderer import (
     shade_parameters,
     step_size,
 )
+from evaluation.schedules import at_step
 from evaluation.sds import make_optimizer, sample_step_size, step_shading
 from evaluation.views import orbit_cameras, sample_elevations, sample_lights
 from models.cameras import camera_to_world
@@ -32,7 +33,7 @@ def test_defaults_are_the_released_geometry_recipe():
     """configs/isotropic3d-shading.yaml of the release and the threestudio defaults it relies on."""
     cfg = load_config()
     mat = cfg.material
-    assert mat.mode == "diffuse" and mat.ambient_only_steps == 5000
+    assert mat.mode == "diffuse" and at_step(mat.ambient_only_steps, cfg.sds.steps) == 5000
     assert mat.textureless_prob == 0.5 and mat.soft_shading is True
     assert mat.diffuse_prob == 0.75  # threestudio's material default (the config sets none)
     assert mat.light_perturb == 1.0 and mat.light_distance == [0.8, 1.5]
@@ -57,8 +58,10 @@ def test_defaults_are_the_released_geometry_recipe():
 def test_shading_schedule_and_probabilities():
     cfg = load_config()
     generator = torch.Generator().manual_seed(0)
-    assert {step_shading(cfg.material, s, generator)[0] for s in range(0, 5000, 50)} == {"albedo"}
-    draws = [step_shading(cfg.material, 5000 + i, generator) for i in range(6000)]
+    total = cfg.sds.steps
+    albedo = {step_shading(cfg.material, s, generator, total)[0] for s in range(0, 5000, 50)}
+    assert albedo == {"albedo"}
+    draws = [step_shading(cfg.material, 5000 + i, generator, total) for i in range(6000)]
     modes = [mode for mode, _ in draws]
     share = {m: modes.count(m) / len(modes) for m in ("albedo", "textureless", "diffuse")}
     # threestudio: albedo when rand > 0.75, else textureless when rand < 0.5, else diffuse
@@ -67,7 +70,7 @@ def test_shading_schedule_and_probabilities():
     ambient = np.array([a for m, a in draws if m != "albedo"])
     assert ambient.min() < 0.05 and ambient.max() > 0.95 and abs(ambient.mean() - 0.5) < 0.03
     plain = load_config(overrides=["material.mode=albedo"])
-    assert step_shading(plain.material, 9000, generator) == ("albedo", 1.0)
+    assert step_shading(plain.material, 9000, generator, total) == ("albedo", 1.0)
 
 
 def test_shading_formula_of_each_mode():

@@ -11,7 +11,16 @@ from eval_helpers import tiny_config
 from evaluation.config import DEFAULT_CONFIG, ConfigError, load_config
 from evaluation.field import Field
 from evaluation.guidance import MultiViewGuidance
-from evaluation.sds import FieldState, build_occupancy, optimise, phase, sds_step
+from evaluation.schedules import at_step, schedule_warnings
+from evaluation.sds import (
+    FieldState,
+    build_occupancy,
+    optimise,
+    orientation_weight,
+    phase,
+    sds_step,
+    step_shading,
+)
 from models.bundle import build_model
 
 
@@ -75,19 +84,44 @@ def test_timestep_annealing_and_resolution_schedule(tiny_model):
     assert phase(cfg.sds, 5000) == (256, 4)
 
 
+def test_schedules_follow_the_step_count_or_are_named(tiny_model):
+    """The schedules are fractions of sds.steps: a 600-step run anneals over 480 steps, switches
+    resolution and starts shading at 300; a schedule given in steps beyond the run is named."""
+    cfg = load_config(extra={"sds": {"steps": 600}})
+    assert schedule_warnings(cfg) == []
+    guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
+    assert guidance.timestep_range(480) == (20, 500) and guidance.timestep_range(240)[0] == 500
+    assert phase(cfg.sds, 299) == (64, 8) and phase(cfg.sds, 300) == (256, 4)
+    assert orientation_weight(cfg.sds, 300) == 1000.0
+    generator = torch.Generator().manual_seed(0)
+    assert {step_shading(cfg.material, s, generator, 600)[0] for s in range(300)} == {"albedo"}
+    shaded = {step_shading(cfg.material, s, generator, 600)[0] for s in range(300, 600)}
+    assert shaded == {"albedo", "diffuse", "textureless"}
+    late = load_config(
+        overrides=["material.ambient_only_steps=5000", "sds.milestones=[700]"],
+        extra={"sds": {"steps": 600}},
+    )
+    warnings = schedule_warnings(late)
+    assert len(warnings) == 2
+    assert "'sds.milestones' = 700" in warnings[0] and "never starts" in warnings[0]
+    assert "'material.ambient_only_steps' = 5000" in warnings[1]
+    assert "shading never starts" in warnings[1]
+
+
 def test_defaults_are_the_released_recipe():
     """Every number of the released recipe (docs/design.md, section 7) is a default of configs/eval.yaml."""
     cfg = load_config()
     assert cfg.sds.steps == 10000 and cfg.cameras.views == 4
     assert cfg.sds.batch_views == [8, 4] and cfg.sds.resolution == [64, 256]
-    assert cfg.sds.milestones == [5000]
+    assert [at_step(m, cfg.sds.steps) for m in cfg.sds.milestones] == [5000]
     assert cfg.cameras.relative_radius == [0.8, 1.0] and cfg.cameras.fov_deg == [15.0, 60.0]
     assert cfg.cameras.elevation_deg == [0.0, 30.0] and cfg.cameras.azimuth_deg == [0.0, 360.0]
     assert cfg.sds.guidance_scale == 10.0
     assert cfg.sds.t_start == 0.98 and cfg.sds.t_end == [0.02, 0.50]
-    assert cfg.sds.t_anneal_steps == 8000
+    assert at_step(cfg.sds.t_anneal_steps, cfg.sds.steps) == 8000
     assert cfg.sds.loss == "x0_recon" and cfg.sds.recon_std_rescale == 0.5
-    assert cfg.sds.lambda_orient == [10.0, 1000.0] and cfg.sds.orient_ramp_steps == 5000
+    assert cfg.sds.lambda_orient == [10.0, 1000.0]
+    assert at_step(cfg.sds.orient_ramp_steps, cfg.sds.steps) == 5000
     assert cfg.renderer.background == [1.0, 1.0, 1.0]
     assert cfg.optim.betas == [0.9, 0.99] and cfg.optim.eps == 1e-15
     assert cfg.optim.lr_grid == 0.01 and cfg.optim.lr_mlp == 0.001
@@ -114,12 +148,14 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_checkpoint_resume_continues_exactly(tiny_model, tmp_path):
-    cfg = tiny_config("sds.steps=2", "sds.checkpoint_every=1")
+    # schedules in steps: as fractions, the 1-step run's would differ from the 2-step run's
+    steps = ["sds.milestones=[4]", "sds.t_anneal_steps=8", "material.ambient_only_steps=4"]
+    cfg = tiny_config("sds.steps=2", "sds.checkpoint_every=1", *steps)
     guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
     cond = tiny_model.image_encoder.encode(torch.rand(1, 3, 32, 32))
     cam = _camera_input(tiny_model)
     straight = optimise(guidance, cond, cfg, tmp_path / "a.pt", cam, progress=False)
-    half = tiny_config("sds.steps=1", "sds.checkpoint_every=1")
+    half = tiny_config("sds.steps=1", "sds.checkpoint_every=1", *steps)
     optimise(guidance, cond, half, tmp_path / "b.pt", cam, progress=False)
     resumed = optimise(guidance, cond, cfg, tmp_path / "b.pt", cam, progress=False)
     assert resumed.step == straight.step == 2

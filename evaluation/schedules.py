@@ -1,0 +1,49 @@
+"""SDS schedules as fractions of ``sds.steps``: one recipe for any run length.
+
+Each schedule key (``SCHEDULE_KEYS``) holds a fraction of ``sds.steps`` (a value below 1) or an
+absolute step count (1 or more). Fractions scale with ``--steps``: the released recipe's 8000-step
+timestep annealing of a 10,000-step run is ``0.8``, and a 600-step run anneals over 480 steps.
+An absolute count that a run never reaches (a schedule that never completes, a resolution phase
+or shading that never starts) is named by :func:`schedule_warnings`.
+"""
+
+from __future__ import annotations
+
+SCHEDULE_KEYS = {  # key -> what happens when an absolute count exceeds sds.steps
+    "sds.t_anneal_steps": "the timestep annealing never completes",
+    "sds.orient_ramp_steps": "the orientation-loss ramp never completes",
+    "sds.milestones": "a resolution phase never starts",
+    "material.ambient_only_steps": "shading never starts (albedo only: shading never shapes the geometry)",
+}
+
+
+def at_step(value: float, total: int) -> int:
+    """A schedule value as a step: a fraction (< 1) of ``total`` or an absolute count (>= 1)."""
+    return int(round(float(value) * total)) if float(value) < 1.0 else int(value)
+
+
+def annealed_fraction(step: int, start: float, end: float, anneal_steps: int) -> float:
+    """Linear interpolation from ``start`` at step 0 to ``end`` at ``anneal_steps``, then flat."""
+    ramp = min(max(step / max(anneal_steps, 1), 0.0), 1.0)
+    return start + (end - start) * ramp
+
+
+def _values(cfg, key: str) -> list[float]:
+    section, name = key.split(".")
+    value = cfg[section][name]
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def schedule_warnings(cfg) -> list[str]:
+    """One line per schedule key whose absolute step count exceeds ``sds.steps``."""
+    total = int(cfg.sds.steps)
+    out = []
+    for key, effect in SCHEDULE_KEYS.items():
+        late = [v for v in _values(cfg, key) if at_step(v, total) > total]
+        if late and not (key == "material.ambient_only_steps" and cfg.material.mode == "albedo"):
+            shown = ", ".join(f"{v:g}" for v in late)
+            out.append(
+                f"config key {key!r} = {shown} steps exceeds sds.steps = {total}: {effect}; "
+                f"give a fraction of sds.steps (a value below 1) instead"
+            )
+    return out
