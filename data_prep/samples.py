@@ -58,9 +58,9 @@ def _material(colour, roughness: float = 0.6) -> PBRMaterial:
     )
 
 
-def front_marker() -> list[Part]:
-    """A cube with one colour per face; its front (-Y) is red, the geometry tests rely on it."""
-    faces = {
+def front_marker_faces() -> dict[tuple[int, int, int], tuple[int, int, int]]:
+    """front_marker's colour per outward face normal (evaluation's analytic cube holds the same)."""
+    return {
         (0, -1, 0): RED,
         (0, 1, 0): BLUE,
         (1, 0, 0): GREEN,
@@ -70,11 +70,17 @@ def front_marker() -> list[Part]:
         (0, 0, 1): PURPLE,
         (0, 0, -1): WHITE,
     }
+
+
+def front_marker() -> list[Part]:
+    """A cube with one colour per face; its front (-Y) is red, the geometry tests rely on it."""
+    # One square per face of the unit cube, meeting edge to edge: overlapping slabs (as it was
+    # built) gave coincident faces that Cycles rendered as black lines along every edge.
+    cube = trimesh.creation.box((1.0, 1.0, 1.0))
     parts = []
-    for normal, colour in faces.items():
-        n = np.array(normal, dtype=float)
-        extents = np.where(n != 0, 0.04, 1.0)  # thin slab forming one face of a unit cube
-        parts.append((_box(extents, n * 0.48), colour))
+    for normal, colour in front_marker_faces().items():
+        faces = np.flatnonzero(np.isclose(cube.face_normals @ np.array(normal, float), 1.0))
+        parts.append((cube.submesh([faces], append=True), colour))
     return parts
 
 
@@ -212,11 +218,11 @@ def rainbow_blob() -> trimesh.Scene:
     return trimesh.Scene({"blob": mesh.apply_transform(_BLENDER_TO_GLTF)})
 
 
-def _scene_from_parts(parts: list[Part]) -> trimesh.Scene:
+def _scene_from_parts(parts: list[Part], roughness: float = 0.6) -> trimesh.Scene:
     scene = trimesh.Scene()
     for i, (mesh, colour) in enumerate(parts):
         mesh = mesh.copy()
-        mesh.visual = trimesh.visual.TextureVisuals(material=_material(colour))
+        mesh.visual = trimesh.visual.TextureVisuals(material=_material(colour, roughness))
         scene.add_geometry(mesh.apply_transform(_BLENDER_TO_GLTF), node_name=f"part{i}")
     return scene
 
@@ -235,10 +241,16 @@ SAMPLES: dict[str, Callable[[], list[Part] | trimesh.Scene]] = {
 }
 
 
+# Samples rendered fully rough: front_marker's face colours are then (nearly) the same from every
+# view, so a view-independent field -- what SDS makes -- can match its renders.
+MATTE = {"front_marker": 1.0}
+
+
 def sample_glb_bytes(name: str) -> bytes:
     """The GLB file of one built-in sample."""
     built = SAMPLES[name]()
-    scene = built if isinstance(built, trimesh.Scene) else _scene_from_parts(built)
+    roughness = MATTE.get(name, 0.6)
+    scene = built if isinstance(built, trimesh.Scene) else _scene_from_parts(built, roughness)
     buffer = io.BytesIO(scene.export(file_type="glb"))
     return buffer.getvalue()
 

@@ -39,6 +39,12 @@ class MultiViewGuidance:
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         self.unet = model.unet
+        latent = cfg.get("vae_latent", "sample")
+        if latent not in ("auto", "sample", "mean"):
+            raise ValueError(f"config key 'sds.vae_latent': {latent!r} not auto|sample|mean")
+        if latent == "auto":  # what the model was trained on, when its folder records it
+            latent = model.source.get("vae_latent", "sample")
+        self.sample_latent = latent == "sample"
         mode = cfg.get("unet_compile", "off")
         if mode not in ("auto", "off", "on", True, False):
             raise ValueError(f"config key 'sds.unet_compile': {mode!r} not auto|on|off")
@@ -67,15 +73,29 @@ class MultiViewGuidance:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def encode(self, rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[B,H,W,3]`` renders in [0,1] -> latents drawn from the VAE posterior, as MVDream
-        does (gradient flows to the renders)."""
+        """``[B,H,W,3]`` renders in [0,1] -> latents (gradient flows to the renders): drawn from
+        the VAE posterior as MVDream does, or its mean (``sds.vae_latent``) for a model trained on
+        cached posterior means. Larger renders are downsized with an antialiasing filter, so
+        every rendered pixel informs the latent (plain bilinear would skip most of them)."""
         images = rgb.permute(0, 3, 1, 2)
         size = self.cfg.image_size
         if images.shape[-1] != size:
-            images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
+            images = F.interpolate(
+                images, (size, size), mode="bilinear", align_corners=False,
+                antialias=images.shape[-1] > size,
+            )  # fmt: skip
         with self._autocast():
-            latents = self.model.vae.encode(images * 2.0 - 1.0, generator=generator)
+            latents = self.model.vae.encode(
+                images * 2.0 - 1.0, sample=self.sample_latent, generator=generator
+            )
         return latents.float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> ``[B,H,W,3]`` images in [0,1] (the x0 previews)."""
+        with self._autocast():
+            images = self.model.vae.decode(latents)
+        return ((images.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
     @torch.no_grad()
     def predict_noise(
@@ -145,4 +165,9 @@ class MultiViewGuidance:
             grad = (1 - alpha_bar) * (eps - noise)
             target = latents.detach() - torch.nan_to_num(grad)
         loss = 0.5 * F.mse_loss(latents, target.detach(), reduction="sum") / batch
-        return {"loss": loss, "t": t_one.float(), "latents": latents.detach()}
+        return {
+            "loss": loss,
+            "t": t_one.float(),
+            "latents": latents.detach(),
+            "target": target.detach(),  # the x0 the prior paints (sds: the one-step target)
+        }

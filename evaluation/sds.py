@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from evaluation.guidance import MultiViewGuidance, _no_timer
 from evaluation.renderer import OccupancyGrid, render_settings, render_views, step_size
 from evaluation.schedules import annealed_fraction, at_step
 from evaluation.views import sample_lights, sample_sds_cameras
+
+LOG = "sds_log.jsonl"  # per logging step: the loss terms and the gradient norm of each
 
 
 def phase(sds_cfg, step: int) -> tuple[int, int]:
@@ -173,7 +176,7 @@ def sds_step(
         )
     camera = camera_input(cameras).to(device)
     guide = guidance(out["rgb"], camera, cond, step, generator, timer)
-    loss = guide["loss"]
+    parts = {"sds": guide["loss"]}  # the weighted terms of the loss
     terms = {
         "sds": guide["loss"].detach(),
         "t": guide["t"],
@@ -182,15 +185,56 @@ def sds_step(
     }
     if "orient" in out:
         orient = out["orient"] / out["orient_rays"].clamp_min(1)
-        loss = loss + orient_weight * orient
+        parts["orient"] = orient_weight * orient_scale(cfg.sds, guide["latents"]) * orient
         terms["orient"] = orient.detach()
     if cfg.sds.lambda_opaque > 0:
         alpha = out["alpha"].clamp(1e-4, 1 - 1e-4)
         opaque = F.binary_cross_entropy(alpha, alpha.detach().round())
-        loss = loss + cfg.sds.lambda_opaque * opaque
+        parts["opaque"] = cfg.sds.lambda_opaque * opaque
         terms["opaque"] = opaque.detach()
-    terms["loss"] = loss
+    terms["loss"] = sum(parts.values())
+    terms["_parts"] = parts
+    terms["_preview"] = (out["rgb"].detach(), guide["target"])
     return terms
+
+
+def orient_scale(sds_cfg, latents: torch.Tensor) -> float:
+    """``lambda_orient`` was set against the SDS term of ``orient_latent_side``-sided latents;
+    the SDS term sums over latent cells, so at other latent sizes the weight follows the cell
+    count (an 8x8 latent's SDS term is 16x weaker than a 32x32 one's). 0: no scaling."""
+    side = sds_cfg.get("orient_latent_side", 0)
+    if not side:
+        return 1.0
+    return latents.shape[-2] * latents.shape[-1] / float(side * side)
+
+
+def grad_norms(parts: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, float]:
+    """The gradient norm each weighted loss term puts on the field's parameters (how the terms
+    balance); costs one extra backward per term, so it runs on logging steps only."""
+    norms = {}
+    for name, value in parts.items():
+        if not value.requires_grad:
+            continue
+        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        total = sum(g.pow(2).sum() for g in grads if g is not None)
+        norms[f"grad_{name}"] = float(torch.as_tensor(total).sqrt())
+    return norms
+
+
+def save_preview(guidance: MultiViewGuidance, preview, path: Path) -> None:
+    """The step's renders (top row, at the model's size) above the decoded x0 the prior paints
+    for them (bottom row): what SDS is distilling."""
+    from PIL import Image
+
+    rgb, target = preview
+    painted = guidance.decode(target).cpu()
+    size = painted.shape[1]
+    renders = rgb.permute(0, 3, 1, 2).float().cpu()
+    renders = F.interpolate(renders, (size, size), mode="bilinear", antialias=True)
+    rows = [torch.cat(list(renders.permute(0, 2, 3, 1)), 1), torch.cat(list(painted), 1)]
+    image = (torch.cat(rows, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
 
 
 def optimise(
@@ -227,6 +271,9 @@ def optimise(
         optimizer = make_optimizer(state.field, cfg.optim)
     state.field.train()
     total = int(cfg.sds.steps)
+    folder = checkpoint.parent
+    preview_every = int(cfg.sds.get("preview_every", 0))
+    params = [p for p in state.field.parameters() if p.requires_grad]
     bar = tqdm(total=total, initial=state.step, desc=description, disable=not progress, leave=False)
     while state.step < total:
         step = state.step
@@ -237,14 +284,22 @@ def optimise(
             state, guidance, cond, cfg, step, generator, camera_input,
             device_generator=device_generator,
         )  # fmt: skip
+        parts, preview = terms.pop("_parts"), terms.pop("_preview")
+        logging = (state.step + 1) % cfg.speed.log_every == 0 or state.step + 1 == total
+        norms = grad_norms(parts, params) if logging else {}
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
         state.step += 1
         bar.update(1)
-        if state.step % cfg.speed.log_every == 0 or state.step == total:
+        if preview_every and state.step % preview_every == 0:
+            save_preview(guidance, preview, folder / "x0" / f"step_{state.step:06d}.png")
+        if logging:
             # the only read-back of device values: every speed.log_every steps
-            bar.set_postfix({k: f"{float(v):.4g}" for k, v in terms.items() if k != "loss"})
+            values = {k: float(v) for k, v in terms.items() if k != "loss"} | norms
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+            with open(folder / LOG, "a") as log_file:
+                log_file.write(json.dumps({"step": state.step, **values}) + "\n")
         if state.step % cfg.sds.checkpoint_every == 0 or state.step == total:
             save_checkpoint(checkpoint, state, optimizer, generator, cfg, device_generator)
     bar.close()

@@ -26,6 +26,22 @@ def _mean(values) -> float:
     return float(np.mean(values))
 
 
+SDS_ROWS = (  # the SDS object and its controls (evaluation/controls.py), as the figure labels them
+    ("sds", "SDS 3D, {steps} steps"),
+    ("initial blob", "SDS start: the blob"),
+    ("opaque sphere", "opaque best-fit sphere"),
+    ("photometric fit", "photometric fit (ceiling)"),
+    ("analytic object", "analytic cube (control)"),
+)
+
+
+def _sds_text(entry: dict) -> str:
+    text = f"fg {entry['fg_psnr']:.1f} dB  IoU {entry['mean_iou']:.2f}"
+    if "faces_seen" in entry:
+        text += f"  faces {entry['faces_correct']}/{entry['faces_seen']}"
+    return text
+
+
 def figure(demo: Path, key: str, dest: Path, scale: int = 3) -> Path:
     mv = json.loads((demo / "multiview" / "scores.json").read_text())
     sds_path = demo / "sds_scores.json"
@@ -40,10 +56,15 @@ def figure(demo: Path, key: str, dest: Path, scale: int = 3) -> Path:
         text = f"PSNR {_mean(scores['psnr']):.1f} dB  IoU {_mean(scores['iou']):.2f}"
         rows.append((label, text, views / f"{key}_{condition.replace(' ', '_')}.png"))
     if sds is not None:
-        for name, label in (("sds", f"SDS 3D, {sds['sds_steps']} steps"),
-                            ("initial blob", "SDS start: the blob")):  # fmt: skip
-            text = f"PSNR {sds[name]['mean_psnr']:.1f} dB  IoU {sds[name]['mean_iou']:.2f}"
-            rows.append((label, text, demo / f"sds_scores_{name.replace(' ', '_')}.png"))
+        where = "held-out" if sds.get("heldout") else "training"
+        rows.append((f"ground truth, {where} views", "", demo / "sds_scores_ground_truth.png"))
+        for name, label in SDS_ROWS:
+            if name not in sds:
+                continue
+            label = label.format(steps=sds["sds_steps"])
+            rows.append(
+                (label, _sds_text(sds[name]), demo / f"sds_scores_{name.replace(' ', '_')}.png")
+            )
     strips = [Image.open(path).convert("RGB") for _, _, path in rows]
     # One row height for all (SDS renders come at the export size, samples at the model's 32 px).
     side = strips[0].height * scale
@@ -107,14 +128,39 @@ def report_page(demo: Path, key: str) -> Path:
     sds_path = demo / "sds_scores.json"
     if sds_path.exists():
         sds = json.loads(sds_path.read_text())
-        rows = [[n, f"{sds[n]['mean_psnr']:.2f}", f"{sds[n]['mean_iou']:.3f}"]
-                for n in ("sds", "initial blob")]  # fmt: skip
-        margins = sds["margins"]
+        rows = [
+            [n, f"{sds[n]['mean_iou']:.3f}", f"{sds[n]['fg_psnr']:.2f}", f"{sds[n]['mean_psnr']:.2f}",
+             f"{sds[n]['faces_correct']}/{sds[n]['faces_seen']}" if "faces_seen" in sds[n] else ""]
+            for n, _ in SDS_ROWS if n in sds
+        ]  # fmt: skip
+        where = "held-out" if sds.get("heldout") else "training (no held-out quadruple)"
+        margins = "; ".join(
+            f"{name}: {m['iou']:+.3f} IoU, {m['fg_psnr_db']:+.2f} dB"
+            for name, m in sds["margins"].items()
+        )
         parts += [
-            f"<h2>SDS ({sds['sds_steps']} steps) at the ground-truth poses, against the blob</h2>",
-            _table(["field", "PSNR dB", "silhouette IoU"], rows, "sds"),
-            f"<p>SDS - blob: {margins['psnr_db']:+.2f} dB, {margins['iou']:+.3f} IoU.</p>",
+            f"<h2>SDS ({sds['sds_steps']} steps) at {where} views, beside its controls</h2>",
+            _table(
+                [
+                    "field",
+                    "silhouette IoU",
+                    "foreground PSNR dB",
+                    "PSNR dB (on white)",
+                    "faces correct",
+                ],
+                rows,
+                "sds",
+            ),  # fmt: skip
+            f"<p>{html.escape(margins)}. The photometric fit is the same field fitted to the "
+            "training views (the ceiling); the analytic cube checks the renderer's cameras "
+            "against Blender's.</p>",
         ]
+        previews = sorted((demo / "eval" / "objects" / sds["object"] / "x0").glob("*.png"))
+        if previews:
+            parts.append("<h3>What SDS distils: renders (top) and the x0 the prior paints</h3>")
+            for image in previews[-3:]:
+                rel = image.relative_to(demo).as_posix()
+                parts.append(f"<p>{html.escape(image.stem)}</p><img src='{rel}' width='512'>")
         video = Path("eval") / "objects" / sds["object"] / "turntable.mp4"
         if (demo / video).exists():
             parts.append(f"<video src='{video.as_posix()}' controls loop width='256'></video>")

@@ -39,6 +39,7 @@ DEMO = [
     "20",
 ]
 DEMO += ["--stage1-steps", "20", "--stage2-steps", "10", "--sds-steps", "6", "--sample-steps", "3"]
+DEMO += ["--photometric-steps", "4", "--no-sds-compile"]
 
 
 def _not_blank(path: Path, min_std: float = 5.0) -> np.ndarray:
@@ -103,8 +104,12 @@ def test_demo_scores_views_and_sds_at_ground_truth_poses(demo_out: Path):
         assert math.isfinite(condition["psnr"]) and 0.0 <= condition["iou"] <= 1.0
     sds = json.loads((demo_out / "sds_scores.json").read_text())
     assert sds["object"] == "front_marker" and sds["sds_steps"] == 6
-    for name in ("sds", "initial blob"):
-        assert len(sds[name]["iou"]) == 4 and math.isfinite(sds[name]["mean_psnr"])
+    conditions = ("sds", "initial blob", "opaque sphere", "photometric fit", "analytic object")
+    for name in conditions:
+        assert len(sds[name]["per_view"]["iou"]) == 4 and math.isfinite(sds[name]["fg_psnr"])
+        assert 0 <= sds[name]["faces_correct"] <= sds[name]["faces_seen"] <= 5
+    assert sds["analytic object"]["mean_iou"] > 0.85  # the renderer's cameras are Blender's
+    assert (demo_out / "eval" / "objects" / "front_marker" / "sds_log.jsonl").is_file()
     figure = _not_blank(demo_out / "demo.png")
     assert figure.shape[0] > 6 * 32  # ground truth, 3 sampled rows, SDS and blob rows
 
