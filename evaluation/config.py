@@ -115,6 +115,9 @@ def validate(cfg: Cfg) -> None:
     for key in ("elevation_deg", "fov_deg", "relative_radius", "azimuth_deg"):
         low, high = cfg.cameras[key]
         _check(low <= high, f"cameras.{key}", "must be [low, high] with low <= high")
+    _check(cfg.cameras.framing in ("model", "config"), "cameras.framing", "model or config")
+    _check(sds.vae_latent in ("auto", "sample", "mean"), "sds.vae_latent", "auto, sample or mean")
+    _check(sds.preview_every >= 0, "sds.preview_every", "must be >= 0 (0: no previews)")
     _check(cfg.report.clip_unit in ("raw", "x100"), "report.clip_unit", "raw or x100")
     _check(cfg.inputs.kind in ("auto", "images", "shards"), "inputs.kind", "auto|images|shards")
     _check(

@@ -19,8 +19,9 @@ import torch
 import yaml
 
 from evaluation import export
+from evaluation.config import Cfg
 from evaluation.guidance import MultiViewGuidance
-from evaluation.inputs import EvalObject, ObjectRef, on_background, save_rgba
+from evaluation.inputs import EvalObject, ObjectRef, on_background, resize_rgba, save_rgba
 from evaluation.metrics import (
     NOT_MEANINGFUL,
     build_clip_scorer,
@@ -77,11 +78,39 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+# the model folder's training record (model.json source) -> the SDS camera range it sets
+FRAMING_KEYS = {
+    "camera_distance_range": "relative_radius",
+    "fov_range": "fov_deg",
+    "elevation_range": "elevation_deg",
+}
+
+
+def with_model_framing(cfg, model: MultiViewDiffusion):
+    """``cameras.framing: model``: the SDS cameras drawn from the ranges the model was trained
+    on (recorded in its folder), so SDS asks the prior about the framing it knows; models
+    without a record (and ``framing: config``) keep the configured ranges."""
+    if cfg.cameras.get("framing", "config") != "model":
+        return cfg
+    recorded = {key: model.source.get(key) for key in FRAMING_KEYS}
+    if not any(recorded.values()):
+        return cfg
+    out = Cfg(cfg.to_dict())
+    for key, value in recorded.items():
+        if value:
+            out.cameras[FRAMING_KEYS[key]] = [float(v) for v in value]
+    log.info(
+        "SDS cameras from the model's training record: %s", {k: v for k, v in recorded.items() if v}
+    )
+    return out
+
+
 class Evaluator:
     def __init__(self, cfg, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
         self.device = resolve_device(cfg.device)
         self.model = load_frozen_model(cfg, self.device)
+        cfg = with_model_framing(cfg, self.model)
+        self.cfg, self.progress = cfg, progress
         self.guidance = MultiViewGuidance(
             self.model,
             cfg.sds,
@@ -93,6 +122,16 @@ class Evaluator:
         self.lpips, self.lpips_note = build_lpips(cfg.metrics.lpips, self.device)
         if self.lpips is None:
             log.warning(self.lpips_note)
+
+    def encoder_input(self, obj: EvalObject) -> torch.Tensor:
+        """The reference as the model saw references in training: a model folder that records
+        ``reference_resolution`` had them resized to it (premultiplied) and put on white before
+        the encoder; otherwise the reference as loaded (the encoder resizes it)."""
+        side = self.model.source.get("reference_resolution")
+        reference = obj.reference[None]
+        if side:
+            reference = on_background(resize_rgba(reference, int(side)))
+        return reference
 
     def camera_input(self, cameras: CameraBatch) -> torch.Tensor:
         """The model's camera vectors, in its own convention (legacy flag of Isotropic3D)."""
@@ -118,7 +157,7 @@ class Evaluator:
         obj = ref.load()
         save_rgba(obj.reference, folder / "reference.png")
         with torch.no_grad():
-            cond = self.model.image_encoder.encode(obj.reference[None].to(self.device))
+            cond = self.model.image_encoder.encode(self.encoder_input(obj).to(self.device))
         state = optimise(
             self.guidance,
             cond,

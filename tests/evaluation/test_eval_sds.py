@@ -184,3 +184,22 @@ def test_previews_and_term_gradients_are_logged(tiny_model, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "sds_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     assert all(r["grad_sds"] > 0 and r["grad_orient"] >= 0 for r in records)
+
+
+def test_sds_cameras_use_the_framing_recorded_with_the_model(tiny_model):
+    from evaluation.evaluate import with_model_framing
+
+    cfg = load_config()
+    assert with_model_framing(cfg, tiny_model) is cfg  # no record: the configured ranges
+    tiny_model.source.update(camera_distance_range=[0.9, 1.1], fov_range=[20.0, 50.0])
+    try:
+        framed = with_model_framing(cfg, tiny_model)
+        assert framed.cameras.relative_radius == [0.9, 1.1]
+        assert framed.cameras.fov_deg == [20.0, 50.0]
+        assert framed.cameras.elevation_deg == cfg.cameras.elevation_deg == [0.0, 30.0]
+        assert cfg.cameras.relative_radius == [0.8, 1.0]  # the config itself is left alone
+        plain = load_config(overrides=["cameras.framing=config"])
+        assert with_model_framing(plain, tiny_model) is plain
+    finally:
+        for key in ("camera_distance_range", "fov_range"):
+            tiny_model.source.pop(key)
