@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             f"sds.checkpoint_every={max(args.sds_steps // 2, 1)}",
             f"sds.preview_every={max(args.sds_steps // 10, 1)}",
             f"speed.log_every={max(args.sds_steps // 30, 1)}",
-            f"speed.compile={'auto' if args.sds_compile else 'false'}",
+            f"speed.compile={str(args.sds_compile and bool(shutil.which('g++'))).lower()}",
         ]
         # a turntable one can watch (the smoke-test config's is 8 frames at 64 px)
         + ["export.turntable_frames=36", "export.turntable_resolution=128"],
