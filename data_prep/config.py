@@ -38,6 +38,7 @@ ADDED_SETTINGS = {
     "light_randomization": False,
     "hdri_folder": None,
     "albedo": False,
+    "heldout_quads": 0,
 }
 
 
@@ -79,6 +80,7 @@ class RenderConfig:
     res: int = 256
     num_quads: int = 2
     num_refs: int = 2
+    heldout_quads: int = 0
     elevation_deg: tuple[float, float] = (0.0, 30.0)
     fov_deg: tuple[float, float] = (15.0, 60.0)
     relative_radius: tuple[float, float] = (0.9, 1.1)
@@ -121,6 +123,7 @@ class RenderConfig:
             "res": self.res >= 8,
             "num_quads": self.num_quads >= 0,
             "num_refs": self.num_refs >= 0,
+            "heldout_quads": self.heldout_quads >= 0,
             "samples": self.samples >= 1,
             "workers": self.workers >= 1,
             "timeout_s": self.timeout_s > 0,

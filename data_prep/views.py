@@ -27,6 +27,8 @@ class ViewPlan:
     relative_radius: list[float]
     quads: list[list[int]]
     refs: list[int]
+    heldout_quads: list[list[int]]
+    view_ranges: dict[str, list[float]]  # the ranges the quadruples' cameras were drawn from
 
     def worker_views(self) -> list[dict]:
         return [
@@ -36,7 +38,9 @@ class ViewPlan:
 
     def meta(self) -> dict:
         keys = ("fov_deg", "elevation_deg", "azimuth_deg", "distance", "relative_radius")
-        return {key: getattr(self, key) for key in keys} | {"quads": self.quads, "refs": self.refs}
+        meta = {key: getattr(self, key) for key in keys} | {"quads": self.quads, "refs": self.refs}
+        meta["view_ranges"] = self.view_ranges
+        return meta | ({"heldout_quads": self.heldout_quads} if self.heldout_quads else {})
 
 
 def object_seed(seed: int, object_id: str) -> int:
@@ -51,6 +55,10 @@ def plan_views(object_id: str, config: RenderConfig) -> ViewPlan:
     start = config.azimuth_start_deg
     groups = [sample_orbit_group(generator, 4, quad_ranges, start) for _ in range(config.num_quads)]
     groups += [random_pose(generator, ref_ranges) for _ in range(config.num_refs)]
+    # Drawn last: the training quads and refs are those of a render without held-out quads.
+    groups += [
+        sample_orbit_group(generator, 4, quad_ranges, start) for _ in range(config.heldout_quads)
+    ]
     c2w = torch.cat([group.c2w() for group in groups]).numpy().astype(np.float32)
     cat = {
         name: torch.cat([getattr(group, name) for group in groups]).tolist()
@@ -60,4 +68,19 @@ def plan_views(object_id: str, config: RenderConfig) -> ViewPlan:
     relative = relative.tolist()
     quads = [list(range(4 * q, 4 * q + 4)) for q in range(config.num_quads)]
     refs = list(range(4 * config.num_quads, 4 * config.num_quads + config.num_refs))
-    return ViewPlan(c2w=c2w, relative_radius=relative, quads=quads, refs=refs, **cat)
+    first = refs[-1] + 1 if refs else 4 * config.num_quads
+    heldout = [list(range(first + 4 * q, first + 4 * q + 4)) for q in range(config.heldout_quads)]
+    ranges = {
+        "elevation_deg": list(config.elevation_deg),
+        "fov_deg": list(config.fov_deg),
+        "relative_radius": list(config.relative_radius),
+    }
+    return ViewPlan(
+        c2w=c2w,
+        relative_radius=relative,
+        quads=quads,
+        refs=refs,
+        heldout_quads=heldout,
+        view_ranges=ranges,
+        **cat,
+    )

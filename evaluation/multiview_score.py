@@ -4,7 +4,8 @@
 
 For each object of the shards: its first reference view conditions the sampler
 (``models.sample.sample_views``: CLIP embedding, and the clean reference frame for stage-2 models)
-and 4 views are sampled at the cameras of its first azimuth-orthogonal quadruple; each view is
+and 4 views are sampled at the cameras of its first azimuth-orthogonal quadruple (``--quads
+heldout``: its first held-out quadruple, cameras no training step saw); each view is
 scored against the ground-truth render of that camera by PSNR (on white) and silhouette IoU (the
 render's alpha against the non-white pixels of the sample). The same is done for three baselines,
 in the same run with the same seeds:
@@ -18,6 +19,11 @@ in the same run with the same seeds:
 A trained model that beats all three shows that the renderer's cameras, the model's camera input
 and the conditioning agree. Writes ``scores.json`` and ``views.png`` (per object: ground truth,
 then each condition's samples).
+
+``--reference-frame both`` also scores every condition without the reference frame (the 4 noisy
+views alone: how SDS queries the model) into ``scores.json`` ``without_reference_frame`` and
+``views_without_reference.png``; the main figures stay those of the model folder's default
+(with the frame for a stage-2 model).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class GroundTruth:
     azimuths_deg: list[float]
     fov_deg: list[float]  # of the quad's views (the renderer needs them; the model does not)
     distance: list[float]
+    heldout: bool = False  # the quad is one of the object's held-out quadruples
 
     @property
     def reference_rgb(self) -> torch.Tensor:
@@ -64,15 +71,21 @@ class GroundTruth:
 
 
 def load_ground_truth(
-    shards: list[str], resolution: int, keys: list[str] | None = None
+    shards: list[str], resolution: int, keys: list[str] | None = None, heldout: bool = False
 ) -> list[GroundTruth]:
-    """Objects of the shards (in ``keys`` order when given), reference ``refs[0]`` and quad 0."""
+    """Objects of the shards (in ``keys`` order when given), reference ``refs[0]`` and quad 0
+    (``heldout``: held-out quad 0, never trained on; an object without one is an error)."""
     found: dict[str, GroundTruth] = {}
     for sample in wds.WebDataset(expand_shard_urls(shards), shardshuffle=False, empty_check=False):
         if keys is not None and sample["__key__"] not in keys:
             continue
         meta = read_meta(sample)
-        quad = meta.quads[0]
+        if heldout and not meta.heldout_quads:
+            raise ValueError(
+                f"object {sample['__key__']} has no held-out quadruple (render with "
+                "--heldout-quads 1 or more)"
+            )
+        quad = meta.heldout_quads[0] if heldout else meta.quads[0]
         ref = meta.refs[0] if meta.refs else quad[0]
         angles = meta.angles[quad]
         found[sample["__key__"]] = GroundTruth(
@@ -83,6 +96,7 @@ def load_ground_truth(
             azimuths_deg=[float(a) for a in angles[:, 1]],
             fov_deg=[meta.pose(i)["fov_deg"] for i in quad],
             distance=[meta.pose(i)["distance"] for i in quad],
+            heldout=heldout,
         )
     missing = sorted(set(keys or []) - set(found))
     if missing:
@@ -114,12 +128,13 @@ def sample_condition(
     seed: int,
     steps: int,
     guidance: float,
+    reference_frame: bool | None = None,
 ) -> torch.Tensor:
     azimuths = torch.tensor(obj.azimuths_deg).roll(rotate)
     return sample_views(
         model, reference, elevation_deg=obj.elevation_deg, azimuths_deg=azimuths,
         image_size=obj.views.shape[-1], seed=seed, guidance_scale=guidance, steps=steps,
-        progress=False,
+        use_reference_frame=reference_frame, progress=False,
     ).images  # fmt: skip
 
 
@@ -130,12 +145,19 @@ def score_conditions(
     steps: int = 20,
     guidance: float = 3.0,
     seeds: tuple[int, ...] = (0,),
+    reference_frame: bool | None = None,
 ) -> dict:
     """Scores of the trained model and the three baselines on every object (see the module
-    docstring); ``samples[condition][i]`` are object i's views from the first seed."""
+    docstring); ``samples[condition][i]`` are object i's views from the first seed.
+    ``reference_frame``: sample with (True) or without (False) the clean reference frame;
+    None: each model folder's default."""
     if len(objects) < 2:
         raise ValueError("the 'other reference' baseline needs at least 2 objects")
     results: dict = {"objects": [o.key for o in objects], "conditions": {}, "samples": {}}
+    results["cameras"] = "held-out quad" if objects[0].heldout else "training quad"
+    results["reference_frame"] = {None: "model default", True: "with", False: "without"}[
+        reference_frame
+    ]
     for condition in CONDITIONS:
         per_object, samples = [], []
         for index, obj in enumerate(objects):
@@ -145,7 +167,9 @@ def score_conditions(
             rotate = 1 if condition == "cameras rotated" else 0
             scores: dict[str, list[float]] = {"psnr": [], "iou": []}
             for seed in seeds:
-                images = sample_condition(net, obj, ref, rotate, seed + index, steps, guidance)
+                images = sample_condition(
+                    net, obj, ref, rotate, seed + index, steps, guidance, reference_frame
+                )
                 if seed == seeds[0]:
                     samples.append(images)
                 for name, values in view_scores(images, obj.views).items():
@@ -212,7 +236,9 @@ def save_strip(images: torch.Tensor, dest: Path) -> Path:
 
 
 def summary_lines(results: dict) -> list[str]:
-    lines = [f"{'condition':18s} {'PSNR dB':>8s} {'sil. IoU':>8s}"]
+    frame = results.get("reference_frame", "model default")
+    lines = [f"at a {results.get('cameras', 'training quad')}, reference frame: {frame}"]
+    lines.append(f"{'condition':18s} {'PSNR dB':>8s} {'sil. IoU':>8s}")
     for name, scores in results["conditions"].items():
         lines.append(f"{name:18s} {scores['psnr']:8.2f} {scores['iou']:8.3f}")
     for name, margin in results["margins"].items():
@@ -233,13 +259,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="CFG scale")
     parser.add_argument("--seeds", type=int, default=2, help="sampling seeds averaged")
-    args = parser.parse_args(argv)
-    objects = load_ground_truth(args.shards, args.resolution, args.objects or None)
-    model, base = load_model(args.model).eval(), load_model(args.base_model).eval()
-    results = score_conditions(
-        model, base, objects, args.steps, args.guidance, tuple(range(0, 1000 * args.seeds, 1000))
+    parser.add_argument(
+        "--quads",
+        choices=["training", "heldout"],
+        default="training",
+        help="score at each object's first training quad or first held-out quad",
     )
+    parser.add_argument(
+        "--reference-frame",
+        choices=["auto", "on", "off", "both"],
+        default="auto",
+        help="the clean reference frame: the model folder's default, on, off, or both "
+        "(auto, then off: scores.json without_reference_frame)",
+    )
+    args = parser.parse_args(argv)
+    objects = load_ground_truth(
+        args.shards, args.resolution, args.objects or None, heldout=args.quads == "heldout"
+    )
+    model, base = load_model(args.model).eval(), load_model(args.base_model).eval()
+    seeds = tuple(range(0, 1000 * args.seeds, 1000))
+    frame = {"auto": None, "on": True, "off": False, "both": None}[args.reference_frame]
+    results = score_conditions(model, base, objects, args.steps, args.guidance, seeds, frame)
     out = Path(args.out)
+    if args.reference_frame == "both":
+        free = score_conditions(model, base, objects, args.steps, args.guidance, seeds, False)
+        views_figure(free, objects, out / "views_without_reference.png")
+        for obj, images in zip(objects, free["samples"]["trained"]):
+            save_strip(images, out / "views" / f"{obj.key}_trained_without_reference.png")
+        results["without_reference_frame"] = {k: v for k, v in free.items() if k != "samples"}
+        print("\n".join(summary_lines(free)))
     figure = views_figure(results, objects, out / "views.png")
     for condition, per_object in results["samples"].items():
         for obj, images in zip(objects, per_object):

@@ -26,6 +26,7 @@ from models.cameras import camera_embedding, camera_to_world
 from models.image_encoder import ImageEncoder, load_pretrained_weights
 from models.keys import check_keys
 from models.schedule import ddim_scheduler, noise_scheduler
+from models.shards.images import reference_on_white
 from models.unet import MultiViewUNet, build_unet
 from models.vae import LatentVAE
 
@@ -98,6 +99,16 @@ class MultiViewDiffusion(nn.Module):
 
     def ddim_scheduler(self) -> DDIMScheduler:
         return ddim_scheduler(self.preset["schedule"])
+
+    def encode_reference(self, images: torch.Tensor) -> torch.Tensor:
+        """The condition ``[B,1,D]`` of reference images ``[B,3|4,H,W]`` in [0,1], made as
+        training made it: at the ``reference_resolution`` its run recorded (``model.json``
+        ``source``, training.data_record), resized and composited on white as the loader does;
+        a model without the record gets the image encoder's own preprocessing."""
+        resolution = self.source.get("reference_resolution")
+        if resolution:
+            images = reference_on_white(images, int(resolution))
+        return self.image_encoder.encode(images)
 
     def cameras(
         self,

@@ -4,10 +4,16 @@ The public material leaves four choices open (docs/design.md, section 4); :class
 each an option with the documented default. The reference frame is appended last in each object's
 group, so a batch is object-major ``(b (V+1))`` and the UNet runs with ``num_views = V + 1``.
 Training and sampling both call :func:`assemble_ema_frames`.
+
+Reference dropout (``EMAFramePolicy.reference_dropout``): SDS queries the model with the V noisy
+frames and no reference frame, which a stage-2 model that always saw the reference was never
+trained on. A fraction of the training steps (:func:`keeps_reference`, a function of the seed
+and the step, so every rank and a resumed run agree) therefore assembles the V frames alone.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,12 +33,15 @@ class EMAFramePolicy:
     reference_among_targets: False (default) takes the reference from a view outside the target
         group; True takes one of the target views (see :func:`choose_reference_view`).
     reference_in_loss: False (default) masks the reference frame out of the loss.
+    reference_dropout: the fraction of training steps without the reference frame (the targets
+        alone, as SDS queries the model); 0 (the dataclass default) always keeps it.
     """
 
     reference_timestep: ReferenceTimestep = "same"
     reference_camera: ReferenceCamera = "zeros"
     reference_among_targets: bool = False
     reference_in_loss: bool = False
+    reference_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reference_timestep not in ("same", "zero"):
@@ -43,6 +52,16 @@ class EMAFramePolicy:
             raise ValueError(
                 f"reference_camera must be 'zeros' or 'true', got {self.reference_camera!r}"
             )
+        if not 0.0 <= self.reference_dropout <= 1.0:
+            raise ValueError(f"reference_dropout must lie in [0, 1], got {self.reference_dropout}")
+
+
+def keeps_reference(policy: EMAFramePolicy, seed: int, step: int) -> bool:
+    """Whether training step ``step`` of a run seeded ``seed`` assembles the reference frame:
+    false for a ``policy.reference_dropout`` fraction of the steps, the same on every rank."""
+    if policy.reference_dropout <= 0.0:
+        return True
+    return random.Random(f"reference-dropout:{seed}:{step}").random() >= policy.reference_dropout
 
 
 @dataclass
@@ -73,13 +92,15 @@ def assemble_ema_frames(
     policy: EMAFramePolicy = EMAFramePolicy(),
     noise: torch.Tensor | None = None,
     reference_camera: torch.Tensor | None = None,
+    with_reference: bool = True,
 ) -> EMAFrames:
     """Append one clean reference frame to each object's ``num_views`` noisy frames.
 
     noisy_latents [(b V),4,h,w], timesteps [(b V)], cameras [(b V),16], reference_latent
     [b,4,h,w] (clean, scaled), context [b,L,D] or [(b V),L,D] (per-object embedding),
     noise [(b V),4,h,w] (the epsilon target; zeros if None), reference_camera [b,16] (needed
-    when ``policy.reference_camera == "true"``).
+    when ``policy.reference_camera == "true"``). ``with_reference=False`` (a dropped step,
+    :func:`keeps_reference`): the ``num_views`` target frames alone, every one in the loss.
     """
     frames = noisy_latents.shape[0]
     if frames % num_views:
@@ -107,6 +128,16 @@ def assemble_ema_frames(
     else:
         ref_cam = torch.zeros_like(_per_object(cameras, batch, num_views)[:, :1])
     target = torch.zeros_like(noisy_latents) if noise is None else noise
+    if not with_reference:
+        return EMAFrames(
+            latents=noisy_latents,
+            timesteps=timesteps.reshape(frames),
+            cameras=cameras,
+            context=context.repeat_interleave(num_views, dim=0),
+            target=target,
+            loss_mask=torch.ones(frames, device=noisy_latents.device),
+            num_views=num_views,
+        )
     mask = torch.ones(batch, num_views + 1, device=noisy_latents.device)
     if not policy.reference_in_loss:
         mask[:, -1] = 0.0

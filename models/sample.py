@@ -99,7 +99,7 @@ def sample_views(
     if use_reference_frame is None:
         use_reference_frame = default_reference_frame(model)
     reference = load_image(image).to(device)
-    cond = model.image_encoder.encode(reference[None]).to(dtype)  # [1,1,D]
+    cond = model.encode_reference(reference[None]).to(dtype)  # [1,1,D], as in training
     context = torch.cat([cond, model.image_encoder.unconditional(1).to(dtype)])  # cond, uncond
     if model.legacy_double_radians:  # the released sampler's cameras, quirks included
         cameras = legacy_sampling_cameras(float(elevation_deg), azimuths)

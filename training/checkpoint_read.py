@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ class TrainingCheckpoint:
     run_config: dict
     step: int
     path: Path
+    training_data: dict = field(default_factory=dict)  # training.data_record (newer runs)
 
 
 def _unet_key(key: str) -> str | None:
@@ -121,4 +122,5 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
         run_config=client["run_config"],
         step=int(client.get("global_step", 0)),
         path=path,
+        training_data=dict(client.get("training_data") or {}),
     )

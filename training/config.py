@@ -79,6 +79,7 @@ class Stage2Config:
     ref_camera: str = "zeros"
     ref_in_targets: bool = False
     ref_in_loss: bool = False
+    ref_dropout: float = 0.0
 
 
 @dataclass
@@ -166,6 +167,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 RANGES: dict[str, tuple[float, float]] = {
     "train.cfg_dropout": (0.0, 1.0),
     "train.multiview_ratio": (0.0, 1.0),
+    "stage2.ref_dropout": (0.0, 1.0),
     "ema.decay": (0.0, 1.0),
     "data.resolution": (8, 4096),
     "data.batch_size": (1, 1 << 20),

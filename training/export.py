@@ -26,6 +26,7 @@ def export(
         "training_checkpoint": str(checkpoint.path),
         "step": checkpoint.step,
         "stage": checkpoint.run_config["stage"],
+        **checkpoint.training_data,  # camera_distance_range, vae_latent...: training.data_record
     }
     written = {
         "fp32": save_model(

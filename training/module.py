@@ -4,7 +4,8 @@ Stage 1: the CLIP image embedding of the reference view is the only condition (o
 classifier-free dropout swaps it for the zero embedding. Steps alternate between the 4-view branch
 (joint multi-view attention) and the single-view branch (every view its own object, V=1) with a
 configurable ratio; the branch is a function of (seed, step), so all ranks take the same branch.
-Stage 2 appends the clean reference latent as one extra frame (models.ema_frames).
+Stage 2 appends the clean reference latent as one extra frame (models.ema_frames), except on the
+``stage2.ref_dropout`` fraction of steps, which train the targets alone as SDS queries the model.
 
 Only the UNet is a registered submodule: the frozen VAE and image encoder are held outside it, so
 they are out of the optimizer, out of every checkpoint and never wrapped, cast or partitioned by
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from webdataset.utils import make_seed
 
 from models.bundle import MultiViewDiffusion
-from models.ema_frames import EMAFramePolicy, assemble_ema_frames, masked_mse
+from models.ema_frames import EMAFramePolicy, assemble_ema_frames, keeps_reference, masked_mse
 from training.checkpoint_files import DS_TAG, EMA_SHARD
 from training.config import RunConfig, to_dict
 from training.ema import PartitionedWeightEMA, WeightEMA
@@ -105,6 +106,7 @@ class FineTuneModule(pl.LightningModule):
             reference_camera=config.stage2.ref_camera,
             reference_among_targets=config.stage2.ref_in_targets,
             reference_in_loss=config.stage2.ref_in_loss,
+            reference_dropout=config.stage2.ref_dropout,
         )
         if config.model.grad_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -117,6 +119,7 @@ class FineTuneModule(pl.LightningModule):
         self.skipped = 0  # corrupt samples skipped by this rank's loader workers
         self.images_seen = 0  # target views trained on by this rank
         self.flops_per_image = 0.0  # measured once (training.callbacks.Throughput)
+        self.training_data: dict = {}  # what the run trains on (training.data_record), exported
         self._compiled: torch.nn.Module | None = None
         self._micro_step, self._micro_objects = -1, 0  # see training_step
 
@@ -245,7 +248,10 @@ class FineTuneModule(pl.LightningModule):
         generators: list[torch.Generator] | None = None,
         multiview: bool | None = None,
         first_object: int = 0,
+        with_reference: bool | None = None,
     ) -> tuple[torch.Tensor, bool]:
+        """The diffusion loss of ``batch`` at ``step`` and whether it took the 4-view branch.
+        ``with_reference`` (stage 2; None: the dropout policy at ``step``)."""
         b, v = batch["cameras"].shape[:2]
         if generators is None:
             generators = self.object_generators(b, step, first_object)
@@ -284,6 +290,8 @@ class FineTuneModule(pl.LightningModule):
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(x0, noise, t)
         if self.config.stage == 2:
+            if with_reference is None:
+                with_reference = keeps_reference(self.policy, self.config.train.seed, step)
             ref_camera = batch["ref_camera"].float()
             if not multiview:
                 ref_camera = ref_camera.repeat_interleave(latents.shape[1], 0)
@@ -297,6 +305,7 @@ class FineTuneModule(pl.LightningModule):
                 self.policy,
                 noise=target,
                 reference_camera=ref_camera,
+                with_reference=with_reference,
             )
             pred = self._unet_call(
                 frames.latents,
@@ -324,6 +333,10 @@ class FineTuneModule(pl.LightningModule):
         branch = "multiview" if multiview else "single"
         self.log(f"loss/{branch}", loss, prog_bar=True, batch_size=batch["cameras"].shape[0])
         self.log("loss/all", loss, batch_size=batch["cameras"].shape[0])
+        if self.config.stage == 2 and not keeps_reference(
+            self.policy, self.config.train.seed, self.global_step
+        ):
+            self.log("loss/no_reference", loss, batch_size=batch["cameras"].shape[0])
         if (self.global_step + 1) % self.config.checkpoint.every_n_steps == 0:
             # Drives keep-last-N (ModelCheckpoint monitors it); logged only on the steps whose
             # checkpoint reads it, so the other steps move no scalar to the device.
@@ -334,7 +347,9 @@ class FineTuneModule(pl.LightningModule):
         # Held-out loss (data.val), the 4-view branch with the same draws at every validation:
         # its curve moves with the weights only.
         generators = self.object_generators(batch["cameras"].shape[0], batch_idx, salt=9)
-        loss, _ = self.loss_for(batch, self.global_step, generators=generators, multiview=True)
+        loss, _ = self.loss_for(
+            batch, self.global_step, generators=generators, multiview=True, with_reference=True
+        )
         self.log("loss/val", loss, sync_dist=True, batch_size=batch["cameras"].shape[0])
         return loss
 
@@ -361,6 +376,7 @@ class FineTuneModule(pl.LightningModule):
         if self.weight_ema is not None:
             checkpoint["weight_ema"] = self.weight_ema.state_dict()
         checkpoint["run_config"] = to_dict(self.config)
+        checkpoint["training_data"] = self.training_data
         # Each rank counts its own loaders' skips: the checkpoint keeps their sum (every rank
         # builds the checkpoint, so the all-reduce is matched), and rank 0 alone resumes with it.
         skipped = torch.as_tensor(self.skipped, device=self.device).double().reshape(1)

@@ -44,14 +44,15 @@ METRICS = "vae_metrics.json"
 
 
 def load_views(sources: list[str], resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """Every view of every object in the shards: premultiplied RGBA ``[N,4,H,W]`` and the object
-    key of each view. Corrupt samples are skipped (and named)."""
+    """Every training view of every object in the shards (held-out quadruples excluded):
+    premultiplied RGBA ``[N,4,H,W]`` and the object key of each view. Corrupt samples are
+    skipped (and named)."""
     stream = wds.WebDataset(expand_shard_urls(sources), shardshuffle=False, empty_check=False)
     views, keys = [], []
     for sample in stream:
         try:
             meta = read_meta(sample)
-            rgba = [decode_rgba(sample, i, resolution) for i in range(meta.views)]
+            rgba = [decode_rgba(sample, i, resolution) for i in meta.training_views]
         except CorruptSample as error:
             print(f"skipping a corrupt sample: {error}")
             continue

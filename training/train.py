@@ -21,6 +21,7 @@ from training.checkpoint_files import BASE_MODEL, CHECKPOINTS, AtomicCheckpointI
 from training.checkpoint_prune import prune_signal_checkpoints
 from training.checkpoint_resolve import resolve_resume
 from training.config import ConfigError, RunConfig, resolve_config, save_config
+from training.data_record import data_record
 from training.datamodule import ShardDataModule
 from training.latent_cache import check_cache_matches
 from training.model_init import RANDOM_PREFIX, resolve_init
@@ -183,6 +184,7 @@ def run(config: RunConfig) -> pl.Trainer:
         ).exists():  # frozen parts + start weights, for export
             save_model(model, out / BASE_MODEL, source={"init": config.model.init})
     module = FineTuneModule(config, model)
+    module.training_data = data_record(first_samples, config)
     trainer = build_trainer(config, data, flag)
     if trainer.is_global_zero:
         print(global_batch_line(config, trainer.world_size), flush=True)

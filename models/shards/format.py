@@ -30,7 +30,7 @@ import math
 import re
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,10 @@ META_KEYS = {
     "relative_radius": "[V] per view (render.md, Framing)",
     "quads": "required, [[i,i,i,i], ...]: azimuth-orthogonal quadruples, in rotation order",
     "refs": "[i, ...]: reference views at random poses",
+    "view_ranges": "{elevation_deg, fov_deg, relative_radius: [lo, hi]}: the ranges the "
+    "quadruples' cameras were drawn from (newer renders)",
+    "heldout_quads": "[[i,i,i,i], ...]: quadruples held out of training (no view of them is in "
+    "quads or refs; training never reads them): evaluation's unseen cameras. Absent: none",
     "renderer": "the settings that made the pixels",
     "normalisation": "how the mesh was centred and scaled",
     "textures": "image textures: external, relinked (found elsewhere), missing",
@@ -245,10 +249,17 @@ class SampleMeta:
     quads: list[list[int]]
     refs: list[int]
     angles: np.ndarray  # float32 [V,2]: elevation, azimuth in degrees
+    heldout_quads: list[list[int]] = field(default_factory=list)
 
     @property
     def views(self) -> int:
         return self.cameras.shape[0]
+
+    @property
+    def training_views(self) -> list[int]:
+        """Every view but the held-out quadruples' (what any training may read)."""
+        held = {i for quad in self.heldout_quads for i in quad}
+        return [i for i in range(self.views) if i not in held]
 
     def pose(self, index: int) -> dict[str, float]:
         """Elevation, azimuth, fov and distance of view ``index``."""
@@ -276,19 +287,25 @@ def read_meta(sample: dict) -> SampleMeta:
     try:
         quads = [list(map(int, q)) for q in meta.get("quads", [])]
         refs = [int(i) for i in meta.get("refs", [])]
+        heldout = [list(map(int, q)) for q in meta.get("heldout_quads", [])]
     except (TypeError, ValueError) as error:
-        raise CorruptSample(f"{where(sample)}: bad quads/refs in {META}") from error
+        raise CorruptSample(f"{where(sample)}: bad quads/refs/heldout_quads in {META}") from error
     if not quads or any(len(q) != 4 or not all(0 <= i < views for i in q) for q in quads):
         raise CorruptSample(f"{where(sample)}: no valid quadruple in {META}")
     if any(not 0 <= i < views for i in refs):
         raise CorruptSample(f"{where(sample)}: reference index out of range")
+    if any(len(q) != 4 or not all(0 <= i < views for i in q) for q in heldout):
+        raise CorruptSample(f"{where(sample)}: bad heldout_quads in {META}")
+    trained = {i for q in quads for i in q} | set(refs)
+    if any(i in trained for q in heldout for i in q):  # held out means never trained on
+        raise CorruptSample(f"{where(sample)}: a view of heldout_quads is also in quads or refs")
     try:  # the angles, for samplers that take (elevation, azimuth) rather than matrices
         angles = np.array([meta["elevation_deg"], meta["azimuth_deg"]], dtype=np.float32).T
         angles = angles.reshape(views, 2)
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptSample(f"{where(sample)}: bad elevation/azimuth lists") from error
     cameras = cameras.astype(np.float32)  # a writable copy (members may be read-only maps)
-    return SampleMeta(meta, version, cameras, quads, refs, angles)
+    return SampleMeta(meta, version, cameras, quads, refs, angles, heldout)
 
 
 def view_bytes(sample: dict, index: int) -> bytes | memoryview:

@@ -56,13 +56,28 @@ def decode_views(sample: dict, indices: list[int]) -> list[torch.Tensor]:
 
 def premultiplied(rgba: torch.Tensor, resolution: int) -> torch.Tensor:
     """uint8 straight-alpha ``[N,H,W,4]`` -> premultiplied float ``[N,4,R,R]`` in [0,1]."""
-    images = rgba.permute(0, 3, 1, 2).float() / 255.0
-    images[:, :3] *= images[:, 3:]  # premultiply so resizing does not bleed the hidden colour
+    return premultiplied_float(rgba.permute(0, 3, 1, 2).float() / 255.0, resolution)
+
+
+def premultiplied_float(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Float straight-alpha ``[N,4,H,W]`` in [0,1] -> premultiplied ``[N,4,R,R]`` (a copy)."""
+    images = torch.cat([images[:, :3] * images[:, 3:], images[:, 3:]], dim=1)
+    # premultiplied, so resizing does not bleed the hidden colour into the edges
     if images.shape[-2:] != (resolution, resolution):
         images = F.interpolate(
             images, size=(resolution, resolution), mode="bilinear", antialias=True
         )
     return images
+
+
+def reference_on_white(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The image encoder's input as training makes it from a reference view: straight-alpha
+    ``[N,4,H,W]`` (or RGB ``[N,3,H,W]``, opaque) in [0,1], resized premultiplied to
+    ``resolution`` and composited on white -> ``[N,3,R,R]``. Training (the loader and the
+    latent cache) and evaluation both call it, so a model sees its reference the same way."""
+    if images.shape[1] == 3:
+        images = torch.cat([images, torch.ones_like(images[:, :1])], dim=1)
+    return composite(premultiplied_float(images.float(), resolution), WHITE)
 
 
 def composite(

@@ -78,3 +78,26 @@ def test_reference_pose_choice():
     assert apart <= set(others)
     with pytest.raises(ValueError, match="non-target"):
         choose_reference_view(EMAFramePolicy(), targets, [], g)
+
+
+def test_reference_dropout_drops_the_frame_on_a_seeded_fraction_of_steps():
+    from models.ema_frames import keeps_reference
+
+    half = EMAFramePolicy(reference_dropout=0.5)
+    kept = [keeps_reference(half, seed=0, step=s) for s in range(2000)]
+    assert kept == [keeps_reference(half, seed=0, step=s) for s in range(2000)]  # per seed
+    assert kept != [keeps_reference(half, seed=1, step=s) for s in range(2000)]
+    assert 0.45 < sum(kept) / len(kept) < 0.55
+    assert all(keeps_reference(EMAFramePolicy(), 0, s) for s in range(200))  # default: never
+    assert not any(keeps_reference(EMAFramePolicy(reference_dropout=1.0), 0, s) for s in range(200))
+    with pytest.raises(ValueError, match="reference_dropout"):
+        EMAFramePolicy(reference_dropout=1.5)
+
+    noisy, t, cams, ref, ctx, noise, ref_cam = _inputs()
+    alone = assemble_ema_frames(noisy, t, cams, ref, ctx, V, half, noise, with_reference=False)
+    assert alone.num_views == V and torch.equal(alone.latents, noisy)
+    assert torch.equal(alone.cameras, cams) and torch.equal(alone.target, noise)
+    assert torch.equal(alone.context, ctx.repeat_interleave(V, 0))
+    assert alone.loss_mask.tolist() == [1.0] * (B * V)  # every target in the loss
+    pred = torch.randn_like(noise)
+    assert torch.isclose(masked_mse(pred, alone), (pred - noise).pow(2).mean())

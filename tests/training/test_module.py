@@ -91,3 +91,31 @@ def test_compile_switch_wraps_the_unet_without_a_second_copy():
     module.configure_model()
     assert isinstance(module._compiled, torch._dynamo.eval_frame.OptimizedModule)
     assert all(k.startswith("unet.") for k in module.state_dict())
+
+
+def test_stage2_reference_dropout_runs_steps_without_the_reference_frame():
+    """On the steps the policy drops, the UNet sees the 4 targets alone (as SDS queries it);
+    on the others, 4 targets + the reference frame; the same steps for the same seed."""
+    from models.ema_frames import keeps_reference
+
+    def frames_per_step(seed: int, dropout: float) -> list[int]:
+        config = load_config(
+            ROOT / "configs" / "stage2-tiny.yaml",
+            [f"stage2.ref_dropout={dropout}", f"train.seed={seed}"],
+        )
+        module = FineTuneModule(config, build_model("tiny", seed=0))
+        seen: list[int] = []
+        hook = module.unet.register_forward_pre_hook(
+            lambda _, args, kwargs: seen.append(kwargs["num_views"]), with_kwargs=True
+        )
+        with torch.no_grad():
+            for step in range(12):
+                module.loss_for(_batch(), step, multiview=True)
+        hook.remove()
+        assert seen == [4 if not keeps_reference(module.policy, seed, s) else 5 for s in range(12)]
+        return seen
+
+    dropped = frames_per_step(0, 0.5)
+    assert set(dropped) == {4, 5}  # both kinds of step in 12 (seed 0)
+    assert frames_per_step(0, 0.5) == dropped  # deterministic per seed
+    assert frames_per_step(0, 0.0) == [5] * 12  # no dropout: always the reference frame

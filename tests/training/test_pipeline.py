@@ -8,6 +8,7 @@ import json
 import torch
 from train_helpers import run_cli, tiny_config
 
+from evaluation.guidance import MultiViewGuidance
 from models.bundle import load_model
 from models.sample import sample_views
 from training.checkpoint_read import read_checkpoint
@@ -80,6 +81,7 @@ def test_stage2_from_stage1_then_export_then_sampler(stage1_run, rendered_shards
         "train.max_steps=3",
         "checkpoint.every_n_steps=3",
         "train.multiview_ratio=0.5",
+        "stage2.ref_dropout=0.5",
         stage=2,
     )
     assert config.stage == 2
@@ -101,6 +103,12 @@ def test_stage2_from_stage1_then_export_then_sampler(stage1_run, rendered_shards
         assert all(torch.equal(state[n], weights[n]) for n in weights)
         views = sample_views(model, torch.rand(3, 32, 32), steps=2, image_size=32, progress=False)
         assert views.images.shape == (4, 3, 32, 32) and torch.isfinite(views.images).all()
+        # What it trained on, for SDS: the renders' framing, the VAE latent, the reference.
+        source = json.loads((export / kind / "model.json").read_text())["source"]
+        assert source["camera_distance_range"] == [0.9, 1.1] and source["fov_range"] == [15, 60]
+        assert source["vae_latent"] == "sample" and source["reference_resolution"] == 32
+        assert source["reference_dropout"] == 0.5 and model.source == source
+        assert MultiViewGuidance(model, {}, 4, torch.device("cpu")).sample_latents
 
 
 def test_make_export_writes_the_original_layout_one_variable_away(stage1_run, tmp_path):
