@@ -2,11 +2,12 @@
 
 render samples -> shards + contact sheet -> pretrain the tiny VAE and image encoder on them ->
 latent cache -> stage 1 -> stage 2 (from stage 1) -> export -> 4 views of training objects sampled
-at their ground-truth poses, scored beside three baselines (untrained, cameras rotated, another
-object's reference) -> SDS image-to-3D on a training object, scored at held-out ground-truth
-views beside its controls (initial blob, opaque sphere, photometric fit, the analytic cube) ->
-4 views of the held-out object (which the tiny model cannot generalise to) -> the figure and the
-report page.
+at a held-out quadruple's ground-truth poses (cameras no training step saw), with and without the
+reference frame (SDS queries without it), scored beside three baselines (untrained, cameras
+rotated, another object's reference) -> SDS image-to-3D on a training object, scored at held-out
+ground-truth views beside its controls (initial blob, opaque sphere, photometric fit, the analytic
+cube) -> 4 views of the held-out object (which the tiny model cannot generalise to) -> the figure
+and the report page.
 
 Each step runs the same command a user would type (printed before it runs), so the demo doubles
 as a walk-through. Rerunning resumes: renders, the VAE, training runs and evaluations skip
@@ -100,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quads", type=int, default=2, help="azimuth-orthogonal quadruples rendered per object"
     )
+    parser.add_argument(
+        "--heldout-quads",
+        type=int,
+        default=1,
+        help="more quadruples per object that training never reads (the multi-view score's cameras)",
+    )
     parser.add_argument("--vae-steps", type=int, default=1500, help="VAE pretraining steps")
     parser.add_argument(
         "--encoder-steps", type=int, default=1000, help="contrastive image-encoder steps"
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     shards, held_shards = out / "shards" / "train", out / "shards" / "heldout"
     render = [py, "-m", "data_prep.render", "--res", str(args.res), "--num-quads", str(args.quads)]
     render += ["--num-refs", "2", "--samples", "16", "--workers", str(args.workers)]
+    render += ["--heldout-quads", str(args.heldout_quads)]
     run_step(
         "render training objects (Blender Cycles, CPU)",
         render + ["--source", str(train_meshes), "--out", str(shards)],
@@ -204,10 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     multiview = out / "multiview"
     run_step(
-        "sample 4 views of training objects at their ground-truth poses, beside 3 baselines",
+        "sample 4 views of training objects at held-out poses (with and without the reference "
+        "frame), beside 3 baselines",
         [py, "-m", "evaluation.multiview_score", "--model", str(model / "ema")]
         + ["--base-model", str(stage1 / "base_model"), "--shards", str(shards)]
-        + ["--objects", *SCORED, "--out", str(multiview), "--steps", str(args.sample_steps)],
+        + ["--objects", *SCORED, "--out", str(multiview), "--steps", str(args.sample_steps)]
+        + ["--quads", "heldout" if args.heldout_quads else "training"]
+        + ["--reference-frame", "both"],
         timings,
     )
 

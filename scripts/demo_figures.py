@@ -55,6 +55,12 @@ def figure(demo: Path, key: str, dest: Path, scale: int = 3) -> Path:
         scores = mv["conditions"][condition]["per_object"][index]
         text = f"PSNR {_mean(scores['psnr']):.1f} dB  IoU {_mean(scores['iou']):.2f}"
         rows.append((label, text, views / f"{key}_{condition.replace(' ', '_')}.png"))
+    free = mv.get("without_reference_frame")
+    if free is not None:  # the prior as SDS queries it: no reference frame
+        scores = free["conditions"]["trained"]["per_object"][index]
+        text = f"PSNR {_mean(scores['psnr']):.1f} dB  IoU {_mean(scores['iou']):.2f}"
+        strip = views / f"{key}_trained_without_reference.png"
+        rows.insert(2, ("sampled, no reference frame", text, strip))
     if sds is not None:
         where = "held-out" if sds.get("heldout") else "training"
         rows.append((f"ground truth, {where} views", "", demo / "sds_scores_ground_truth.png"))
@@ -117,7 +123,8 @@ def report_page(demo: Path, key: str) -> Path:
         "</head><body><h1>Isotropic3D demo: the tiny model, trained on a CPU</h1>",
         f"<h2>{html.escape(key)}: ground truth, sampled views and SDS at its poses</h2>",
         "<img id='figure' src='demo.png' alt='demo figure'>",
-        "<h2>Views at the ground-truth poses, beside three baselines</h2>",
+        f"<h2>Views at the ground-truth poses of a {html.escape(mv.get('cameras', 'training quad'))}"
+        ", beside three baselines</h2>",
         f"<p>Mean over {len(mv['objects'])} training objects ({html.escape(', '.join(mv['objects']))}); "
         "margins are the trained model's lead. The tiny image encoder is a small tower trained on "
         "these renders, not CLIP, so no CLIP score is given.</p>",
@@ -125,6 +132,22 @@ def report_page(demo: Path, key: str) -> Path:
                views_rows, "views"),
         "<img src='multiview/views.png' alt='views and baselines' width='620'>",
     ]  # fmt: skip
+    free = mv.get("without_reference_frame")
+    if free is not None:
+        rows = [
+            [name, f"{c['psnr']:.2f}", f"{c['iou']:.3f}"]
+            + ([f"{free['margins'][name]['psnr_db']:+.2f}", f"{free['margins'][name]['iou']:+.3f}"]
+               if name in free["margins"] else ["", ""])
+            for name, c in free["conditions"].items()
+        ]  # fmt: skip
+        parts += [
+            "<h3>The same without the reference frame (the 4 noisy views alone, as SDS queries "
+            "the model)</h3>",
+            _table(["condition", "PSNR dB", "silhouette IoU", "trained lead dB",
+                    "trained lead IoU"], rows, "views_without_reference"),
+            "<img src='multiview/views_without_reference.png' alt='without the reference frame' "
+            "width='620'>",
+        ]  # fmt: skip
     sds_path = demo / "sds_scores.json"
     if sds_path.exists():
         sds = json.loads(sds_path.read_text())
