@@ -98,7 +98,14 @@ def test_demo_scores_views_and_sds_at_ground_truth_poses(demo_out: Path):
     assert set(scores["conditions"]) == {
         "trained", "untrained", "cameras rotated", "other reference"
     }  # fmt: skip
-    for condition in scores["conditions"].values():
+    # At a held-out quad (cameras no training step saw), and again without the reference frame
+    # (the 4 noisy views alone: how SDS queries the prior).
+    assert scores["cameras"] == "held-out quad" and scores["reference_frame"] == "model default"
+    free = scores["without_reference_frame"]
+    assert free["reference_frame"] == "without" and set(free["conditions"]) == set(
+        scores["conditions"]
+    )
+    for condition in [*scores["conditions"].values(), *free["conditions"].values()]:
         assert len(condition["per_object"]) == len(scores["objects"]) == 4
         assert all(len(o["psnr"]) == len(o["iou"]) == 4 for o in condition["per_object"])
         assert math.isfinite(condition["psnr"]) and 0.0 <= condition["iou"] <= 1.0
@@ -146,7 +153,7 @@ def test_demo_report_page_shows_figures_and_scores(demo_out: Path):
     import re
 
     page = (demo_out / "index.html").read_text()
-    for ident in ("figure", "views", "sds", "pretraining"):
+    for ident in ("figure", "views", "views_without_reference", "sds", "pretraining"):
         assert f"id='{ident}'" in page, ident
     for name in ("cameras rotated", "other reference", "untrained", "initial blob"):
         assert name in page, name
