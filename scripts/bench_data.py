@@ -5,8 +5,8 @@ read the tar, decode the 5 views to uint8 and collate; compositing, resizing and
 batched on the training device (training.batch_transforms), timed here on the CPU for reference.
 In one run on the same shards this prints: bare decoding (PIL and torchvision.io.decode_png, and
 PIL's reduced decoding for a half-resolution run), the data path's ms/view and objects/s per core,
-its ratio to the faster bare decoder (goal <= 1.25x), and the latent-cache path (objects/s per
-core). Times are this process's CPU time (one thread): a per-core cost that other jobs on a shared
+its ratio to the faster bare decoder (goal <= 1.25x), what the data path spends beyond decoding
+(and on which parts), and the latent-cache path (objects/s per core). Times are this process's CPU time (one thread): a per-core cost that other jobs on a shared
 machine disturb far less than wall time. The anchor is one GPU's appetite: the 4-view training step of docs/design.md (421 img/s on
 an H200, ~105 objects/s); the script prints how many cores feed 10x that.
 """
@@ -138,6 +138,46 @@ def device_ms_per_view(batches: list[dict], res: int) -> float:
     return (time.process_time() - start) / views * 1e3
 
 
+def parts_ms_per_object(shards: Path, rounds: int = 3) -> dict[str, float]:
+    """What the data path does per object beside decoding its 5 views, each part timed alone
+    (best of ``rounds``): reading the tar, checking meta.json and the cameras (with the camera
+    input made), and stacking a batch's views."""
+    import random
+
+    from models.cameras import camera_embedding
+    from models.shards.format import list_shards, read_meta
+    from models.shards.tar_stream import tar_samples
+    from training.samples import collate, image_sample
+
+    urls = [{"url": str(p)} for p in list_shards(shards)] or [
+        {"url": str(p)} for p in sorted(shards.glob("**/*.tar"))
+    ]
+    samples = list(tar_samples(urls))
+    made = [image_sample(s, random.Random(0), "random", False) for s in samples[:4]]
+
+    def tar() -> None:
+        list(tar_samples(urls))
+
+    def meta() -> None:
+        for sample in samples:
+            camera_embedding(torch.from_numpy(read_meta(sample).cameras[:VIEWS_PER_OBJECT]))
+
+    def stack() -> None:
+        for _ in range(len(samples) // len(made) or 1):
+            collate(made)
+
+    per = {"tar": (tar, len(samples)), "meta": (meta, len(samples))}
+    per["collate"] = (stack, (len(samples) // len(made) or 1) * len(made))
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, (fn, objects) in per.items():
+            start = time.process_time()
+            fn()
+            ms = (time.process_time() - start) / objects * 1e3
+            best[name] = min(best.get(name, ms), ms)
+    return best
+
+
 def make_cache(shards: Path, folder: Path, res: int) -> Path:
     from training.latent_cache import cache_latents
 
@@ -196,6 +236,18 @@ def main(argv: list[str] | None = None) -> int:
         best["device"],
         "ms/view",
         "(batched on the training device; here on one CPU core)",
+    )
+    parts = parts_ms_per_object(shards)
+    remains = data_ms - floor
+    record(
+        "data",
+        "data path beyond decoding",
+        remains,
+        "ms/view",
+        "(of it, per view: tar reading {tar:.3f}, meta.json + cameras {meta:.3f}, stacking the "
+        "batch {collate:.3f}; the rest: shuffling, batching, the sample's own tensors)".format(
+            **{k: v / VIEWS_PER_OBJECT for k, v in parts.items()}
+        ),
     )
     record("data", f"latent-cache path objects/s per core ({px})", best["cache"], "obj/s")
     record(

@@ -25,7 +25,7 @@ def test_bench_data_reports_decode_data_path_ratio_and_cache(rendered_shards, tm
     names = " | ".join(rows)
     for wanted in ("bare decode PIL", "bare decode torchvision decode_png", "data path (32 px",
                    "data path objects/s per core", "data path / bare decode",
-                   "latent-cache path objects/s per core"):  # fmt: skip
+                   "latent-cache path objects/s per core", "data path beyond decoding"):  # fmt: skip
         assert wanted in names, names
     ratio = rows["data path / bare decode (faster decoder)"]
     data_ms = next(r["value"] for m, r in rows.items() if m.startswith("data path (32 px"))
