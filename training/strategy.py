@@ -78,6 +78,35 @@ class CPUDeepSpeedStrategy(MarkedDeepSpeedStrategy):
     def root_device(self) -> torch.device:
         return torch.device("cpu", self.local_rank)  # DeepSpeed reads the index as its rank
 
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        engine, ds_optimizer = super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
+        share_offload_staging(engine.optimizer)
+        return engine, ds_optimizer
+
+
+def share_offload_staging(optimizer: Any) -> int:
+    """Bytes freed by dropping ZeRO-Offload's bf16 staging buffers on a CPU.
+
+    After its CPU Adam step, ZeRO-Offload casts the fp32 master partition into a pinned host bf16
+    buffer of the partition's size, then copies that into the device's bf16 weights. On a CPU the
+    device's weights already are host memory: the buffer is a second copy of them (1.7 GB at
+    sd21-base size). Pointing it at the weights' own partition makes the cast write in place and
+    the copy a no-op."""
+    buffers = getattr(optimizer, "param_buffer_of_bit16_for_cpu_offload_groups", None)
+    if not getattr(optimizer, "cpu_offload", False) or not buffers:
+        return 0
+    import deepspeed.comm as dist
+
+    freed = 0
+    for i, buffer in enumerate(buffers):
+        rank = dist.get_rank(group=optimizer.real_dp_process_group[i])
+        weights = optimizer.parallel_partitioned_bit16_groups[i][rank]
+        if weights.device.type != "cpu" or weights.shape != buffer.shape:
+            continue
+        freed += buffer.numel() * buffer.element_size()
+        buffers[i] = weights
+    return freed
+
 
 def use_cpu_deepspeed() -> None:
     """Select DeepSpeed's CPU accelerator; an error if DeepSpeed already picked another."""
