@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.flop_counter import FlopCounterMode
 
 # Dense bf16 peak TFLOP/s by GPU model, matched in order against torch's device name (most
@@ -265,3 +266,21 @@ class FinalCheckpoint(pl.Callback):
         if trainer.is_global_zero:
             for old in stale_checkpoints(self.folder, self.keep_last):
                 trainer.strategy.remove_checkpoint(old)
+
+
+class LossBar(TQDMProgressBar):
+    """The progress bar, showing the loss read only when the bar refreshes.
+
+    A metric logged with ``prog_bar=True`` is converted to a Python number by Lightning at the end
+    of every batch (``.item()``, a host sync per step on a GPU), whatever the refresh rate; the
+    loss is logged without it and read here, at the refresh steps (``log.every_n_steps``)."""
+
+    KEYS = ("loss/multiview", "loss/single")
+
+    def get_metrics(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, module)
+        logged = trainer.callback_metrics
+        for key in self.KEYS:
+            if isinstance(logged.get(key), torch.Tensor):
+                metrics[key] = f"{logged[key].item():.3f}"
+        return metrics

@@ -331,7 +331,8 @@ class FineTuneModule(pl.LightningModule):
         self.skipped = self.skipped + batch["skipped"].sum()
         self.images_seen += batch["cameras"].shape[0] * batch["cameras"].shape[1]
         branch = "multiview" if multiview else "single"
-        self.log(f"loss/{branch}", loss, prog_bar=True, batch_size=batch["cameras"].shape[0])
+        # Not prog_bar=True: Lightning would read it back every step (training.callbacks.LossBar).
+        self.log(f"loss/{branch}", loss, batch_size=batch["cameras"].shape[0])
         self.log("loss/all", loss, batch_size=batch["cameras"].shape[0])
         if self.config.stage == 2 and not keeps_reference(
             self.policy, self.config.train.seed, self.global_step

@@ -11,12 +11,19 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from models.bundle import save_model
-from training.callbacks import EMAUpdate, FinalCheckpoint, MetricsFile, SampleGrids, Throughput
+from training.callbacks import (
+    EMAUpdate,
+    FinalCheckpoint,
+    LossBar,
+    MetricsFile,
+    SampleGrids,
+    Throughput,
+)
 from training.checkpoint_files import BASE_MODEL, CHECKPOINTS, AtomicCheckpointIO
 from training.checkpoint_prune import prune_signal_checkpoints
 from training.checkpoint_resolve import resolve_resume
@@ -77,9 +84,9 @@ def build_trainer(
             )
         )
     if config.log.progress_bar:
-        # The bar reads the logged loss from the device when it refreshes: refreshing only at the
-        # logging cadence keeps that host sync out of every other step.
-        callbacks.append(TQDMProgressBar(refresh_rate=config.log.every_n_steps))
+        # The bar reads the loss from the device when it refreshes: refreshing only at the
+        # logging cadence keeps that host sync out of every other step (training.callbacks.LossBar).
+        callbacks.append(LossBar(refresh_rate=config.log.every_n_steps))
     return pl.Trainer(
         accelerator=launch.accelerator,
         devices=launch.devices,
