@@ -223,6 +223,22 @@ def load_model(
     return model.to(device=device, dtype=dtype)
 
 
+def empty_model(folder: str | Path, load_image_encoder: bool = True) -> MultiViewDiffusion:
+    """The model of a folder with uninitialised fp32 weights: its ``model.json`` is the only file
+    read. For ranks that receive the weights from the one rank that read them (a broadcast)."""
+    folder = Path(folder)
+    meta = read_model_meta(folder)
+    preset = check_preset(meta["preset"], str(folder / "model.json"))
+    with torch.device("meta"):
+        parts = _build(preset, load_image_encoder)
+    for part in parts.values():
+        if part is not None:
+            part.to_empty(device="cpu")
+    if parts["image_encoder"] is not None:
+        parts["image_encoder"].requires_grad_(False)
+    return MultiViewDiffusion(preset, **parts, source=meta.get("source"))
+
+
 def _weights(folder: Path, name: str, v1: bool) -> dict[str, torch.Tensor]:
     return (
         load_file(str(folder / f"{name}.safetensors")) if v1 else layout.read_weights(folder / name)

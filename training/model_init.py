@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
+from models.bundle import MultiViewDiffusion, build_model, empty_model, load_model, save_model
 from training.checkpoint_files import BASE_MODEL, CHECKPOINTS, is_deepspeed_checkpoint
 from training.checkpoint_read import TrainingCheckpoint, read_checkpoint
 from training.checkpoint_resolve import latest_checkpoint
@@ -68,19 +68,31 @@ def convert_once(target: Path, make, rank: int, timeout: float = 3600.0) -> Path
     return target
 
 
+def is_preset(init: str) -> bool:
+    """Whether ``model.init`` names a random init (built alike on every rank, no file read)."""
+    init = init.removeprefix(RANDOM_PREFIX)
+    return init in PRESETS or init.endswith((".yaml", ".yml"))
+
+
 def resolve_init(
     init: str,
     seed: int,
     use_ema: bool = True,
     workdir: str | Path | None = None,
     rank: int = 0,
+    world_size: int = 1,
 ) -> MultiViewDiffusion:
     """``model.init``: a preset name (random init), our model folder, a training checkpoint of
     this stack (e.g. stage 1 for stage 2), or an MVDream ``.pt`` / Isotropic3D ``.ckpt`` file
     (converted by models.convert into ``workdir``; MVDream brings no image encoder, so the open_clip
-    weights come from the preset's pretrained tag). Conversions run once, on ``rank`` 0."""
+    weights come from the preset's pretrained tag). Conversions run once, on ``rank`` 0.
+
+    With several ranks, only rank 0 reads a model folder's weights; the others build the model
+    from its ``model.json`` alone and receive the weights by broadcast once the process group is
+    up (:func:`broadcast_weights`): one read of the shared storage instead of one per rank."""
+    load = load_model if rank == 0 or world_size == 1 else empty_model
     init = init.removeprefix(RANDOM_PREFIX)  # training.train allows a bare preset for tiny only
-    if init in PRESETS or init.endswith((".yaml", ".yml")):
+    if is_preset(init):
         model = build_model(init, seed=seed)
         if model.image_encoder is not None:
             # A random encoder is not the pretrained one its preset names: save its weights with
@@ -90,7 +102,7 @@ def resolve_init(
         return model
     path = Path(init)
     if (path / "model.json").is_file():
-        return load_model(path)
+        return load(path)
     if path.is_dir() and not is_deepspeed_checkpoint(path):  # a run or checkpoints folder: newest
         latest = latest_checkpoint(path.parent if path.name == CHECKPOINTS else path)
         if latest is None:
@@ -103,7 +115,7 @@ def resolve_init(
         make = lambda tmp: save_model(  # noqa: E731
             model_from_checkpoint(read_checkpoint(path), use_ema), tmp, source={"init": str(path)}
         )
-        return load_model(convert_once(target, make, rank))
+        return load(convert_once(target, make, rank))
     if path.is_file() and path.suffix == ".ckpt" and _is_ours(path):
         return model_from_checkpoint(read_checkpoint(path), use_ema)
     if path.is_file():  # a published checkpoint: convert once into the run folder, then load
@@ -112,7 +124,7 @@ def resolve_init(
         fmt = "isotropic3d" if path.suffix == ".ckpt" else "mvdream"
         target = Path(workdir or path.parent) / f"imported-{path.stem}"
         make = lambda tmp: convert(path, fmt, tmp, preset="sd21-base")  # noqa: E731
-        return load_model(convert_once(target, make, rank))
+        return load(convert_once(target, make, rank))
     raise FileNotFoundError(
         f"model.init: {init!r} is not a preset ({', '.join(PRESETS)}), a model folder or a checkpoint"
     )
@@ -135,3 +147,32 @@ def _is_ours(path: Path) -> bool:
             "damaged or incomplete (an interrupted save or copy?)"
         ) from error
     return isinstance(state, dict) and "run_config" in state
+
+
+def broadcast_weights(
+    modules: list[torch.nn.Module | None], device: torch.device, bucket_bytes: int = 1 << 28
+) -> int:
+    """Every parameter and buffer of ``modules`` from rank 0 to all ranks, in place, in buckets of
+    ``bucket_bytes`` (staged on ``device``: NCCL moves device tensors only). Bytes broadcast."""
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    tensors = [
+        t
+        for module in modules
+        if module is not None
+        for t in [*module.parameters(), *module.buffers()]
+    ]
+    sent, bucket, size = 0, [], 0
+    for i, tensor in enumerate(tensors):
+        bucket.append(tensor)
+        size += tensor.numel() * tensor.element_size()
+        last = i == len(tensors) - 1
+        if size >= bucket_bytes or last or tensors[i + 1].dtype != tensor.dtype:
+            with torch.no_grad():
+                flat = _flatten_dense_tensors([t.data for t in bucket]).to(device)
+                dist.broadcast(flat, src=0)
+                for t, value in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                    t.data.copy_(value)
+            sent, bucket, size = sent + size, [], 0
+    return sent

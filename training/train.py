@@ -46,6 +46,14 @@ def global_rank_from_env() -> int:
     return 0
 
 
+def world_size_from_env() -> int:
+    """Ranks in the job as the launcher (torchrun, srun) announced them; 1 when not launched so."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
 def build_trainer(
     config: RunConfig, data: ShardDataModule, flag: StopFlag | None = None
 ) -> pl.Trainer:
@@ -179,9 +187,12 @@ def run(config: RunConfig) -> pl.Trainer:
         ref_image=config.stage == 2,
     )
     first_samples = data.check()  # bad data stops here, in seconds, before any model is built
-    rank = global_rank_from_env()
-    model = resolve_init(config.model.init, config.model.seed, config.model.init_ema, out, rank)
-    if config.data.cached:  # a cache made by another VAE / encoder / resolution is refused
+    rank, world_size = global_rank_from_env(), world_size_from_env()
+    # Rank 0 reads the initial weights; the others get them by broadcast (FineTuneModule.setup).
+    model = resolve_init(
+        config.model.init, config.model.seed, config.model.init_ema, out, rank, world_size
+    )
+    if config.data.cached and rank == 0:  # a cache made by another VAE / encoder / resolution
         check_cache_matches(first_samples, model, config.data.resolution)
     if rank == 0:
         prune_signal_checkpoints(out, config.checkpoint.keep_last)
