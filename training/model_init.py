@@ -176,3 +176,15 @@ def broadcast_weights(
                     t.data.copy_(value)
             sent, bucket, size = sent + size, [], 0
     return sent
+
+
+def receive_initial_weights(module, device: torch.device) -> None:
+    """Rank 0's initial weights (only it read them: :func:`resolve_init`) into a FineTuneModule on
+    every rank, before any wrapper copies or partitions them; a weight EMA built from the weights
+    before they came is built again."""
+    from training.ema import WeightEMA
+
+    broadcast_weights([module.unet, module.frozen.vae, module.frozen.image_encoder], device)
+    if isinstance(module.weight_ema, WeightEMA):
+        ema = module.config.ema
+        module.weight_ema = WeightEMA(module.unet, ema.decay, ema.start_step)

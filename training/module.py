@@ -31,7 +31,7 @@ from models.ema_frames import EMAFramePolicy, assemble_ema_frames, keeps_referen
 from training.checkpoint_files import DS_TAG, EMA_SHARD
 from training.config import RunConfig, to_dict
 from training.ema import PartitionedWeightEMA, WeightEMA
-from training.model_init import broadcast_weights, is_preset
+from training.model_init import is_preset, receive_initial_weights
 from training.strategy import resolve_accelerator, resolve_devices, strategy_name
 
 
@@ -151,16 +151,7 @@ class FineTuneModule(pl.LightningModule):
         from pytorch_lightning.strategies import DeepSpeedStrategy
 
         if self.trainer.world_size > 1 and not is_preset(self.config.model.init):
-            # Only rank 0 read the initial weights (training.model_init.resolve_init): send them
-            # to the others before any wrapper copies or partitions them.
-            broadcast_weights(
-                [self.unet, self.frozen.vae, self.frozen.image_encoder],
-                self.trainer.strategy.root_device,
-            )
-            if isinstance(self.weight_ema, WeightEMA):  # it copied the weights before they came
-                self.weight_ema = WeightEMA(
-                    self.unet, self.config.ema.decay, self.config.ema.start_step
-                )
+            receive_initial_weights(self, self.trainer.strategy.root_device)  # rank 0 read them
         if isinstance(self.weight_ema, WeightEMA) and isinstance(
             self.trainer.strategy, DeepSpeedStrategy
         ):  # a DeepSpeed strategy handed to the Trainer by other means than the config
