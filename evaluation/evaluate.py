@@ -21,7 +21,7 @@ import yaml
 from evaluation import export
 from evaluation.config import Cfg
 from evaluation.guidance import MultiViewGuidance
-from evaluation.inputs import EvalObject, ObjectRef, on_background, resize_rgba, save_rgba
+from evaluation.inputs import EvalObject, ObjectRef, on_background, save_rgba
 from evaluation.metrics import (
     NOT_MEANINGFUL,
     build_clip_scorer,
@@ -123,16 +123,6 @@ class Evaluator:
         if self.lpips is None:
             log.warning(self.lpips_note)
 
-    def encoder_input(self, obj: EvalObject) -> torch.Tensor:
-        """The reference as the model saw references in training: a model folder that records
-        ``reference_resolution`` had them resized to it (premultiplied) and put on white before
-        the encoder; otherwise the reference as loaded (the encoder resizes it)."""
-        side = self.model.source.get("reference_resolution")
-        reference = obj.reference[None]
-        if side:
-            reference = on_background(resize_rgba(reference, int(side)))
-        return reference
-
     def camera_input(self, cameras: CameraBatch) -> torch.Tensor:
         """The model's camera vectors, in its own convention (legacy flag of Isotropic3D)."""
         return self.model.cameras(cameras.elevation_deg, cameras.azimuth_deg, cameras.distance)
@@ -157,7 +147,9 @@ class Evaluator:
         obj = ref.load()
         save_rgba(obj.reference, folder / "reference.png")
         with torch.no_grad():
-            cond = self.model.image_encoder.encode(self.encoder_input(obj).to(self.device))
+            # the reference as the model's training made it (its recorded reference_resolution:
+            # the loader's resize and white background, models.shards.images.reference_on_white)
+            cond = self.model.encode_reference(obj.reference[None].to(self.device))
         state = optimise(
             self.guidance,
             cond,

@@ -107,6 +107,16 @@ def test_reference_is_preprocessed_as_training_made_it(heldout_shards):
     assert torch.equal(reference_on_white(straight, 32), batch["ref_clip"])
     smaller = image_batch(raw, 16)["ref_clip"]  # from the 32-px render, at another resolution
     assert torch.allclose(reference_on_white(straight, 16), smaller, atol=1e-6)
+    # The sampler and SDS condition through encode_reference: the loader's input for a model
+    # that records its reference_resolution (training.data_record), the encoder's own otherwise.
+    from models.bundle import build_model
+
+    model = build_model("tiny", seed=0)
+    plain = model.encode_reference(straight)
+    model.source["reference_resolution"] = 16
+    recorded = model.encode_reference(straight)
+    assert torch.allclose(recorded, model.image_encoder.encode(smaller), atol=1e-5)
+    assert not torch.allclose(recorded, plain, atol=1e-3)
 
 
 def test_data_record_of_a_run(heldout_shards):
