@@ -9,7 +9,7 @@
 #   make cache-latents DATA=<shards> INIT=<model> OUT=<cache folder>
 #   make gpu-check / make bench-train [ARGS="--one-step --preset sd21-base --bf16 --grad-checkpointing"]
 #   make plan-memory CONFIG=<stage config or preset> NODES=N GPUS=G [ARGS="--gpu-mem 80 --measure"]
-#   make smoke-full   the sd21-base model end to end on this machine's CPU (~12 min, <20 GB RAM)
+#   make smoke-full [ARGS=--eval]   the sd21-base model end to end on this CPU (~8 min, <20 GB RAM)
 CKPT ?=
 LAYOUT ?=
 AFTER ?=
