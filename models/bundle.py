@@ -201,17 +201,42 @@ def load_model(
     folder = Path(folder)
     meta = read_model_meta(folder)
     preset = check_preset(meta["preset"], str(folder / "model.json"))
+    encoder_weights = meta.get("image_encoder_weights")
+    model = load_components(
+        folder,
+        preset,
+        folder / encoder_weights if encoder_weights else None,
+        source=meta.get("source"),
+        load_image_encoder=load_image_encoder,
+        image_encoder_checkpoint=image_encoder_checkpoint,
+        v1=meta["version"] == 1,
+    )
+    return model.to(device=device, dtype=dtype)
+
+
+def load_components(
+    folder: Path,
+    preset: dict[str, Any],
+    encoder_weights: Path | None,
+    source: dict[str, Any] | None = None,
+    load_image_encoder: bool = True,
+    image_encoder_checkpoint: str | Path | None = None,
+    v1: bool = False,
+) -> MultiViewDiffusion:
+    """The component folders of ``folder`` (``unet/``, ``vae/``, ``image_encoder/``: version 2;
+    flat safetensors: version 1) into the modules ``preset`` describes; the encoder from
+    ``encoder_weights`` or, without them, the preset's open_clip tag."""
     with torch.device("meta"):  # no random init of weights that are overwritten anyway
         parts = _build(preset, load_image_encoder)
-    v1 = meta["version"] == 1
     _assign(parts["unet"], _weights(folder, "unet", v1), "unet")
     _assign(parts["vae"].model, _weights(folder, "vae", v1), "vae")
     encoder = parts["image_encoder"]
     if encoder is not None:
-        if meta.get("image_encoder_weights"):
-            encoder_path = folder / meta["image_encoder_weights"]
+        if encoder_weights is not None:
             state = (
-                load_file(str(encoder_path)) if v1 else layout.read_open_clip_visual(encoder_path)
+                load_file(str(encoder_weights))
+                if v1
+                else layout.read_open_clip_visual(encoder_weights)
             )
             _assign(encoder.visual, state, "image_encoder")
         else:
@@ -219,8 +244,7 @@ def load_model(
             pretrained = str(image_encoder_checkpoint or section["pretrained"])
             load_pretrained_weights(encoder, section["model_name"], pretrained)
         encoder.requires_grad_(False)
-    model = MultiViewDiffusion(preset, **parts, source=meta.get("source"))
-    return model.to(device=device, dtype=dtype)
+    return MultiViewDiffusion(preset, **parts, source=source)
 
 
 def empty_model(folder: str | Path, load_image_encoder: bool = True) -> MultiViewDiffusion:

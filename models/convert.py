@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
-from models.checkpoint_io import load_state_dict_file
+from models.checkpoint_io import CheckpointError, load_state_dict_file
+from models.detect import VISUAL_PREFIX, preset_for_shapes, published_format
 from models.ldm_keys import (
     UNET_PREFIX,
     VAE_PREFIX,
@@ -36,7 +37,6 @@ from models.ldm_keys import (
 )
 
 FORMATS = ("mvdream", "isotropic3d")
-VISUAL_PREFIX = "cond_stage_model.model.visual."
 # LatentDiffusionInterface.register_schedule: recomputable from the schedule, not weights.
 SCHEDULE_BUFFERS = (
     "betas",
@@ -160,11 +160,21 @@ def convert(
     checkpoint: str | Path,
     fmt: str,
     out: str | Path,
-    preset: str = "sd21-base",
+    preset: str | None = None,
     legacy_double_radians: bool | None = None,
 ) -> Path:
-    """Read ``checkpoint``, write our format to ``out`` plus ``conversion_report.json``."""
+    """Read ``checkpoint``, write our format to ``out`` plus ``conversion_report.json``.
+    ``preset`` None: the preset whose shapes the weights have (models.detect)."""
     state = load_state_dict_file(checkpoint)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    found = published_format(shapes)
+    if found != fmt:
+        what = f"an {found} checkpoint" if found else "no MVDream/Isotropic3D checkpoint"
+        raise CheckpointError(
+            f"{checkpoint} holds {what} (read from its tensors), not {fmt}"
+            + (f": pass --format {found} (FORMAT={found})" if found else "")
+        )
+    preset = preset or preset_for_shapes(shapes, fmt, str(checkpoint))
     target = build_model(preset, device="meta", with_image_encoder=fmt == "isotropic3d")
     imported = import_checkpoint(state, fmt, target)
     target.unet.load_state_dict(imported.unet, strict=True, assign=True)
@@ -177,10 +187,16 @@ def convert(
     if legacy_double_radians is None:
         legacy_double_radians = fmt == "isotropic3d"
     target.preset["cameras"]["legacy_double_radians"] = bool(legacy_double_radians)
-    source = {"init": "converted", "format": fmt, "checkpoint": Path(checkpoint).name}
+    source = {
+        "init": "converted",
+        "format": fmt,
+        "checkpoint": Path(checkpoint).name,
+        "preset": preset,
+    }
     folder = save_model(target, out, source=source)
     report = {
         "format": fmt,
+        "preset": preset,
         "checkpoint": str(checkpoint),
         "keys": len(state),
         "mapped": {
@@ -211,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--checkpoint", help="published checkpoint (.pt/.ckpt/.safetensors)")
     source.add_argument("--export", metavar="MODEL_DIR", help="export our model to the LDM layout")
     parser.add_argument("--out", required=True, help="model folder (import) or file (export)")
-    parser.add_argument("--preset", default="sd21-base", help="architecture preset of the target")
+    parser.add_argument(
+        "--preset", default=None, help="architecture preset (default: the one the shapes fit)"
+    )
     legacy = parser.add_mutually_exclusive_group()
     legacy.add_argument("--legacy-double-radians", dest="legacy", action="store_true", default=None)
     legacy.add_argument("--no-legacy-double-radians", dest="legacy", action="store_false")
@@ -221,7 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         write_checkpoint(export_checkpoint(model, args.format), args.out)
         print(f"wrote {args.out}")
         return
-    folder = convert(args.checkpoint, args.format, args.out, args.preset, args.legacy)
+    try:
+        folder = convert(args.checkpoint, args.format, args.out, args.preset, args.legacy)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
     report = json.loads((folder / "conversion_report.json").read_text())
     ignored = {k: len(v) for k, v in report["ignored"].items()}
     print(f"wrote {folder}: mapped {report['mapped']}, ignored {ignored}")

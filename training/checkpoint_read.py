@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from models.checkpoint_io import CheckpointError, read_file
 from training.checkpoint_files import (
     DS_TAG,
     EMA_SHARD,
@@ -86,6 +87,21 @@ def _weights_only_zero_to_fp32(ema: bool = False):
         zero_to_fp32.torch = torch
 
 
+def check_training_checkpoint(content: dict, path: Path) -> None:
+    """A checkpoint of ours (it has run_config) must hold its UNet weights."""
+    state = content.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is a training checkpoint of this stack without its model weights (no "
+            "state_dict): an incomplete or hand-edited save; use an earlier checkpoint"
+        )
+    if not any(str(k).removeprefix("_forward_module.").startswith("unet.") for k in state):
+        raise CheckpointError(
+            f"{path} is a training checkpoint of this stack whose state_dict holds no UNet "
+            "weights (no unet.* tensors); use an earlier checkpoint"
+        )
+
+
 def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     """UNet weights, EMA and run config of a DDP checkpoint file or a DeepSpeed ZeRO directory
     (stage 1-3: the fp32 master weights are gathered from the per-rank optimizer shards)."""
@@ -101,14 +117,16 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
                     str(path), tag=DS_TAG
                 )
     elif path.is_file():
-        client = torch.load(path, map_location="cpu", weights_only=True)
-        state = client["state_dict"]
+        client = read_file(path)  # clear errors for a truncated or foreign file
+        if isinstance(client, dict) and "run_config" in client:
+            check_training_checkpoint(client, path)
+        state = client.get("state_dict", {}) if isinstance(client, dict) else {}
     else:
         raise FileNotFoundError(
             f"{path} is neither a checkpoint file nor a DeepSpeed checkpoint folder"
         )
-    if "run_config" not in client:
-        raise ValueError(f"{path} is not a checkpoint of this training stack (no run_config)")
+    if not isinstance(client, dict) or "run_config" not in client:
+        raise CheckpointError(f"{path} is not a checkpoint of this training stack (no run_config)")
     ema = client.get("weight_ema")
     unet = _unet_only(state)
     if ema_state is not None:  # merged from the ZeRO partitions: the optimised tensors only

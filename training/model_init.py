@@ -5,21 +5,20 @@ model."""
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import time
-import zipfile
 from pathlib import Path
 
 import torch
 
 from models.bundle import MultiViewDiffusion, build_model, empty_model, load_model, save_model
-from training.checkpoint_files import BASE_MODEL, CHECKPOINTS, is_deepspeed_checkpoint
+from models.checkpoint_io import CheckpointError
+from models.detect import DIFFUSERS_FOLDER, MODEL_FOLDER, load_diffusers_folder
+from training.checkpoint_files import BASE_MODEL
 from training.checkpoint_read import TrainingCheckpoint, read_checkpoint
-from training.checkpoint_resolve import latest_checkpoint
+from training.init_detect import DEEPSPEED, PRESET, RANDOM_PREFIX, TRAINING, detect_init
 
 PRESETS = ("tiny", "sd21-base")
-RANDOM_PREFIX = "random:"  # model.init=random:sd21-base: an explicit random init (debugging)
 
 
 def run_folder(checkpoint: TrainingCheckpoint) -> Path:
@@ -37,13 +36,18 @@ def model_from_checkpoint(
     model = load_model(base or run_folder(checkpoint) / BASE_MODEL)
     unet_state = model.unet.state_dict()
     weights = checkpoint.ema if use_ema and checkpoint.ema is not None else checkpoint.unet
-    merged = {
-        k: weights.get(k, v).float() for k, v in unet_state.items()
-    }  # frozen UNet buffers kept
-    missing = set(checkpoint.unet) - set(unet_state)
+    merged = {k: weights.get(k, v).float() for k, v in unet_state.items()}  # EMA: trained only
+    unknown = sorted(set(checkpoint.unet) - set(unet_state))
+    if unknown:
+        raise CheckpointError(
+            f"{checkpoint.path}: UNet tensors unknown to the base model ({len(unknown)}, e.g. "
+            f"{unknown[:3]}): the checkpoint is of another architecture than its run's base_model"
+        )
+    missing = sorted(set(unet_state) - set(checkpoint.unet))
     if missing:
-        raise ValueError(
-            f"checkpoint UNet tensors unknown to the base model: {sorted(missing)[:5]}"
+        raise CheckpointError(
+            f"{checkpoint.path}: {len(missing)} of the UNet's {len(unet_state)} tensors are "
+            f"missing (e.g. {missing[:3]}): an incomplete or hand-edited checkpoint"
         )
     model.unet.load_state_dict(merged)
     return model
@@ -82,33 +86,32 @@ def resolve_init(
     rank: int = 0,
     world_size: int = 1,
 ) -> MultiViewDiffusion:
-    """``model.init``: a preset name (random init), our model folder, a training checkpoint of
-    this stack (e.g. stage 1 for stage 2), or an MVDream ``.pt`` / Isotropic3D ``.ckpt`` file
-    (converted by models.convert into ``workdir``; MVDream brings no image encoder, so the open_clip
-    weights come from the preset's pretrained tag). Conversions run once, on ``rank`` 0.
+    """``model.init``, whatever training.init_detect finds it holds: a preset name (random
+    init), our model folder, a diffusers folder, a training checkpoint of this stack (e.g. stage
+    1 for stage 2), an MVDream / Isotropic3D state dict (converted by models.convert into
+    ``workdir`` with the preset its shapes fit; MVDream brings no image encoder, so the open_clip
+    weights come from the preset's pretrained tag), or any of these on the Hugging Face hub
+    (``hf:org/name``). Conversions run once, on ``rank`` 0.
 
     With several ranks, only rank 0 reads a model folder's weights; the others build the model
     from its ``model.json`` alone and receive the weights by broadcast once the process group is
     up (:func:`broadcast_weights`): one read of the shared storage instead of one per rank."""
     load = load_model if rank == 0 or world_size == 1 else empty_model
-    init = init.removeprefix(RANDOM_PREFIX)  # training.train allows a bare preset for tiny only
-    if is_preset(init):
-        model = build_model(init, seed=seed)
+    source = detect_init(init, PRESETS)
+    path = source.path
+    if source.kind == PRESET:
+        model = build_model(source.preset, seed=seed)
         if model.image_encoder is not None:
             # A random encoder is not the pretrained one its preset names: save its weights with
             # the run (base_model) instead of pointing at the hub tag (no network on many nodes).
             model.preset["image_encoder"]["pretrained"] = None
             model.image_encoder.section["pretrained"] = None
         return model
-    path = Path(init)
-    if (path / "model.json").is_file():
+    if source.kind == MODEL_FOLDER:
         return load(path)
-    if path.is_dir() and not is_deepspeed_checkpoint(path):  # a run or checkpoints folder: newest
-        latest = latest_checkpoint(path.parent if path.name == CHECKPOINTS else path)
-        if latest is None:
-            raise FileNotFoundError(f"model.init: no checkpoint found under {path}")
-        path = latest
-    if is_deepspeed_checkpoint(path):  # shards merged once into a model folder (rank 0)
+    if source.kind == DIFFUSERS_FOLDER:
+        return load_diffusers_folder(path)
+    if source.kind == DEEPSPEED:  # shards merged once into a model folder (rank 0)
         target = (
             Path(workdir or path.parent) / f"imported-{path.name}-{'ema' if use_ema else 'fp32'}"
         )
@@ -116,37 +119,14 @@ def resolve_init(
             model_from_checkpoint(read_checkpoint(path), use_ema), tmp, source={"init": str(path)}
         )
         return load(convert_once(target, make, rank))
-    if path.is_file() and path.suffix == ".ckpt" and _is_ours(path):
+    if source.kind == TRAINING:
         return model_from_checkpoint(read_checkpoint(path), use_ema)
-    if path.is_file():  # a published checkpoint: convert once into the run folder, then load
-        from models.convert import convert
+    # A published checkpoint: converted once into the run folder, then loaded.
+    from models.convert import convert
 
-        fmt = "isotropic3d" if path.suffix == ".ckpt" else "mvdream"
-        target = Path(workdir or path.parent) / f"imported-{path.stem}"
-        make = lambda tmp: convert(path, fmt, tmp, preset="sd21-base")  # noqa: E731
-        return load(convert_once(target, make, rank))
-    raise FileNotFoundError(
-        f"model.init: {init!r} is not a preset ({', '.join(PRESETS)}), a model folder or a checkpoint"
-    )
-
-
-def _is_ours(path: Path) -> bool:
-    """Whether a ``.ckpt`` file is a training checkpoint of this stack. A file that cannot be read
-    at all (truncated, damaged) is reported as such here rather than handed to the Isotropic3D
-    importer, whose error would blame the format; a readable file that weights-only loading
-    refuses (pickled objects) is a foreign checkpoint, left to the importers."""
-    try:
-        state = torch.load(
-            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-        )
-    except pickle.UnpicklingError:  # objects weights-only refuses: a foreign format
-        return False
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ValueError(
-            f"model.init: {path} cannot be read ({type(error).__name__}: {error}); the file is "
-            "damaged or incomplete (an interrupted save or copy?)"
-        ) from error
-    return isinstance(state, dict) and "run_config" in state
+    target = Path(workdir or path.parent) / f"imported-{path.stem}"
+    make = lambda tmp: convert(path, source.kind, tmp, preset=source.preset)  # noqa: E731
+    return load(convert_once(target, make, rank))
 
 
 def broadcast_weights(
