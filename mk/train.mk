@@ -24,7 +24,7 @@ finetune: setup
 
 EXPORT_OUT = $(or $(OUT),outputs/export/$(notdir $(CKPT)))
 export: setup
-	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint or run folder> OUT=<destination> [LAYOUT=mvdream|isotropic3d]"; exit 2; }
+	@test -n "$(CKPT)" || { echo "error: nothing to export: pass CKPT=<training checkpoint or run folder> (usage: make export CKPT=... OUT=<destination> [LAYOUT=mvdream|isotropic3d])" >&2; exit 2; }
 	@case "$(LAYOUT)" in ""|diffusers|mvdream|isotropic3d) ;; *) echo "error: LAYOUT=$(LAYOUT): use mvdream or isotropic3d (the default is the diffusers/open_clip folders)"; exit 2;; esac
 	$(PYTHON) -m training.export $(CKPT) --out $(EXPORT_OUT)
 	$(if $(filter mvdream isotropic3d,$(LAYOUT)),for kind in fp32 ema; do if [ -d $(EXPORT_OUT)/$$kind ]; then \

@@ -55,8 +55,8 @@ def file_kind(path: str | Path) -> str:
     if head.startswith(b"PK"):
         if not zipfile.is_zipfile(path):
             raise CheckpointError(
-                f"{path} is a damaged or truncated zip archive (a PyTorch save's directory is "
-                "at its end: an interrupted save or copy?)"
+                f"{path} cannot be read: a damaged or incomplete zip archive (a PyTorch save "
+                "ends with its directory: an interrupted save or copy?)"
             )
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -79,9 +79,14 @@ def read_file(path: str | Path, mmap: bool = True) -> Any:
     Zip saves are memory-mapped: a multi-GB checkpoint is paged in as tensors are used."""
     path = Path(path)
     kind = file_kind(path)
-    try:
-        if kind == SAFETENSORS:
+    if kind == SAFETENSORS:
+        try:
             return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error type
+            raise CheckpointError(
+                f"{path} cannot be read ({error}); the file is damaged or incomplete"
+            ) from error
+    try:
         return torch.load(
             path, map_location="cpu", weights_only=True, mmap=mmap and kind == TORCH_ZIP
         )

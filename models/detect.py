@@ -114,8 +114,8 @@ def _matching_preset(unet: dict[str, Any]) -> str | None:
 
 
 def diffusers_preset(folder: Path) -> tuple[dict[str, Any], Path | None]:
-    """The preset a diffusers folder's component configs describe, and its open_clip weights
-    file (None: the preset's pretrained tag). Sampling defaults and the camera convention are
+    """The preset a diffusers folder's component configs describe, and the folder of its
+    open_clip weights (None: the preset's pretrained tag). Sampling defaults and the camera convention are
     the matching preset's (sd21-base's when no preset has this UNet)."""
     config = _config(folder / "unet" / "config.json")
     if (
@@ -157,7 +157,7 @@ def diffusers_preset(folder: Path) -> tuple[dict[str, Any], Path | None]:
         raise CheckpointError(
             f"{folder}: the component configs do not make a model ({error})"
         ) from error
-    return preset, weights if encoder_config.is_file() and weights.is_file() else None
+    return preset, weights.parent if encoder_config.is_file() and weights.is_file() else None
 
 
 def load_diffusers_folder(folder: str | Path) -> MultiViewDiffusion:

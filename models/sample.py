@@ -20,9 +20,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from models.bundle import MultiViewDiffusion, load_model
+from models.bundle import MultiViewDiffusion, build_model, load_model
 from models.cameras import legacy_sampling_cameras, orthogonal_azimuths
+from models.checkpoint_io import CheckpointError
+from models.detect import DIFFUSERS_FOLDER, MODEL_FOLDER, folder_kind, load_diffusers_folder
 from models.ema_frames import EMAFramePolicy, assemble_ema_frames
+from models.hub import HUB_PREFIX, resolve_hub
+
+RANDOM_PREFIX = "random:"  # --model random:tiny: a random-init model, asked for explicitly
 
 
 @dataclass
@@ -145,10 +150,51 @@ def sample_views(
     return SampleResult(images, grid, cameras.float().cpu(), bool(use_reference_frame))
 
 
+NO_MODEL_HELP = (
+    "pass MODEL=<model folder> (written by make export or make convert-model; a diffusers folder "
+    "or hf:org/name also work), or MODEL=random:tiny for a pipeline check on a random model"
+)
+
+
+def check_image(path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IMAGE (--image) {path} does not exist: pass a reference image")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # PIL raises many types for a file that is no image
+        raise ValueError(f"IMAGE (--image) {path} is not an image PIL can read ({error})") from None
+
+
+def load_model_arg(spec: str, image_encoder: str | None = None) -> MultiViewDiffusion:
+    """``--model``: our model folder, a diffusers folder, ``hf:org/name`` or ``random:<preset>``."""
+    if spec.startswith(RANDOM_PREFIX):
+        return build_model(spec.removeprefix(RANDOM_PREFIX))
+    path = resolve_hub(spec) if spec.startswith(HUB_PREFIX) else Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"MODEL (--model) {spec} does not exist: {NO_MODEL_HELP}")
+    kind = folder_kind(path) if path.is_dir() else None
+    if kind == MODEL_FOLDER:
+        return load_model(path, image_encoder_checkpoint=image_encoder)
+    if kind == DIFFUSERS_FOLDER:
+        return load_diffusers_folder(path)
+    what = (
+        "a file (a published .pt/.ckpt: make convert-model; a training checkpoint: make export)"
+        if path.is_file()
+        else "a folder with no model.json and no unet/ + vae/"
+    )
+    raise CheckpointError(f"MODEL (--model) {spec} is {what}, not a model: {NO_MODEL_HELP}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True, help="reference image (RGBA or RGB)")
-    parser.add_argument("--model", required=True, help="model folder in our format")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model folder (ours or diffusers), hf:org/name, or random:<preset> (a pipeline check)",
+    )
     parser.add_argument("--out", required=True, help="output grid PNG")
     parser.add_argument("--views-dir", help="also write each view as view_<i>.png here")
     parser.add_argument("--elevation", type=float, default=0.0, help="elevation in degrees")
@@ -170,7 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    model = load_model(args.model, args.device, dtype, image_encoder_checkpoint=args.image_encoder)
+    try:  # bad inputs are one line each, checked before anything is written
+        check_image(args.image)
+        model = load_model_arg(args.model, args.image_encoder).to(args.device, dtype)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
     azimuths = [float(a) for a in args.azimuths.split(",")] if args.azimuths else None
     result = sample_views(
         model,

@@ -7,9 +7,12 @@ weights and ``OUT/ema`` with the weight EMA, when the run kept one.
 from __future__ import annotations
 
 import argparse
+import pickle
 from pathlib import Path
 
 from models.bundle import save_model
+from models.checkpoint_io import CheckpointError
+from models.detect import folder_kind
 from training.checkpoint_files import CHECKPOINTS, is_deepspeed_checkpoint
 from training.checkpoint_read import read_checkpoint
 from training.checkpoint_resolve import latest_checkpoint
@@ -39,6 +42,31 @@ def export(
     return written
 
 
+CKPT_HELP = "pass CKPT=<a training checkpoint (.ckpt file or DeepSpeed folder) or a run folder>"
+
+
+def find_checkpoint(arg: str) -> Path:
+    """The checkpoint ``CKPT`` names (a run or checkpoints/ folder: its newest complete one);
+    a one-line error for anything else, before anything is written."""
+    path = Path(arg)
+    if not path.exists():
+        raise FileNotFoundError(f"CKPT {arg} does not exist: {CKPT_HELP}")
+    if path.is_file() or is_deepspeed_checkpoint(path):
+        return path
+    if folder_kind(path):
+        raise CheckpointError(
+            f"CKPT {arg} is a model folder already, nothing to export: use it as MODEL= or INIT="
+        )
+    run = path.parent if path.name == CHECKPOINTS else path
+    latest = latest_checkpoint(run)
+    if latest is None:
+        raise CheckpointError(
+            f"CKPT {arg} is a folder with no complete checkpoint (no {CHECKPOINTS}/step=*): "
+            f"{CKPT_HELP}"
+        )
+    return latest
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a training checkpoint to model folders.")
     parser.add_argument(
@@ -51,13 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         "--base", default=None, help="base model folder (default: the run's base_model)"
     )
     args = parser.parse_args(argv)
-    path = Path(args.checkpoint)
-    if path.is_dir() and not is_deepspeed_checkpoint(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise SystemExit(f"no checkpoint under {path / CHECKPOINTS}")
-        path = latest
-    for kind, folder in export(path, args.out, args.base).items():
+    try:
+        written = export(find_checkpoint(args.checkpoint), args.out, args.base)
+    except (CheckpointError, FileNotFoundError, pickle.UnpicklingError) as error:
+        raise SystemExit(f"error: {error}") from None
+    for kind, folder in written.items():
         print(f"{kind}: {folder}")
 
 
