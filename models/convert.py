@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
 from models.checkpoint_io import CheckpointError, load_state_dict_file
 from models.detect import VISUAL_PREFIX, preset_for_shapes, published_format
+from models.image_encoder import ImageEncoder
 from models.ldm_keys import (
     UNET_PREFIX,
     VAE_PREFIX,
@@ -184,6 +185,12 @@ def convert(
             imported.image_encoder, strict=True, assign=True
         )
         target.preset["image_encoder"]["pretrained"] = None  # weights travel with the model
+    elif not target.preset["image_encoder"].get("pretrained"):
+        # An MVDream file has no image encoder; a preset that names no pretrained one (tiny)
+        # gets a seeded random tower saved with the model, as a preset init does.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            target.image_encoder = ImageEncoder(target.preset["image_encoder"])
     if legacy_double_radians is None:
         legacy_double_radians = fmt == "isotropic3d"
     target.preset["cameras"]["legacy_double_radians"] = bool(legacy_double_radians)
