@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models.bundle import MultiViewDiffusion
+from models.checkpoint_io import CheckpointError
 from models.shards.format import CorruptSample, cache_sample, read_meta
 from models.shards.images import BACKGROUNDS, WHITE, composite, decode_views, premultiplied
 from models.shards.urls import expand_shard_urls
@@ -181,11 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=1000, help="objects per cache shard")
     args = parser.parse_args(argv)
     resolution = args.resolution
-    if resolution is None:
-        resolution = int(resolve_init(args.init, 0).preset["sampling"]["image_size"])
-    counts = cache_latents(
-        args.data, args.init, args.out, resolution, args.background, args.shard_size
-    )
+    try:
+        if resolution is None:
+            resolution = int(resolve_init(args.init, 0).preset["sampling"]["image_size"])
+        counts = cache_latents(
+            args.data, args.init, args.out, resolution, args.background, args.shard_size
+        )
+    except CheckpointError as error:  # a bad INIT: one line naming the file and the problem
+        raise SystemExit(f"error: {error}") from None
     print(f"cached {counts['written']} objects, skipped {counts['skipped']} -> {args.out}")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from cluster import slurm
+from models.checkpoint_io import CheckpointError
 from training.config import ConfigError, RunConfig, load_config, resolve_config
 from training.shard_check import DataError
 
@@ -108,13 +109,12 @@ def train_args(job: Job) -> list[str]:
 def check_inputs(job: Job, chained: bool) -> None:
     """DATA and INIT exist and read as expected, on the submitting host (shared storage)."""
     from training.datamodule import ShardDataModule
+    from training.init_detect import detect_init
     from training.model_init import PRESETS
 
     ShardDataModule(job.config.data).check()
-    init = job.config.model.init
-    if chained or init in PRESETS or init.endswith((".yaml", ".yml")) or Path(init).exists():
-        return
-    raise FileNotFoundError(f"model.init (INIT): {init} does not exist")
+    if not chained:  # what INIT holds, read here: a bad or uncached one fails before queueing
+        detect_init(job.config.model.init, PRESETS)
 
 
 def job_options(config: RunConfig, args: argparse.Namespace, tasks: int, cpus: int) -> tuple:
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None, replace_process: bool = False) -> int:
             if launch.commands[0][0] == "sbatch":
                 submit_all(args, jobs)
                 return 0
-    except (ConfigError, slurm.SlurmError, FileNotFoundError, DataError) as error:
+    except (ConfigError, slurm.SlurmError, FileNotFoundError, DataError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if launch.mode == "torchrun" and len(launch.commands) > 1:

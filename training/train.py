@@ -16,6 +16,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from models.bundle import save_model
+from models.checkpoint_io import CheckpointError
 from training.callbacks import (
     EMAUpdate,
     FinalCheckpoint,
@@ -237,7 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_config:
         print(resolved.describe())
         return
-    run(config)
+    try:
+        run(config)
+    except CheckpointError as error:  # a bad model.init: the file and the problem, one line
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

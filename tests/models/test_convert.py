@@ -132,13 +132,21 @@ def test_cli_isotropic3d_conversion_keeps_everything_and_the_legacy_flag(tmp_pat
     assert all(torch.equal(back[k], original[k]) for k in back)
 
 
-def test_cli_mvdream_conversion_records_the_open_clip_tag(tmp_path):
+def test_cli_mvdream_conversion_of_a_preset_without_encoder_tag_saves_a_seeded_encoder(tmp_path):
+    """MVDream brings no image encoder: sd21-base records open_clip's tag; tiny names none, so a
+    seeded random tower is saved with the model (as a tiny preset init has), and it loads."""
     text = {"cond_stage_model.model.token_embedding.weight": torch.randn(5, 4)}
     model, path = _tiny_ldm_file(tmp_path, "mvdream", text)
-    out = tmp_path / "converted"
-    main(["--format", "mvdream", "--checkpoint", str(path), "--out", str(out), "--preset", "tiny"])
+    out, again = tmp_path / "converted", tmp_path / "again"
+    main(["--format", "mvdream", "--checkpoint", str(path), "--out", str(out)])  # preset: shapes
+    main(
+        ["--format", "mvdream", "--checkpoint", str(path), "--out", str(again), "--preset", "tiny"]
+    )
     meta = json.loads((out / "model.json").read_text())
-    assert meta["image_encoder_weights"] is None
+    assert meta["image_encoder_weights"] == "image_encoder" and meta["source"]["preset"] == "tiny"
+    first, second = load_model(out).image_encoder, load_model(again).image_encoder
+    for key, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[key], value), key  # seeded: the same tower
     assert meta["preset"]["cameras"]["legacy_double_radians"] is False
     loaded = load_model(out, load_image_encoder=False)
     for key, value in model.unet.state_dict().items():
