@@ -4,6 +4,8 @@
     python -m models.convert --format isotropic3d --checkpoint isotropic3d.ckpt --out DIR
     python -m models.convert --format mvdream --export DIR --out FILE.pt   # back to LDM keys
 
+What a file is comes from its tensors, not its name: ``published_format`` (LDM keys; an image
+tower makes it Isotropic3D) and ``preset_for_shapes`` (the preset with exactly these shapes).
 MVDream gives the UNet (with its camera MLP) and the VAE; its text tower is deliberately ignored
 and the image encoder is recorded as open_clip ViT-H-14 / laion2b_s32b_b79k. Isotropic3D also
 gives the image encoder (vision tower); its text-tower leftovers are ignored, and the saved config
@@ -15,6 +17,7 @@ is either mapped or in an explicit ignore list; anything else is an error. Files
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ from safetensors.torch import save_file
 
 from models.bundle import MultiViewDiffusion, build_model, load_model, save_model
 from models.checkpoint_io import CheckpointError, load_state_dict_file
-from models.detect import VISUAL_PREFIX, preset_for_shapes, published_format
+from models.detect import preset_names
 from models.image_encoder import ImageEncoder
 from models.ldm_keys import (
     UNET_PREFIX,
@@ -38,6 +41,7 @@ from models.ldm_keys import (
 )
 
 FORMATS = ("mvdream", "isotropic3d")
+VISUAL_PREFIX = "cond_stage_model.model.visual."
 # LatentDiffusionInterface.register_schedule: recomputable from the schedule, not weights.
 SCHEDULE_BUFFERS = (
     "betas",
@@ -155,6 +159,46 @@ def export_checkpoint(model: MultiViewDiffusion, fmt: str) -> dict[str, torch.Te
         for key, value in model.image_encoder.visual.state_dict().items():
             out[VISUAL_PREFIX + key] = value
     return out
+
+
+def published_format(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """``isotropic3d``, ``mvdream`` or None for a state dict's ``{key: shape}``."""
+    if not any(k.startswith(UNET_PREFIX) for k in shapes):
+        return None
+    if not any(k.startswith(VAE_PREFIX) for k in shapes):
+        return None
+    return "isotropic3d" if any(k.startswith(VISUAL_PREFIX) for k in shapes) else "mvdream"
+
+
+@functools.cache
+def _expected_shapes(preset: str, fmt: str) -> dict[str, tuple[int, ...]]:
+    model = build_model(preset, device="meta", with_image_encoder=fmt == "isotropic3d")
+    return {k: tuple(v.shape) for k, v in export_checkpoint(model, fmt).items()}
+
+
+def preset_for_shapes(shapes: dict[str, tuple[int, ...]], fmt: str, where: str) -> str:
+    """The preset whose UNet, VAE (and, for Isotropic3D, image tower) have exactly the file's
+    tensor shapes; a :class:`CheckpointError` naming the closest one's first difference."""
+    prefixes = (UNET_PREFIX, VAE_PREFIX, *((VISUAL_PREFIX,) if fmt == "isotropic3d" else ()))
+    found = {k: v for k, v in shapes.items() if k.startswith(prefixes)}
+    misses = {}
+    for name in preset_names():
+        expected = _expected_shapes(name, fmt)
+        differ = sorted(
+            k for k in found.keys() | expected.keys() if found.get(k) != expected.get(k)
+        )
+        if not differ:
+            return name
+        misses[name] = differ
+    closest = min(misses, key=lambda n: len(misses[n]))
+    key = misses[closest][0]
+    expected = _expected_shapes(closest, fmt).get(key)
+    raise CheckpointError(
+        f"{where}: the {fmt} weights fit no model preset ({', '.join(misses)}); closest "
+        f"{closest}, {len(misses[closest])} tensors differ, e.g. {key}: file "
+        f"{shapes.get(key, 'absent')}, preset {expected or 'absent'}. Add a "
+        "configs/model_<name>.yaml with this architecture"
+    )
 
 
 def convert(

@@ -1,18 +1,15 @@
-"""What a weights file or folder holds, read from its content (never its name), and the preset
-its shapes fit.
+"""What a folder holds, read from its content (never its name).
 
 * our model folder: ``model.json`` (models/bundle.py);
 * a diffusers folder: ``unet/`` + ``vae/`` (config.json + weights) without ``model.json``, e.g.
   the folders of ``make export`` copied on their own or a hub repository of them; the preset is
   rebuilt from the component configs (``scheduler/``, ``image_encoder/`` used when present);
-* a published state dict in the original LDM layout: Isotropic3D when it holds an image tower
-  (``cond_stage_model.model.visual.*``), MVDream otherwise; the preset is the one whose modules
-  have exactly the file's key shapes.
+* a published state dict in the original LDM layout: models.convert (``published_format``,
+  ``preset_for_shapes``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -21,20 +18,17 @@ from models import layout
 from models.bundle import (
     CONFIG_DIR,
     MultiViewDiffusion,
-    build_model,
     check_preset,
     load_components,
     load_preset,
 )
 from models.cameras import CAMERA_DIM
 from models.checkpoint_io import CheckpointError
-from models.ldm_keys import UNET_PREFIX, VAE_PREFIX
 from models.unet import UNET_KEYS
 from models.vae import VAE_KEYS
 
 MODEL_FOLDER = "model-folder"
 DIFFUSERS_FOLDER = "diffusers-folder"
-VISUAL_PREFIX = "cond_stage_model.model.visual."
 SCHEDULE_KEYS = (
     "num_train_timesteps",
     "beta_start",
@@ -55,48 +49,6 @@ def folder_kind(folder: Path) -> str | None:
     if all((folder / part / "config.json").is_file() for part in ("unet", "vae")):
         return DIFFUSERS_FOLDER
     return None
-
-
-def published_format(shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """``isotropic3d``, ``mvdream`` or None for a state dict's ``{key: shape}``."""
-    if not any(k.startswith(UNET_PREFIX) for k in shapes):
-        return None
-    if not any(k.startswith(VAE_PREFIX) for k in shapes):
-        return None
-    return "isotropic3d" if any(k.startswith(VISUAL_PREFIX) for k in shapes) else "mvdream"
-
-
-@functools.cache
-def _expected_shapes(preset: str, fmt: str) -> dict[str, tuple[int, ...]]:
-    from models.convert import export_checkpoint  # convert imports this module's callers
-
-    model = build_model(preset, device="meta", with_image_encoder=fmt == "isotropic3d")
-    return {k: tuple(v.shape) for k, v in export_checkpoint(model, fmt).items()}
-
-
-def preset_for_shapes(shapes: dict[str, tuple[int, ...]], fmt: str, where: str) -> str:
-    """The preset whose UNet, VAE (and, for Isotropic3D, image tower) have exactly the file's
-    tensor shapes; a :class:`CheckpointError` naming the closest one's first difference."""
-    prefixes = (UNET_PREFIX, VAE_PREFIX, *((VISUAL_PREFIX,) if fmt == "isotropic3d" else ()))
-    found = {k: v for k, v in shapes.items() if k.startswith(prefixes)}
-    misses = {}
-    for name in preset_names():
-        expected = _expected_shapes(name, fmt)
-        differ = sorted(
-            k for k in found.keys() | expected.keys() if found.get(k) != expected.get(k)
-        )
-        if not differ:
-            return name
-        misses[name] = differ
-    closest = min(misses, key=lambda n: len(misses[n]))
-    key = misses[closest][0]
-    expected = _expected_shapes(closest, fmt).get(key)
-    raise CheckpointError(
-        f"{where}: the {fmt} weights fit no model preset ({', '.join(misses)}); closest "
-        f"{closest}, {len(misses[closest])} tensors differ, e.g. {key}: file "
-        f"{shapes.get(key, 'absent')}, preset {expected or 'absent'}. Add a "
-        "configs/model_<name>.yaml with this architecture"
-    )
 
 
 def _config(path: Path) -> dict[str, Any]:

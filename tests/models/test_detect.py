@@ -16,15 +16,14 @@ from safetensors.torch import save_file
 
 from models.bundle import build_model, load_model
 from models.checkpoint_io import CheckpointError, file_kind, load_state_dict_file, tensor_shapes
-from models.convert import SCHEDULE_BUFFERS, convert, export_checkpoint
-from models.detect import (
-    DIFFUSERS_FOLDER,
-    MODEL_FOLDER,
-    folder_kind,
-    load_diffusers_folder,
+from models.convert import (
+    SCHEDULE_BUFFERS,
+    convert,
+    export_checkpoint,
     preset_for_shapes,
     published_format,
 )
+from models.detect import DIFFUSERS_FOLDER, MODEL_FOLDER, folder_kind, load_diffusers_folder
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
