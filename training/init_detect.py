@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.checkpoint_io import SAFETENSORS, CheckpointError, file_kind, read_file, tensor_shapes
-from models.detect import folder_kind, preset_for_shapes, published_format
+from models.convert import preset_for_shapes, published_format
+from models.detect import folder_kind
 from models.hub import HUB_PREFIX, resolve_hub
 from training.checkpoint_files import BASE_MODEL, CHECKPOINTS, is_deepspeed_checkpoint
 from training.checkpoint_read import check_training_checkpoint
