@@ -245,9 +245,14 @@ def test_init_from_a_zero_folder_is_converted_once_by_rank_0(zero2_run, tmp_path
     """The other ranks wait for rank 0's model folder instead of each merging the shards."""
     import threading
 
-    from training.model_init import resolve_init
+    from training.init_detect import DEEPSPEED, detect_init
+    from training.model_init import PRESETS, resolve_init
 
     source = latest_checkpoint(zero2_run["out"])
+    assert source.suffix == ".ckpt" and source.is_dir()  # named like a file: read by content
+    for init in (source, zero2_run["out"], zero2_run["out"] / "checkpoints"):
+        found = detect_init(str(init), PRESETS)
+        assert (found.kind, found.path) == (DEEPSPEED, source), init
     waited: dict = {}
     other = threading.Thread(
         target=lambda: waited.update(model=resolve_init(str(source), 0, True, tmp_path, rank=1))
