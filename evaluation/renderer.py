@@ -247,6 +247,9 @@ def _core(compiled: bool):
     if _compiled_core is None:
         # shapes are static per (resolution, views): one graph each, no dynamic shapes
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # The logging steps take each loss term's gradient norm with retain_graph
+        # (evaluation.sds.grad_norms), which a backward with donated buffers refuses.
+        torch._functorch.config.donated_buffer = False
         _compiled_core = torch.compile(_render_core, dynamic=False)
     return _compiled_core
 

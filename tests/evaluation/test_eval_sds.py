@@ -203,3 +203,14 @@ def test_sds_cameras_use_the_framing_recorded_with_the_model(tiny_model):
     finally:
         for key in ("camera_distance_range", "fov_range"):
             tiny_model.source.pop(key)
+
+
+def test_term_gradients_are_logged_through_the_compiled_step(tiny_model, tmp_path):
+    """The gradient norms (retain_graph) work when the render step is compiled, as on CUDA by
+    default and in the demo (a compiled backward donates its buffers unless told not to)."""
+    cfg = tiny_config("sds.steps=2", "speed.log_every=1", "speed.compile=true")
+    guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
+    cond = tiny_model.image_encoder.encode(torch.rand(1, 3, 32, 32))
+    optimise(guidance, cond, cfg, tmp_path / "field.pt", _camera_input(tiny_model), False)
+    records = (tmp_path / "sds_log.jsonl").read_text().splitlines()
+    assert len(records) == 2 and json.loads(records[-1])["grad_sds"] > 0
