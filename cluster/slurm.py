@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAUNCHERS = ("auto", "slurm", "torchrun", "local")
+REPO = Path(__file__).resolve().parents[1]  # every job runs from the repository's root
 
 
 class SlurmError(RuntimeError):
@@ -155,6 +156,36 @@ def header(
     lines.append(f"#SBATCH --output={output}")
     lines += [f"#SBATCH {shlex.quote(x)}" for x in options.extra]
     return lines
+
+
+def job_script(lines: list[str], about: str, body: list[str], strict: bool = True) -> str:
+    """A job script: the ``#SBATCH`` ``lines`` (:func:`header`), a comment saying what the job
+    does, bash's error settings (``strict``: stop at the first failing command; otherwise the body
+    handles exit codes itself), the repository as working folder, then ``body``."""
+    return "\n".join(
+        [
+            *lines,
+            *(f"# {line}" for line in about.splitlines()),
+            "set -euo pipefail" if strict else "set -uo pipefail",
+            f"cd {shlex.quote(str(REPO))}",
+            *body,
+            "",
+        ]
+    )
+
+
+def python_command(python: str, module: str, args: list[str]) -> str:
+    """``python -m module args...`` quoted for a job script."""
+    return shlex.join([python, "-m", module, *args])
+
+
+def runs_here(launcher: str) -> bool:
+    """Whether a submitting command runs its work in this process instead of queueing a job:
+    inside a job already (an array task, a hand-written script), when asked to (``local``,
+    ``torchrun``), or where no SLURM controller answers."""
+    if os.environ.get("SLURM_JOB_ID") or launcher in ("local", "torchrun"):
+        return True
+    return choose_launcher(launcher, multi=False) != "slurm"
 
 
 def check_request(partition: Partition, gpus: int, nodes: int) -> None:

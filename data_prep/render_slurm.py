@@ -12,8 +12,6 @@ checked on the submitting host before anything is queued.
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -21,8 +19,6 @@ from cluster import slurm
 from data_prep import render
 from data_prep.config import add_config_arguments, resolve_from_args
 from data_prep.manifest import recorded_part_count
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def render_parser() -> argparse.ArgumentParser:
@@ -39,34 +35,35 @@ def scripts(rest: list[str], out: Path, tasks: int, gpus: int, options) -> list[
         "render", options, logs / "render-%A_%a.out", gpus_per_node=gpus,
         array=f"0-{tasks - 1}", requeue=True,
     )  # fmt: skip
-    python = shlex.quote(sys.executable)
-    render_cmd = shlex.join(["-m", "data_prep.render", *rest, "--out", str(out)])
-    array += [
-        "# One partition per task; its manifest makes a rerun of the task resume.",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(ROOT))}",
-        'echo "array task $SLURM_ARRAY_TASK_ID on $SLURMD_NODENAME"',
-        f'{python} {render_cmd} --part-index "$SLURM_ARRAY_TASK_ID" --part-count {tasks}',
-        "",
-    ]
+    python = sys.executable
+    render_cmd = slurm.python_command(python, "data_prep.render", [*rest, "--out", str(out)])
+    array_text = slurm.job_script(
+        array,
+        "One partition per task; its manifest makes a rerun of the task resume.",
+        [
+            'echo "array task $SLURM_ARRAY_TASK_ID on $SLURMD_NODENAME"',
+            f'{render_cmd} --part-index "$SLURM_ARRAY_TASK_ID" --part-count {tasks}',
+        ],
+    )
     merge_options = slurm.JobOptions(
         partition=options.partition, account=options.account, qos=options.qos,
         extra=options.extra,
     )  # fmt: skip
     merge = slurm.header("render-merge", merge_options, logs / "render-merge-%j.out")
-    merge += [
-        "# After every array task: one manifest.json (or the partitions still missing), summary.",
-        "set -uo pipefail",
-        f"cd {shlex.quote(str(ROOT))}",
-        f"{python} -m data_prep.summary merge {shlex.quote(str(out))}",
-        "status=$?",
-        f"{python} -m data_prep.summary summary {shlex.quote(str(out))}",
-        "exit $status",
-        "",
-    ]
+    merge_text = slurm.job_script(
+        merge,
+        "After every array task: one manifest.json (or the partitions still missing), summary.",
+        [
+            slurm.python_command(python, "data_prep.summary", ["merge", str(out)]),
+            "status=$?",
+            slurm.python_command(python, "data_prep.summary", ["summary", str(out)]),
+            "exit $status",
+        ],
+        strict=False,
+    )
     return [
-        (logs / "render.sbatch", "\n".join(array), "render", None),
-        (logs / "render-merge.sbatch", "\n".join(merge), "render-merge", "afterany"),
+        (logs / "render.sbatch", array_text, "render", None),
+        (logs / "render-merge.sbatch", merge_text, "render-merge", "afterany"),
     ]
 
 
@@ -82,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-task", type=int, default=0, help="GPUs of each array task")
     slurm.add_job_arguments(parser)
     args, rest = parser.parse_known_args(argv)
-    here = bool(os.environ.get("SLURM_JOB_ID")) or args.launcher in ("local", "torchrun")
     try:
-        if here or slurm.choose_launcher(args.launcher, multi=False) != "slurm":
+        if slurm.runs_here(args.launcher):
             return render.main(rest)
         config = render_parser().parse_intermixed_args(rest)
         resolved = resolve_from_args(config)[0]

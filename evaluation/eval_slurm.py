@@ -10,7 +10,6 @@ Without a SLURM controller (or inside a job) it runs here, exactly as ``python -
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -19,29 +18,27 @@ from cluster import slurm
 from evaluation import run
 from evaluation.config import ConfigError, resolve_config
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def script(rest: list[str], out: Path, nodes: int, gpus: int, options) -> str:
     lines = slurm.header(
         "eval", options, out / "slurm" / "eval-%j.out", nodes=nodes, gpus_per_node=gpus,
         requeue=True,
     )  # fmt: skip
-    python = shlex.quote(sys.executable)
-    task = shlex.join(["-m", "evaluation.run", *rest, "--out", str(out), "--no-report"])
-    per_task = f'echo "task $SLURM_PROCID of $SLURM_NTASKS on $SLURMD_NODENAME"; exec {python} {task} --rank "$SLURM_PROCID" --world-size "$SLURM_NTASKS"'  # noqa: E501
-    return "\n".join(
+    task = slurm.python_command(
+        sys.executable, "evaluation.run", [*rest, "--out", str(out), "--no-report"]
+    )
+    per_task = f'echo "task $SLURM_PROCID of $SLURM_NTASKS on $SLURMD_NODENAME"; exec {task} --rank "$SLURM_PROCID" --world-size "$SLURM_NTASKS"'  # noqa: E501
+    report = slurm.python_command(sys.executable, "evaluation.report", ["--out", str(out)])
+    return slurm.job_script(
+        lines,
+        "One task per node (it starts a worker per GPU of its node), then one report.",
         [
-            *lines,
-            "# One task per node (it starts a worker per GPU of its node), then one report.",
-            "set -uo pipefail",
-            f"cd {shlex.quote(str(ROOT))}",
             f"srun bash -c {shlex.quote(per_task)}",
             "status=$?  # failed objects are listed in the report; the job then fails too",
-            f"{python} -m evaluation.report --out {shlex.quote(str(out))}",
+            report,
             "exit $status",
-            "",
-        ]
+        ],
+        strict=False,
     )
 
 
@@ -53,10 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1, help="nodes of the SLURM job")
     slurm.add_job_arguments(parser)
     args, rest = parser.parse_known_args(argv)
-    here = bool(os.environ.get("SLURM_JOB_ID")) or args.launcher in ("local", "torchrun")
-    here = here or "--print-config" in rest
     try:
-        if here or slurm.choose_launcher(args.launcher, multi=False) != "slurm":
+        if "--print-config" in rest or slurm.runs_here(args.launcher):
             run.main(rest)
             return 0
         given = run.parse_args(rest)

@@ -1,9 +1,10 @@
 """``make eval``: image(s) -> SDS 3D -> renders, mesh, video -> scores -> report.
 
 Objects are sorted by id and dealt round-robin to ``world_size`` workers; a worker's rank comes
-from ``--rank/--world-size``, a SLURM array (``SLURM_ARRAY_TASK_ID``/``_COUNT``) or
-``RANK``/``WORLD_SIZE``. On a machine with several GPUs the process starts one worker per GPU
-(each sees only its GPU), so N machines x G GPUs split the objects N*G ways.
+from ``--rank/--world-size``, a SLURM array (``SLURM_ARRAY_TASK_ID``; a resubmitted task takes
+the count ``expected.json`` recorded) or ``RANK``/``WORLD_SIZE``. On a machine with several GPUs
+the process starts one worker per GPU (each sees only its GPU), so N machines x G GPUs split the
+objects N*G ways.
 
 A done object (``result.json``) is skipped only when it was made with the same model, config and
 scorer (``evaluation/fingerprint.py``); otherwise the run refuses and names what changed
@@ -28,6 +29,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from cluster import array
 from evaluation import fingerprint as fp
 from evaluation.config import ConfigError, resolve_config
 from evaluation.evaluate import FAILED, RESULT, STARTED, Evaluator, read_json, write_json_atomic
@@ -75,22 +77,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)  # overrides may sit between flags
 
 
-def partition_from_env(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """(rank, world size) from the flags, else a SLURM array, else RANK/WORLD_SIZE, else (0, 1)."""
-    env = os.environ
-    if rank is None and world_size is None:
-        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-            low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-            rank, world_size = (
-                int(env["SLURM_ARRAY_TASK_ID"]) - low,
-                int(env["SLURM_ARRAY_TASK_COUNT"]),
-            )
-        else:
-            rank, world_size = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
-    rank, world_size = int(rank or 0), int(world_size or 1)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"--rank {rank} is not in [0, --world-size {world_size})")
-    return rank, world_size
+def partition_from_env(
+    rank: int | None, world_size: int | None, out: Path | None = None
+) -> tuple[int, int]:
+    """(rank, world size) from the flags, else a SLURM array task (its id is the rank, the count
+    the array's), else RANK/WORLD_SIZE, else (0, 1). An array that does not start at 0 is a
+    resubmitted part of an earlier one (``--array=3`` of 8): its count is the one the output
+    folder recorded, so the task takes its share of the original split."""
+    partial = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0)) > 0
+    recorded = recorded_world_size(out) if out is not None and partial else None
+    try:
+        return array.partition_from_env(rank, world_size, recorded=recorded)
+    except ValueError as error:
+        raise ValueError(f"--rank/--world-size: {error}") from None
+
+
+def recorded_world_size(out: Path) -> int | None:
+    """How many workers the folder's evaluation was split into (expected.json), if recorded."""
+    expected = out / "expected.json"
+    if not expected.is_file():
+        return None
+    value = read_json(expected).get("world_size")
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def local_gpus(spec: str) -> list[str]:
@@ -267,11 +275,13 @@ NO_MODEL = (
 )
 
 
-def write_expected(out: Path, cfg) -> None:
-    """All object ids of the input (every rank), so the report can name the missing ones."""
+def write_expected(out: Path, cfg, world_size: int = 1) -> None:
+    """All object ids of the input (every rank), so the report can name the missing ones, and the
+    number of workers they are split between (a resubmitted array task reads it back)."""
     ids = [ref.id for ref in list_objects(cfg.inputs)]
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "expected.json", {"inputs": str(cfg.inputs.path), "objects": ids})
+    record = {"inputs": str(cfg.inputs.path), "objects": ids, "world_size": world_size}
+    write_json_atomic(out / "expected.json", record)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -297,9 +307,12 @@ def main(argv: list[str] | None = None) -> None:
     if not cfg.model.path and resolved.is_default("model.size"):
         raise SystemExit(NO_MODEL)  # a random model is a pipeline check: it must be asked for
     out = Path(args.out)
-    rank, world = partition_from_env(args.rank, args.world_size)
+    try:
+        rank, world = partition_from_env(args.rank, args.world_size, out)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     try:  # an empty or missing input folder fails here, in one line, before anything is written
-        write_expected(out, cfg)
+        write_expected(out, cfg, world)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

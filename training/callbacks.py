@@ -255,7 +255,8 @@ class FinalCheckpoint(pl.Callback):
         self.folder, self.keep_last = Path(folder), keep_last
 
     def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
-        from training.checkpoint_prune import stale_checkpoints
+        from training.checkpoint_prune import guarded, stale_checkpoints
+        from training.resume import resumed_path
 
         path = self.folder / f"step={trainer.global_step:08d}.ckpt"
         if trainer.global_step == 0 or path.exists():
@@ -264,7 +265,8 @@ class FinalCheckpoint(pl.Callback):
             path, weights_only=False
         )  # every rank: DeepSpeed saves its shards collectively
         if trainer.is_global_zero:
-            for old in stale_checkpoints(self.folder, self.keep_last):
+            stale = stale_checkpoints(self.folder, self.keep_last)
+            for old in guarded(stale, self.folder.parent, [resumed_path(trainer)]):
                 trainer.strategy.remove_checkpoint(old)
 
 

@@ -2,8 +2,10 @@
 
 A DDP checkpoint is one ``.ckpt`` file written under a temporary name and renamed
 (``AtomicCheckpointIO``); a DeepSpeed one is a folder of per-rank shards that rank 0 marks complete
-(``mark_complete``) once every rank has written its part. ``is_complete`` is what ``resume: auto``
-trusts; ``safe_load`` reads any of these files without unpickling code.
+(``mark_complete``) with the file names and sizes every rank reported for its own part (gathered
+from the ranks: on a shared file system a directory listing may not show another node's file
+yet). ``is_complete`` is what ``resume: auto`` trusts; ``safe_load`` reads any of these files
+without unpickling code.
 """
 
 from __future__ import annotations
@@ -74,21 +76,23 @@ def rank_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def mark_complete(path: str | Path) -> None:
-    """Called on rank 0 after every rank has returned from its part of a DeepSpeed save: record
-    the shard files, written to a temporary name and renamed, so a folder is complete or unmarked."""
-    folder = Path(path) / DS_TAG
-    files = sorted(p.name for p in folder.iterdir() if p.suffix == ".pt")
+def mark_complete(path: str | Path, per_rank: list[dict[str, int]]) -> None:
+    """Called on rank 0 once every rank has written its part of a DeepSpeed save: ``per_rank[r]``
+    is rank ``r``'s own files (name -> size in bytes, as that rank saw them after writing),
+    gathered from the ranks. Written to a temporary name and renamed: complete or unmarked."""
+    names = sorted({name for files in per_rank for name in files})
+    record = {"world_size": len(per_rank), "ranks": per_rank, "files": names}
     marker = Path(path) / COMPLETE
     partial = marker.with_name(marker.name + ".partial")
-    partial.write_text(json.dumps({"files": files}))
+    partial.write_text(json.dumps(record))
     os.replace(partial, marker)
 
 
 def is_complete(path: Path) -> bool:
     """A checkpoint ``resume: auto`` may pick: a whole file (``.partial`` names are writes in
-    progress), or a DeepSpeed folder whose marker lists shards that all exist, one optimizer
-    shard per rank."""
+    progress), or a DeepSpeed folder whose marker has every rank's confirmation (one entry per
+    rank of the world size, each with its optimizer shard) and whose listed files all exist here
+    with the sizes their ranks wrote (a file another node has not finished is not complete)."""
     if path.name.endswith(".partial"):
         return False
     if path.is_file():
@@ -97,15 +101,21 @@ def is_complete(path: Path) -> bool:
     if not (path.is_dir() and marker.is_file()):
         return False
     try:
-        files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError):
+        record = json.loads(marker.read_text())
+        world, ranks = int(record["world_size"]), record["ranks"]
+        sizes = [dict(files) for files in ranks]
+    except (ValueError, KeyError, TypeError):
+        return False  # an unmarked, damaged or older-format marker: not trusted
+    if world < 1 or len(sizes) != world:
         return False
-    optim = [f for f in files if f.endswith("optim_states.pt")]
-    ranks = {rank_of(f) for f in optim}
-    whole = bool(optim) and ranks == set(range(len(optim)))
-    ema = {rank_of(f) for f in files if f.startswith("weight_ema_rank_")}
-    whole = whole and ema in (set(), ranks)  # an EMA partition per rank, or none kept
-    return whole and all((path / DS_TAG / f).is_file() for f in files)
+    if not all(any(n.endswith("optim_states.pt") for n in files) for files in sizes):
+        return False
+    for files in sizes:
+        for name, size in files.items():
+            file = path / DS_TAG / name
+            if not file.is_file() or file.stat().st_size != size:
+                return False
+    return True
 
 
 def step_of(path: Path) -> int:

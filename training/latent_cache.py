@@ -5,7 +5,11 @@ true``, ``data.train: <cache folder>``) is much faster. Each cached sample keeps
 ``cameras.npy`` and ``meta.json`` and adds ``latents.npy`` (float16 ``[V,4,h,w]``, the posterior
 mean, scaled) and ``clip.npy`` (float16 ``[V,D]``, each view on white). The background is fixed at
 cache time (``--background``; ``random`` draws one colour per object, seeded by its key).
-Under torchrun each rank caches every WORLD_SIZE-th shard.
+Over ranks and nodes (torchrun's ``RANK``/``WORLD_SIZE``, srun's ``SLURM_PROCID``/``SLURM_NTASKS``)
+each rank caches every world-th input shard; input shard I becomes ``cache-IIIIII-JJJJ.tar`` (at
+most ``--shard-size`` objects each) and ``cache-IIIIII.json``, with fixed tar headers, so the cache
+is the same bytes for any number of ranks. The ranks need no process group: they share nothing
+but the model, which rank 0 alone converts when it must be (the others wait for its folder).
 
 Every cached ``meta.json`` records what made it (``latent_cache``: the SHA-256 of the VAE's and
 the image encoder's weights, the resolution, the VAE scaling factor, the model preset's hash and
@@ -115,6 +119,63 @@ def encode_sample(
     )
 
 
+def rank_and_world(env: dict | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank): torchrun's ``RANK``/``WORLD_SIZE``, else srun's
+    ``SLURM_PROCID``/``SLURM_NTASKS``, else one process."""
+    env = os.environ if env is None else env
+    for rank, world, local in (
+        ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+        ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+    ):
+        if env.get(rank, "").isdigit() and env.get(world, "").isdigit():
+            return int(env[rank]), int(env[world]), int(env.get(local, 0) or 0)
+    return 0, 1, 0
+
+
+def _record_name(index: int) -> str:
+    return f"cache-{index:06d}.json"
+
+
+def _is_done(out: Path, index: int, url: str, background: str, record: dict) -> bool:
+    """Input shard ``index`` was cached from ``url`` by this model (its record is written last)."""
+    path = out / _record_name(index)
+    if not path.is_file():
+        return False
+    done = json.loads(path.read_text())
+    same = (done.get("source"), done.get("background"), done.get("latent_cache"))
+    shards = done.get("shards", [])
+    return same == (url, background, record) and all((out / n).is_file() for n in shards)
+
+
+class _ChunkWriter:
+    """Cache shards ``cache-IIIIII-JJJJ.tar`` of input shard I, ``shard_size`` objects each,
+    written under a temporary name and renamed, with fixed tar headers (mtime 0): the same input
+    gives the same bytes whichever process writes it."""
+
+    def __init__(self, out: Path, index: int, shard_size: int) -> None:
+        self.out, self.index, self.size = out, index, max(shard_size, 1)
+        self.names: list[str] = []
+        self._writer: wds.TarWriter | None = None
+        self._count = 0
+
+    def write(self, sample: dict) -> None:
+        if self._writer is None or self._count == self.size:
+            self.close()
+            name = f"cache-{self.index:06d}-{len(self.names):04d}.tar"
+            self.names.append(name)
+            self._writer = wds.TarWriter(str(self.out / f"{name}.partial"), mtime=0)
+            self._count = 0
+        self._writer.write(sample)
+        self._count += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            name = self.names[-1]
+            os.replace(self.out / f"{name}.partial", self.out / name)
+            self._writer = None
+
+
 def cache_latents(
     sources: list[str],
     init: str,
@@ -123,44 +184,49 @@ def cache_latents(
     background: str,
     shard_size: int,
 ) -> dict:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
+    """Cache the input shards this rank owns (input shard I: rank I % world). Each input shard
+    becomes its own cache shards and a record (``cache-IIIIII.json``, written last: a finished
+    shard is skipped on a rerun), so the folder is the same for any number of ranks and nodes."""
+    rank, world, local = rank_and_world()
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = resolve_init(init, seed=0)
+    # A published checkpoint or ZeRO folder is converted once, by rank 0; the others wait for it.
+    model = resolve_init(init, seed=0, rank=rank)
     record = provenance(model, init, resolution)  # before the cast: the fp32 weights' hash
     model.vae.to(device, dtype)
     model.image_encoder.to(device, dtype)
-    urls = expand_shard_urls(sources)[rank::world]
+    urls = expand_shard_urls(sources)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary_file = out / f"cache-{rank:03d}.json"
-    if summary_file.is_file():  # written last: a finished cache of the same inputs is kept
-        done = json.loads(summary_file.read_text())
-        same = (done.get("sources"), done.get("background"), done.get("latent_cache"))
-        if same == (urls, background, record):
-            print(f"{out}: already cached from these shards and this model, nothing to do")
-            return {"written": done["written"], "skipped": done["skipped"]}
-    counts = {"written": 0, "skipped": 0}
+    mine = [(i, url) for i, url in enumerate(urls) if i % world == rank]
+    counts = {"written": 0, "skipped": 0, "kept": 0}
+    for index, url in tqdm(mine, desc=f"caching shards (rank {rank})", disable=rank != 0):
+        if _is_done(out, index, url, background, record):
+            counts["kept"] += 1
+            continue
+        shard = {"written": 0, "skipped": 0}
 
-    def skip(error: Exception) -> bool:
-        counts["skipped"] += 1
-        return True
+        def skip(error: Exception, shard=shard) -> bool:
+            shard["skipped"] += 1
+            return True
 
-    pattern = str(out / f"cache-{rank:03d}-%06d.tar")
-    stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=skip))
-    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as writer:
-        for sample in tqdm(stream, desc=f"caching (rank {rank})", disable=rank != 0):
+        writer = _ChunkWriter(out, index, shard_size)
+        stream = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=skip))
+        for sample in stream:
             try:
                 writer.write(encode_sample(model, sample, resolution, background, device, record))
-                counts["written"] += 1
+                shard["written"] += 1
             except CorruptSample:
-                counts["skipped"] += 1
-    summary = {**counts, "sources": urls, "background": background, "latent_cache": record}
-    summary_file.write_text(json.dumps(summary, indent=2))
+                shard["skipped"] += 1
+        writer.close()
+        done = {"source": url, "background": background, "latent_cache": record, **shard}
+        target = out / _record_name(index)
+        target.with_suffix(".partial").write_text(json.dumps({**done, "shards": writer.names}))
+        os.replace(target.with_suffix(".partial"), target)
+        counts["written"] += shard["written"]
+        counts["skipped"] += shard["skipped"]
+    if counts["kept"]:
+        print(f"rank {rank}: {counts['kept']} shard(s) already cached by this model, kept")
     return counts
 
 
@@ -190,7 +256,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     except CheckpointError as error:  # a bad INIT: one line naming the file and the problem
         raise SystemExit(f"error: {error}") from None
-    print(f"cached {counts['written']} objects, skipped {counts['skipped']} -> {args.out}")
+    rank = rank_and_world()[0]
+    print(
+        f"rank {rank}: cached {counts['written']} objects, skipped {counts['skipped']} -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -148,19 +148,16 @@ def slurm_script(job: Job, args: argparse.Namespace, gpus: int, options: slurm.J
         gpus_per_node=gpus, requeue=True, signal=f"USR1@{job.config.slurm.signal_seconds}",
     )  # fmt: skip
     command = shlex.join([args.python, *train_args(job)])
-    return "\n".join(
+    return slurm.job_script(
+        lines,
+        "One task per GPU (Lightning reads the SLURM environment). SIGUSR1 before the time\n"
+        "limit, or `scancel --signal=USR1`: checkpoint at the next step, requeue, resume.",
         [
-            *lines,
-            "# One task per GPU (Lightning reads the SLURM environment). SIGUSR1 before the time",
-            "# limit, or `scancel --signal=USR1`: checkpoint at the next step, requeue, resume.",
-            "set -euo pipefail",
-            f"cd {shlex.quote(str(ROOT))}",
             "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a dead rank fails the job, no hang",
             'echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"',
             "srun bash -c 'echo \"task $SLURM_PROCID on $SLURMD_NODENAME\"'  # the task layout",
             f"srun --kill-on-bad-exit=1 {command}",
-            "",
-        ]
+        ],
     )
 
 

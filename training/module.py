@@ -366,15 +366,18 @@ class FineTuneModule(pl.LightningModule):
             partitioned = isinstance(self.weight_ema, PartitionedWeightEMA)
             self.weight_ema.update(self._zero_optimizer() if partitioned else self.unet, step)
 
-    def save_ema_shard(self, folder: Path) -> None:
+    def save_ema_shard(self, folder: Path) -> Path | None:
         """Under ZeRO, each rank writes its EMA partition into the DeepSpeed checkpoint folder
-        (training.strategy calls it before the barrier that precedes the completeness marker)."""
-        if isinstance(self.weight_ema, PartitionedWeightEMA):
-            state = self.weight_ema.shard_state(self._zero_optimizer())
-            target = folder / EMA_SHARD.format(rank=self.global_rank)
-            partial = target.with_name(target.name + ".partial")
-            torch.save(state, partial)
-            os.replace(partial, target)
+        (training.strategy calls it before the ranks report their files for the completeness
+        marker); the file written, or None."""
+        if not isinstance(self.weight_ema, PartitionedWeightEMA):
+            return None
+        state = self.weight_ema.shard_state(self._zero_optimizer())
+        target = folder / EMA_SHARD.format(rank=self.global_rank)
+        partial = target.with_name(target.name + ".partial")
+        torch.save(state, partial)
+        os.replace(partial, target)
+        return target
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.weight_ema is not None:

@@ -40,7 +40,8 @@ class Launch:
 class MarkedDeepSpeedStrategy(DeepSpeedStrategy):
     """DeepSpeed saves whose folder is marked complete (training.checkpoint_files.COMPLETE) once the
     last rank has written its shard: a run killed mid-save leaves an unmarked folder that
-    ``resume: auto`` passes over."""
+    ``resume: auto`` passes over. The marker lists what each rank reports it wrote (the engine's
+    own file names, with sizes), gathered from the ranks rather than listed from the folder."""
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any = None) -> None:
         from pathlib import Path
@@ -49,13 +50,32 @@ class MarkedDeepSpeedStrategy(DeepSpeedStrategy):
 
         filepath = self.broadcast(filepath)
         super().save_checkpoint(checkpoint, filepath, storage_options)
+        folder = Path(filepath) / DS_TAG
+        mine = self._own_files(folder)
         save_ema_shard = getattr(self.lightning_module, "save_ema_shard", None)
         if save_ema_shard is not None:  # each rank's weight EMA partition, listed by the marker
-            save_ema_shard(Path(filepath) / DS_TAG)
-        self.barrier("checkpoint-shards-written")
+            ema = save_ema_shard(folder)
+            mine += [ema] if ema is not None else []
+        sizes = {path.name: path.stat().st_size for path in mine}
+        per_rank = [sizes]
+        if self.world_size > 1:
+            per_rank = [{} for _ in range(self.world_size)]
+            torch.distributed.all_gather_object(per_rank, sizes)
         if self.is_global_zero:
-            mark_complete(filepath)
+            mark_complete(filepath, per_rank)
         self.barrier("checkpoint-marked")
+
+    def _own_files(self, folder) -> list:
+        """The files DeepSpeed's engine wrote for this rank (named as the engine names them)."""
+        from pathlib import Path
+
+        engine, save_dir = self.deepspeed_engine, str(folder.parent)
+        files = []
+        if engine.save_non_zero_checkpoint:  # the model states: rank 0, or every rank (ZeRO-3)
+            files.append(Path(engine._get_ckpt_name(save_dir, folder.name)))
+        if engine.save_zero_checkpoint:  # this rank's optimizer partition
+            files.append(Path(engine._get_zero_ckpt_name(save_dir, folder.name)))
+        return files
 
 
 class CPUDeepSpeedStrategy(MarkedDeepSpeedStrategy):

@@ -26,8 +26,6 @@ from training.callbacks import (
     Throughput,
 )
 from training.checkpoint_files import BASE_MODEL, CHECKPOINTS, AtomicCheckpointIO
-from training.checkpoint_prune import prune_signal_checkpoints
-from training.checkpoint_resolve import resolve_resume
 from training.config import ConfigError, RunConfig, resolve_config, save_config
 from training.data_record import data_record
 from training.datamodule import ShardDataModule
@@ -35,6 +33,7 @@ from training.latent_cache import check_cache_matches
 from training.model_init import RANDOM_PREFIX, resolve_init
 from training.module import FineTuneModule
 from training.preemption import Preemption, StopFlag
+from training.resume import install as install_resume
 from training.run_logging import RunInfo, make_logger
 from training.skipped_data import SkippedData
 from training.strategy import build_launch
@@ -178,6 +177,9 @@ def run(config: RunConfig) -> pl.Trainer:
     check_init(config)
     check_accumulate(config)
     out = Path(config.out)
+    resume = config.checkpoint.resume
+    if resume not in ("auto", "none") and not Path(resume).exists():  # before the model loads
+        raise ConfigError(f"checkpoint.resume: {resume} does not exist")
     flag = StopFlag()
     flag.install()  # from the start: a signal while the model loads must not kill the run
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
@@ -196,7 +198,6 @@ def run(config: RunConfig) -> pl.Trainer:
     if config.data.cached and rank == 0:  # a cache made by another VAE / encoder / resolution
         check_cache_matches(first_samples, model, config.data.resolution)
     if rank == 0:
-        prune_signal_checkpoints(out, config.checkpoint.keep_last)
         save_config(config, out / "config.yaml")
         if not (
             out / BASE_MODEL / "model.json"
@@ -207,9 +208,10 @@ def run(config: RunConfig) -> pl.Trainer:
     trainer = build_trainer(config, data, flag)
     if trainer.is_global_zero:
         print(global_batch_line(config, trainer.world_size), flush=True)
-    resume = resolve_resume(config.checkpoint.resume, out)
+    # The resume checkpoint is chosen inside fit, on rank 0, and broadcast (training.resume).
+    install_resume(trainer, config.checkpoint.resume, out, config.checkpoint.keep_last)
     # Our checkpoints hold tensors and plain containers only: load them weights-only.
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    trainer.fit(module, datamodule=data, weights_only=True)
     return trainer
 
 

@@ -142,13 +142,30 @@ def test_partitions_are_disjoint_and_complete(rendered_shards, monkeypatch):
     assert len(everything) == 10
     shares = [[r.id for r in list_objects(cfg.inputs)[k::3]] for k in range(3)]
     assert sorted(sum(shares, [])) == sorted(everything)
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
-    assert run.partition_from_env(None, None) == (1, 3)
+    for key, value in (("ID", "5"), ("MIN", "0"), ("MAX", "7"), ("COUNT", "8")):
+        monkeypatch.setenv(f"SLURM_ARRAY_TASK_{key}", value)  # task 5 of --array=0-7
+    assert run.partition_from_env(None, None) == (5, 8)
     assert run.partition_from_env(2, 4) == (2, 4)
     with pytest.raises(ValueError, match="--rank"):
         run.partition_from_env(4, 4)
+
+
+def test_a_resubmitted_array_task_keeps_its_share_of_the_original_split(
+    rendered_shards, tmp_path, monkeypatch
+):
+    """``sbatch --array=3`` of an 8-task array: rank 3 of 8 (it took rank 0 of 1 before), with the
+    count the folder's expected.json recorded when the array first ran."""
+    cfg = load_config(overrides=[f"inputs.path={rendered_shards}"])
+    for key, value in (("ID", "3"), ("MIN", "0"), ("MAX", "7"), ("COUNT", "8")):
+        monkeypatch.setenv(f"SLURM_ARRAY_TASK_{key}", value)
+    rank, world = run.partition_from_env(None, None, tmp_path)
+    run.write_expected(tmp_path, cfg, world)  # what the original array's tasks record
+    assert (rank, world) == (3, 8)
+    for key, value in (("ID", "3"), ("MIN", "3"), ("MAX", "3"), ("COUNT", "1")):
+        monkeypatch.setenv(f"SLURM_ARRAY_TASK_{key}", value)  # the resubmitted task alone
+    assert run.partition_from_env(None, None, tmp_path) == (3, 8)
+    with pytest.raises(ValueError, match="starts at 0"):  # a fresh folder cannot tell the split
+        run.partition_from_env(None, None, tmp_path / "fresh")
     assert run.strip_partition_flags(["--rank", "1", "--gpus=all", "--out", "o"]) == ["--out", "o"]
 
 

@@ -4,10 +4,14 @@ scaling factor, model preset) and training refuses a cache made by another VAE, 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import webdataset as wds
-from train_helpers import tiny_config
+from train_helpers import ROOT, tiny_config
 
 from models.bundle import build_model, load_model, save_model
 from models.shards.urls import expand_shard_urls
@@ -43,7 +47,7 @@ def test_every_cached_sample_records_its_provenance(cache, tiny_model_dir):
     assert records and all(r == {**expected, "background": "white", "vae": "mean"} for r in records)
     assert expected["vae_sha256"] == weights_sha256(model.vae)
     assert expected["scaling_factor"] == model.vae.scaling_factor
-    summary = json.loads((cache / "cache-000.json").read_text())
+    summary = json.loads((cache / "cache-000000.json").read_text())
     assert summary["latent_cache"] == expected
 
 
@@ -90,11 +94,47 @@ def test_a_finished_cache_is_kept_and_a_changed_input_rebuilds_it(
 ):
     out = tmp_path / "cache"
     first = cache_latents([str(rendered_shards)], str(tiny_model_dir), out, 32, "white", 100)
-    shard = next(out.glob("cache-000-*.tar"))
+    shard = next(out.glob("cache-000000-*.tar"))
     shard.write_bytes(b"marker")  # a rebuild would overwrite it
     again = cache_latents([str(rendered_shards)], str(tiny_model_dir), out, 32, "white", 100)
-    assert again == first and shard.read_bytes() == b"marker"  # same inputs: nothing redone
+    assert first["written"] == 10 and again == {"written": 0, "skipped": 0, "kept": 3}
+    assert shard.read_bytes() == b"marker"  # same inputs: nothing redone
     cache_latents([str(rendered_shards)], str(tiny_model_dir), out, 32, "black", 100)
     assert shard.read_bytes() != b"marker"  # another background: rebuilt
-    summary = json.loads((out / "cache-000.json").read_text())
+    summary = json.loads((out / "cache-000000.json").read_text())
     assert summary["background"] == "black"
+
+
+def _cache_cli(data, init, out, env_extra: dict) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    args = ["-m", "training.latent_cache", "--data", str(data), "--init", str(init)]
+    args += ["--out", str(out), "--resolution", "32", "--shard-size", "3"]
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _folder_bytes(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_two_ranks_make_the_same_cache_as_one_process(rendered_shards, tiny_model_dir, tmp_path):
+    """Ranks 0 and 1 of 2 (RANK/WORLD_SIZE, as torchrun sets them) at once: the folder is the one
+    process's, byte for byte (3 input shards, 2 cache shards of <= 3 objects from each 4-object
+    shard). The ranks share nothing but the model: no process group is needed."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = _cache_cli(rendered_shards, tiny_model_dir, one, {})
+    ranks = [
+        _cache_cli(rendered_shards, tiny_model_dir, two, {"RANK": str(r), "WORLD_SIZE": "2"})
+        for r in (0, 1)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in (single, *ranks)]
+    assert [p.returncode for p in (single, *ranks)] == [0, 0, 0], "\n".join(logs)[-4000:]
+    counts = [int(re.search(r"rank \d: cached (\d+) objects", log).group(1)) for log in logs]
+    assert counts[0] == 10 and counts[1] + counts[2] == 10 and min(counts[1:]) > 0
+    expected = _folder_bytes(one)
+    names = sorted(expected)
+    assert [n for n in names if n.endswith(".json")] == [f"cache-{i:06d}.json" for i in range(3)]
+    assert len([n for n in names if n.endswith(".tar")]) >= 4  # 4-object shards: 2 cache shards
+    assert _folder_bytes(two) == expected
