@@ -6,7 +6,8 @@
 #   make export CKPT=<checkpoint | run folder> OUT=<destination>      -> OUT/fp32, OUT/ema model folders
 #               (unet/ vae/ scheduler/ for diffusers, image_encoder/ for open_clip; docs/model.md)
 #               [LAYOUT=mvdream|isotropic3d]: also OUT/fp32.pt, OUT/ema.pt in that original layout
-#   make cache-latents DATA=<shards> INIT=<model> OUT=<cache folder>
+#   make cache-latents DATA=<shards> INIT=<model> OUT=<cache folder> [NODES=N GPUS=G on SLURM: a job of
+#               N nodes x G ranks, one per GPU; the cache is the same bytes as one process's]
 #   make gpu-check / make bench-train [ARGS="--one-step --preset sd21-base --bf16 --grad-checkpointing"]
 #   make plan-memory CONFIG=<stage config or preset> NODES=N GPUS=G [ARGS="--gpu-mem 80 --measure"]
 #   make smoke-full [ARGS=--eval]   the sd21-base model end to end on this CPU (~8 min, <20 GB RAM)
@@ -32,7 +33,8 @@ export: setup
 
 cache-latents: setup
 	@test -n "$(DATA)" || { echo "usage: make cache-latents DATA=<shards> INIT=<model> OUT=<folder>"; exit 2; }
-	$(PYTHON) -m training.latent_cache --data $(DATA) $(if $(INIT),--init $(INIT)) --out $(or $(OUT),outputs/latent-cache) $(ARGS)
+	$(PYTHON) -m training.cache_slurm $(SLURM_FLAGS) --nodes $(NODES) $(if $(GPUS),--gpus $(GPUS)) \
+		--data $(DATA) $(if $(INIT),--init $(INIT)) --out $(or $(OUT),outputs/latent-cache) $(ARGS)
 
 gpu-check: setup
 	$(PYTHON) scripts/gpu_check.py $(ARGS)

@@ -230,7 +230,7 @@ def cache_latents(
     return counts
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -246,11 +246,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--background", default="white", choices=["random", *BACKGROUNDS])
     parser.add_argument("--shard-size", type=int, default=1000, help="objects per cache shard")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     resolution = args.resolution
     try:
         if resolution is None:
-            resolution = int(resolve_init(args.init, 0).preset["sampling"]["image_size"])
+            model = resolve_init(args.init, 0, rank=rank_and_world()[0])  # rank 0 converts, once
+            resolution = int(model.preset["sampling"]["image_size"])
         counts = cache_latents(
             args.data, args.init, args.out, resolution, args.background, args.shard_size
         )

@@ -86,7 +86,14 @@ def test_two_node_zero2_bf16_trains_and_marks_complete_checkpoints(zero2_run):
     assert not (out / "metrics.rank1.jsonl").exists()  # one JSONL, rank 0's
     for step in (2, 4):
         folder = out / "checkpoints" / f"step={step:08d}.ckpt"
-        files = json.loads((folder / COMPLETE).read_text())["files"]
+        marker = json.loads((folder / COMPLETE).read_text())
+        files = marker["files"]
+        # each rank's own files, as that rank reported them (gathered, not listed from the folder)
+        assert marker["world_size"] == 2 and [sorted(r) for r in marker["ranks"]] == [
+            ["bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "mp_rank_00_model_states.pt",
+             "weight_ema_rank_0.pt"],
+            ["bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", "weight_ema_rank_1.pt"],
+        ]  # fmt: skip
         shards = sorted(f for f in files if f.endswith("optim_states.pt"))
         assert shards == [f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
         assert is_complete(folder)
@@ -136,6 +143,31 @@ def test_a_folder_missing_an_ema_partition_is_not_complete(zero2_run, tmp_path):
     assert is_complete(folder)
     (folder / DS_TAG / EMA_SHARD.format(rank=1)).unlink()
     assert not is_complete(folder)
+
+
+def test_completeness_needs_every_ranks_confirmation_and_readable_shards(zero2_run, tmp_path):
+    """A marker missing a rank's confirmation, a shard shorter than its rank wrote it (another
+    node's write not finished on shared storage), or a damaged shard: never resumed from."""
+    from training.checkpoint_resolve import resolve_resume
+
+    out = tmp_path / "run"
+    shutil.copytree(zero2_run["out"], out)
+    newest = out / "checkpoints" / f"step={STEPS:08d}.ckpt"
+    marker = json.loads((newest / COMPLETE).read_text())
+    (newest / COMPLETE).write_text(json.dumps({**marker, "ranks": marker["ranks"][:1]}))
+    assert not is_complete(newest)  # world size 2, one rank confirmed
+    (newest / COMPLETE).write_text(json.dumps(marker))
+    shard = newest / DS_TAG / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: len(whole) // 2])
+    assert not is_complete(newest)  # shorter than rank 1 reported it
+    marker["ranks"][1][shard.name] = shard.stat().st_size  # a marker that agrees: damaged data
+    (newest / COMPLETE).write_text(json.dumps(marker))
+    assert is_complete(newest)
+    logged: list[str] = []
+    previous = out / "checkpoints" / "step=00000002.ckpt"
+    assert resolve_resume("auto", out, logged.append) == str(previous)
+    assert len(logged) == 1 and str(newest) in logged[0] and "cannot be read" in logged[0]
 
 
 def test_zero3_stage2_from_zero2_stage1_trains_and_exports(zero2_run, rendered_shards, tmp_path):
