@@ -50,7 +50,8 @@ def test_make_finetune_inside_salloc_runs_srun_steps_and_resume_none_starts_fres
     )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        ["salloc", "--nodes=2", "--ntasks-per-node=1", "--job-name=isotropic3d-session",
+        ["salloc", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1",
+         "--job-name=isotropic3d-session",
          "bash", str(session)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=500,
     )  # fmt: skip
