@@ -368,8 +368,7 @@ class FineTuneModule(pl.LightningModule):
 
     def save_ema_shard(self, folder: Path) -> Path | None:
         """Under ZeRO, each rank writes its EMA partition into the DeepSpeed checkpoint folder
-        (training.strategy calls it before the ranks report their files for the completeness
-        marker); the file written, or None."""
+        (training.strategy: before the ranks report their files); the file written, or None."""
         if not isinstance(self.weight_ema, PartitionedWeightEMA):
             return None
         state = self.weight_ema.shard_state(self._zero_optimizer())
