@@ -61,8 +61,9 @@ def test_gpu_less_login_node_submits_the_sd21_base_job_with_the_partitions_gpus(
     slurm_env, rendered_shards, tmp_path
 ):
     assert not torch.cuda.is_available()  # this host is the login node without a GPU
-    init = tmp_path / "stage1-run"
+    init = tmp_path / "stage1-export"  # a model folder, as far as the submit-time check reads it
     init.mkdir()
+    (init / "model.json").write_text("{}")
     out = tmp_path / "stage2"
     result = make(
         "finetune", "STAGE=2", "NODES=8", f"DATA={rendered_shards}", f"INIT={init}", f"OUT={out}",

@@ -51,7 +51,7 @@ def trained(rendered_shards, tmp_path_factory) -> dict:
     metrics = pretrain_vae([str(rendered_shards)], vae, steps=800, progress=False)
     cache = tmp / "cache"
     counts = cache_latents([str(shards)], str(vae), cache, 32, "white", 100)
-    assert counts == {"written": len(KEYS), "skipped": 0}
+    assert counts == {"written": len(KEYS), "skipped": 0, "kept": 0}
     out = tmp / "run"
     config = tiny_config(
         out, cache, "data.cached=true", f"model.init={vae}", f"train.max_steps={STEPS}", "train.lr=2e-3",

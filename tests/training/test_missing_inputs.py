@@ -4,6 +4,7 @@ exit, nothing written (no traceback, and no random model sampled in place of a f
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ def _make(*args: str) -> subprocess.CompletedProcess:
 def _error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    ours = [line for line in result.stderr.splitlines() if not line.startswith("make: ***")]
+    ours = [line for line in result.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
     assert len(ours) == 1 and ours[0].startswith("error: "), result.stderr
     return ours[0]
 
