@@ -23,7 +23,9 @@ def _make(*args: str) -> subprocess.CompletedProcess:
 def _error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    ours = [line for line in result.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
+    ours = [
+        line for line in result.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)
+    ]
     assert len(ours) == 1 and ours[0].startswith("error: "), result.stderr
     return ours[0]
 
