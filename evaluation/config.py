@@ -97,6 +97,7 @@ def validate(cfg: Cfg) -> None:
     rnd = cfg.renderer
     for key in ("samples_per_ray", "proposal_samples", "surface_samples"):
         _check(rnd[key] >= 1, f"renderer.{key}", "must be >= 1")
+    _check(rnd.grad_chunk_rays >= 0, "renderer.grad_chunk_rays", "must be >= 0")
     for key in ("proposal_fill", "surface_fill"):
         _check(0.0 < rnd[key] <= 1.0, f"renderer.{key}", "must be in (0, 1]")
     _check(

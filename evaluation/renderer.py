@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from evaluation.occupancy import OccupancyGrid
 from models.cameras import focal_length_px
@@ -64,7 +65,7 @@ class RenderSettings:
     samples_per_ray: int = 512  # march step = 1.732 * 2 * radius / samples_per_ray (nerfacc's)
     stratified: bool = True
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    chunk_rays: int = 0  # 0: all rays at once (needed for gradients); >0 splits no-grad renders
+    chunk_rays: int = 0  # rays per chunk (0: all at once); with gradient, chunks are checkpointed
     shading: str = "albedo"  # albedo | diffuse | textureless
     ambient: float = 1.0  # ambient share of the light in diffuse modes (the rest is diffuse)
     need_normals: bool = False
@@ -92,6 +93,7 @@ def render_settings(cfg, device: torch.device, **changes) -> RenderSettings:
         alpha_threshold=rcfg.alpha_threshold,
         early_stop=rcfg.early_stop,
         proposal_dtype=torch.bfloat16 if bf16 else None,
+        chunk_rays=rcfg.grad_chunk_rays,
     )
     return dataclasses.replace(settings, **changes)
 
@@ -290,12 +292,14 @@ def render_rays(
     occupancy: OccupancyGrid | None = None,
     light_position: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    offsets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Render ``[R]`` rays. Returns ``rgb [R,3]``, ``alpha [R]``, ``depth [R]`` (distance along
     the ray of the expected hit, 0 where empty), ``normal [R,3]``, ``truncated`` (share of rays
     with more surface samples than ``surface_samples``) and, with normals, ``orient``/
     ``orient_rays`` (the Ref-NeRF orientation penalty summed over samples, and the rays with
-    any opacity). ``light_position`` ``[R,3]``; ``generator`` draws the stratification."""
+    any opacity). ``light_position`` ``[R,3]``; ``generator`` draws the stratification unless
+    ``offsets`` ``[R]`` gives it."""
     march = settings.samples_per_ray
     proposal = settings.proposal_samples or march
     surface = settings.surface_samples or proposal
@@ -311,7 +315,9 @@ def render_rays(
         field,
         origins,
         dirs,
-        _offsets(origins.shape[0], settings.stratified, origins, generator),
+        _offsets(origins.shape[0], settings.stratified, origins, generator)
+        if offsets is None
+        else offsets,
         occupied,
         shade_parameters(settings, origins.device),
         lights,
@@ -342,29 +348,33 @@ def render_views(
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Render ``B`` views ``[B,size,size,...]``: rgb, alpha, depth, normal (+ orientation terms).
-    ``light_position`` is one point light per view ``[B,3]``."""
+    ``light_position`` is one point light per view ``[B,3]``.
+
+    ``settings.chunk_rays`` splits the rays. With gradient, each chunk runs under activation
+    checkpointing: rays composite independently, so the backward recomputes one chunk at a time
+    and the step holds one chunk's samples instead of every ray's (the graded render at 256 px
+    is most of an SDS step's memory). The stratification is drawn once, before the chunks, so the
+    recomputation samples the same positions."""
     origins, dirs = generate_rays(c2w, fov_deg, size)
     views = c2w.shape[0]
     origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
     lights = None
     if light_position is not None:
         lights = light_position[:, None].expand(views, size * size, 3).reshape(-1, 3)
-    chunk = settings.chunk_rays if settings.chunk_rays > 0 else origins.shape[0]
+    rays = origins.shape[0]
+    chunk = settings.chunk_rays if settings.chunk_rays > 0 else rays
+    offsets = _offsets(rays, settings.stratified, origins, generator)
+    recompute = chunk < rays and torch.is_grad_enabled()
     parts = []
-    for start in range(0, origins.shape[0], chunk):
+    for start in range(0, rays, chunk):
         sl = slice(start, start + chunk)
-        parts.append(
-            render_rays(
-                field,
-                origins[sl],
-                dirs[sl],
-                radius,
-                settings,
-                occupancy,
-                None if lights is None else lights[sl],
-                generator,
-            )
-        )
+        args = (field, origins[sl], dirs[sl], radius, settings, occupancy)
+        light = None if lights is None else lights[sl]
+        if recompute:
+            part = checkpoint(render_rays, *args, light, None, offsets[sl], use_reentrant=False)
+        else:
+            part = render_rays(*args, light, None, offsets[sl])
+        parts.append(part)
     result = {}
     for key in parts[0]:
         if key in ("truncated", "dropped"):
