@@ -26,6 +26,7 @@ GROUP_OF = {
     "report": None,
     "speed": None,  # compile / bf16 proposal pass / logging: same results within float error
     "sds.unet_compile": None,
+    "renderer.eval_chunk_rays": None,  # memory only: the no-grad renders are exact per ray
     "sds.steps": "steps",
     "export": "exports",
     "metrics": "scorer",

@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             times.setdefault("cache", []).append(
                 objects_per_s(cached, args.batches, args.batch_size)
             )
+        parts = parts_ms_per_object(shards)  # inside: the rendered shards go with the folder
     best = {k: (min(v) if k in (*decode, "device") else max(v)) for k, v in times.items()}
     spread = {k: statistics.pstdev(v) / statistics.mean(v) for k, v in times.items()}
     px = f"{args.res} px"
@@ -236,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
         "ms/view",
         "(batched on the training device; here on one CPU core)",
     )
-    parts = parts_ms_per_object(shards)
     remains = data_ms - floor
     record(
         "data",

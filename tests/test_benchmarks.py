@@ -21,6 +21,8 @@ SMALL = {
     "bench_download.py": ["--objects", "8", "--slow-s", "1", "--workers", "2", "--chunk", "4"],
     "bench_model.py": ["--modes", "eager", "--steps", "1", "--rounds", "1", "--warmup", "1"],
     "bench_train.py": ["--steps", "1", "--rounds", "1", "--warmup", "1"],
+    # without --data: renders its own shards (tests/training/test_bench_data.py passes --data)
+    "bench_data.py": ["--res", "32", "--batches", "2", "--batch-size", "2", "--rounds", "1"],
     "bench_sds.py": ["--steps", "1", "--warmup", "0", "--resolutions", "32,48", "--modes", "eager"],
 }
 

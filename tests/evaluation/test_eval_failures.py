@@ -103,6 +103,7 @@ def test_the_model_fingerprint_follows_the_weights_not_the_folder(tiny_model_dir
 def test_speed_settings_do_not_change_a_result_but_unknown_keys_do():
     assert fingerprint.group_of("speed.compile") is None
     assert fingerprint.group_of("sds.unet_compile") is None
+    assert fingerprint.group_of("renderer.eval_chunk_rays") is None  # a memory setting
     assert fingerprint.group_of("sds.steps") == "steps"
     assert fingerprint.group_of("inputs.path") is None and fingerprint.group_of("inputs.size")
     assert fingerprint.group_of("renderer.some_new_option") == "sds"  # never silently ignored
