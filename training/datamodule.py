@@ -36,7 +36,7 @@ from models.shards.tar_stream import tar_samples
 from models.shards.urls import expand_shard_urls
 from training.batch_transforms import image_batch
 from training.config import DataConfig
-from training.samples import cached_sample, collate, image_sample
+from training.samples import ViewSlots, cached_sample, collate, image_sample
 from training.shard_check import DataError, check_shards
 
 
@@ -111,21 +111,32 @@ class ShardStream(IterableDataset):
     def skip_batches(self, value: int) -> None:
         self._position[1] = value
 
-    def _decode(self, samples: Iterator[dict], counter: SkipCounter, seed: int) -> Iterator[dict]:
+    def _batches(self, samples: Iterator[dict], counter: SkipCounter, seed: int) -> Iterator[dict]:
+        """Decode samples and batch them. Raw-image views decode straight into their slot of the
+        batch's buffer (training.samples.ViewSlots); a sample that fails is recorded and the
+        next one takes its place in the batch."""
         cfg = self.config
+        made: list[dict] = []
+        slots = ViewSlots(cfg.batch_size)
         for index, sample in enumerate(samples):
             rng = random.Random(make_seed(seed, index))  # per-sample: same draw on a replay
             try:
                 if cfg.cached:
                     out = cached_sample(sample, rng, self.ref_in_targets)
                 else:
-                    out = image_sample(sample, rng, cfg.background, self.ref_in_targets)
+                    out = image_sample(
+                        sample, rng, cfg.background, self.ref_in_targets, slots.slot()
+                    )
+                    slots.put(out["rgba"])
             except CorruptSample as error:
                 url, key = sample.get("__url__"), sample.get("__key__")
                 counter.failed(url, key, _split_where(str(error), url, key))
                 continue
             out["skipped"], out["skips"] = counter.take()
-            yield out
+            made.append(out)
+            if len(made) == cfg.batch_size:
+                yield collate(made, None if cfg.cached else slots.take())
+                made = []
 
     def __iter__(self) -> Iterator[dict]:
         rank, world, worker, workers = pytorch_worker_info()
@@ -143,8 +154,7 @@ class ShardStream(IterableDataset):
                 initial=self.config.shuffle_buffer // 2,
                 rng=random.Random(seed),
             ),
-            partial(self._decode, counter=counter, seed=seed),
-            wds.batched(self.config.batch_size, collation_fn=collate, partial=False),
+            partial(self._batches, counter=counter, seed=seed),
         )
         batches = iter(pipeline)
         if self.exact_skip and skip_batches:

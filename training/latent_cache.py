@@ -106,7 +106,7 @@ def encode_sample(
 ) -> dict:
     meta = read_meta(sample)
     views = meta.views
-    rgba = torch.stack(decode_views(sample, list(range(views)))).to(device)
+    rgba = decode_views(sample, list(range(views))).to(device)
     colour = background_colour(background, random.Random(zlib.crc32(sample["__key__"].encode())))
     dtype = next(model.vae.parameters()).dtype
     premult = premultiplied(rgba, resolution)  # on the device, as in training

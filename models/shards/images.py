@@ -45,13 +45,24 @@ def decode_view(sample: dict, index: int) -> torch.Tensor:
         raise CorruptSample(f"{where(sample)}: {name} does not decode: {error}") from error
 
 
-def decode_views(sample: dict, indices: list[int]) -> list[torch.Tensor]:
-    """Views ``indices`` as uint8 ``[H,W,4]`` each; all views of one object share one size."""
-    views = [decode_view(sample, i) for i in indices]
+def decode_views(sample: dict, indices: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Views ``indices`` as uint8 ``[N,H,W,4]``; all views of one object share one size. ``out``:
+    an ``[N,H,W,4]`` uint8 slot to decode into (the loader's batch buffer), returned when the views
+    fit it. Each view is copied into it straight after decoding, while it is still in the cache,
+    and freed at once, so the next view decodes into the same (warm) memory; the views of a
+    different size than ``out`` come back as a new tensor."""
+    views = []
+    for slot, index in enumerate(indices):
+        view = decode_view(sample, index)
+        if out is not None and view.shape == out.shape[1:]:
+            view = out[slot].copy_(view)
+        views.append(view)
     if len({v.shape for v in views}) > 1:
         sizes = sorted({tuple(v.shape[:2]) for v in views})
         raise CorruptSample(f"{where(sample)}: views of different sizes {sizes}")
-    return views
+    if out is not None and views[0].data_ptr() == out.data_ptr():
+        return out
+    return torch.stack(views)
 
 
 def premultiplied(rgba: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -41,5 +41,5 @@ def test_worker_collate_stacks_views_without_a_resize(rendered_shards):
     assert batch["rgba_bytes"] == rgba.numel()  # exactly the views, not five times them
     assert batch["cameras_bytes"] == batch["cameras"].numel() * 4
     for index, sample in enumerate(samples):  # each object's own views, in order
-        assert torch.equal(rgba[index], torch.stack(sample["rgba"]))
+        assert torch.equal(rgba[index], sample["rgba"])
         assert torch.equal(batch["cameras"][index], sample["cameras"])
