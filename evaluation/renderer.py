@@ -143,10 +143,20 @@ def _run_packed(
 ) -> tuple[dict, torch.Tensor]:
     """``fn`` (a field call returning ``[n, ...]`` tensors) on the valid ``points`` ``[R, K, 3]``
     only, packed into a buffer of static size (``fill`` of the slots); results are scattered
-    back to ``[R * K, ...]`` (zeros elsewhere). With ``fill >= 1`` every slot runs."""
+    back to ``[R * K, ...]`` (zeros elsewhere). With ``fill >= 1`` every slot runs in a step
+    (static shape), or, without gradient outside compilation, the valid slots alone: an exact
+    export render of a 512-slot march would otherwise run the field on every empty slot."""
     flat = points.reshape(-1, 3)
-    if fill >= 1.0:
+    if fill >= 1.0 and (torch.is_grad_enabled() or torch.compiler.is_compiling()):
         return fn(flat), torch.zeros((), device=points.device)
+    if fill >= 1.0:  # exact no-grad renders (exports, metrics): the valid slots only
+        index = valid.reshape(-1).nonzero().squeeze(1)  # a host sync: fine outside a step
+        out = fn(flat[index])
+        return (
+            {k: v.new_zeros(flat.shape[0], *v.shape[1:]).index_copy_(0, index, v)
+             for k, v in out.items()},
+            torch.zeros((), device=points.device),
+        )  # fmt: skip
     index, used, dropped = _pack_index(valid, fill)
     out = fn(flat[index])
     full = {}

@@ -13,7 +13,13 @@ from eval_helpers import SphereField, tiny_config
 
 from evaluation.export import extract_mesh
 from evaluation.field import Field, HashGrid
-from evaluation.renderer import OccupancyGrid, RenderSettings, generate_rays, render_views
+from evaluation.renderer import (
+    OccupancyGrid,
+    RenderSettings,
+    generate_rays,
+    render_views,
+    step_size,
+)
 from models.cameras import camera_to_world
 
 RADIUS, DISTANCE, FOV, SIZE = 0.5, 2.5, 40.0, 32
@@ -189,3 +195,24 @@ def test_checkpointed_chunks_give_the_same_render_and_gradient_with_less_kept():
     torch.testing.assert_close(chunk_grad, whole_grad, rtol=1e-4, atol=1e-7)
     # 8 chunks of 256 rays: at most one chunk's activations (plus its inputs) kept at a time
     assert sum(chunk_saved) < sum(whole_saved) / 4, (sum(chunk_saved), sum(whole_saved))
+
+
+def test_exact_no_grad_render_runs_the_field_on_valid_slots_only():
+    """Exports (every slot, no budget): without gradient only the occupied, in-cube slots reach
+    the field; the image equals the static-shape render that runs every slot."""
+    field = SphereField(RADIUS, peak=400.0, smooth=True)
+    grid = OccupancyGrid(1.0, resolution=32, threshold=0.01, decay=0.95)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        grid.update(field, step_size=step_size(1.0, 128), generator=generator)
+    calls: list[int] = []
+    density = field.density
+    field.density = lambda x: calls.append(x.shape[0]) or density(x)
+    _, static = _render(field, grid, samples=128)  # gradient on: every slot, static shape
+    every = sum(calls)
+    calls.clear()
+    with torch.no_grad():
+        _, exact = _render(field, grid, samples=128)
+    for key in ("rgb", "alpha", "depth"):
+        torch.testing.assert_close(exact[key], static[key].detach(), rtol=1e-5, atol=1e-6)
+    assert 0 < sum(calls) < every / 4, (sum(calls), every)
