@@ -10,7 +10,7 @@
 #               N nodes x G ranks, one per GPU; the cache is the same bytes as one process's]
 #   make gpu-check / make bench-train [ARGS="--one-step --preset sd21-base --bf16 --grad-checkpointing"]
 #   make plan-memory CONFIG=<stage config or preset> NODES=N GPUS=G [ARGS="--gpu-mem 80 --measure"]
-#   make smoke-full [ARGS=--eval]   the sd21-base model end to end on this CPU (~8 min, <20 GB RAM)
+#   make smoke-full [ARGS=--no-eval]   the sd21-base model end to end on this CPU (~12 min, <20 GB RAM)
 CKPT ?=
 LAYOUT ?=
 AFTER ?=
