@@ -147,6 +147,12 @@ def test_a_stalled_xl_download_times_out_and_the_run_goes_on(tmp_path):
             setattr(config.objaverse, key, value)
         config.objaverse.download_timeout_s, config.objaverse.download_retries = 0.5, 1
         config.objaverse.xl_sources = ["smithsonian", "thingiverse"]
+        config.objaverse.delete_after_shard = True
         summary = render(config)
     assert summary.rendered == 1 and list(summary.failed.values()) == ["download_failed"]
     assert np.isfinite(summary.seconds) and summary.seconds < 30
+    # delete_after_shard: the rendered object's download went once its shard was written; the
+    # stalled one left no partial file; the annotations stay for the next run
+    cache = tmp_path / "cache"
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.suffix != ".parquet"]
+    assert list(cache.rglob("*.parquet"))
