@@ -68,7 +68,7 @@ browser:
 		echo "installing chromium (apt-get) for the report's browser test"; \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: setup lint browser
+test: setup lint browser draco-deps
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest -q --durations=15 $(ARGS)
 
 -include mk/*.mk

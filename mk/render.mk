@@ -7,6 +7,8 @@
 #   make bench-render     seconds/view, per-object overhead, objects/hour, pipeline vs plain loop
 #   make bench-download   one slow file among many: sliding download window vs chunked fetching
 #   make bench-manifest   10M-object records-only run: start-up, streaming merge, peak memory
+#   make draco-library    build outputs/draco/libextern_draco.so (Draco-compressed glTF), then
+#                         ARGS="--draco-library outputs/draco/libextern_draco.so"
 # COUNT= (empty) renders every object. With CONFIG, only the variables given on the command line
 # (or in the environment) override the config file; the Makefile's defaults do not.
 # On a SLURM cluster (a controller answers; LAUNCHER=local renders here) these two targets submit
@@ -57,3 +59,17 @@ bench-download: setup
 .PHONY: bench-manifest
 bench-manifest: setup
 	$(PYTHON) scripts/bench_manifest.py $(ARGS)
+
+# Draco-compressed glTF needs a decoder library the bpy wheel lacks: ours (data_prep/draco/) is
+# built on Debian's libdraco; draco_encoder makes the test's Draco files. Installed on first use.
+.PHONY: draco-deps draco-library
+draco-deps:
+	@{ command -v g++ >/dev/null && command -v draco_encoder >/dev/null && \
+		test -f /usr/include/draco/compression/decode.h; } || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing g++, libdraco-dev and draco (apt-get) for Draco-compressed glTF"; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq g++ libdraco-dev draco; }
+
+draco-library: setup draco-deps
+	$(PYTHON) -m data_prep.draco_library $(if $(OUT),--out $(OUT))
