@@ -8,6 +8,7 @@ import struct
 import subprocess
 
 import numpy as np
+import pytest
 import trimesh
 
 from data_prep.config import load_config
@@ -101,3 +102,9 @@ def test_draco_glb_renders_with_a_decoder_library_and_is_recorded_without(tmp_pa
     rows, cols = np.nonzero(view[..., 3] > 127)
     aspect = (np.ptp(rows) + 1) / (np.ptp(cols) + 1)
     assert 1.3 < aspect < 2.4, aspect
+
+
+def test_building_without_a_compiler_names_what_to_install(tmp_path):
+    with pytest.raises(RuntimeError, match="apt-get install g\\+\\+ libdraco-dev"):
+        build(tmp_path / "lib", compiler="no-such-compiler")
+    assert not (tmp_path / "lib").exists()
