@@ -42,6 +42,10 @@ class InitSource:
     preset: str | None = None  # PRESET: its name or YAML; published files: the preset they fit
 
 
+class InitNotFound(CheckpointError, FileNotFoundError):
+    """``model.init`` names no file or folder (a CheckpointError: a job reports it in one line)."""
+
+
 def detect_init(init: str, presets: tuple[str, ...]) -> InitSource:
     """What ``init`` is; FileNotFoundError (missing) or CheckpointError (unusable) otherwise."""
     name = init.removeprefix(RANDOM_PREFIX)
@@ -49,7 +53,7 @@ def detect_init(init: str, presets: tuple[str, ...]) -> InitSource:
         return InitSource(PRESET, None, preset=name)
     path = resolve_hub(init) if init.startswith(HUB_PREFIX) else Path(init)
     if not path.exists():
-        raise FileNotFoundError(f"model.init (INIT): {init} does not exist; it takes {KINDS_HELP}")
+        raise InitNotFound(f"model.init (INIT): {init} does not exist; it takes {KINDS_HELP}")
     if path.is_dir():
         return _detect_folder(path, init)
     return detect_file(path)

@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None) -> None:
         help="contrastive steps of a random (tiny) image encoder (0: leave it random)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    for flag, sources in (("DATA (--data)", args.data), ("--heldout", args.heldout)):
+        try:  # a missing or empty shard folder: one line before any model is built
+            if sources:
+                expand_shard_urls(sources)
+        except FileNotFoundError as error:
+            raise SystemExit(f"error: {flag}: {error}") from None
     metrics = pretrain_vae(
         args.data, args.out, args.heldout, args.preset, args.resolution, args.steps,
         args.batch_size, args.lr, args.kl_weight, args.seed,

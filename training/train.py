@@ -35,6 +35,7 @@ from training.module import FineTuneModule
 from training.preemption import Preemption, StopFlag
 from training.resume import install as install_resume
 from training.run_logging import RunInfo, make_logger
+from training.shard_check import DataError
 from training.skipped_data import SkippedData
 from training.strategy import build_launch
 
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         run(config)
-    except CheckpointError as error:  # a bad model.init: the file and the problem, one line
+    except (ConfigError, CheckpointError, DataError) as error:
+        # a bad setting, model.init or data.train/val: the key, the path and the problem, one line
         raise SystemExit(f"error: {error}") from None
 
 

@@ -1,5 +1,5 @@
-"""``make export`` and ``make sample-views`` given no input, a path that does not exist or a
-folder that is not what they read: one line naming the variable and what to pass, a non-zero
+"""``make export``, ``make sample-views``, ``make finetune`` and ``make pretrain-vae`` given no
+input, a path that does not exist or a folder that is not what they read: one line naming the variable and what to pass, a non-zero
 exit, nothing written (no traceback, and no random model sampled in place of a forgotten one)."""
 
 from __future__ import annotations
@@ -77,3 +77,24 @@ def test_make_sample_views_without_a_usable_model_or_image(places):
         assert message in line, (args, line)
         assert "random:tiny" in line or "IMAGE" in line  # says how to ask for a random model
         assert not places["out"].exists()
+
+
+def test_make_finetune_and_pretrain_vae_without_their_inputs(places, rendered_shards):
+    out = f"OUT={places['out']}"
+    cases = {
+        ("finetune", f"DATA={places['nowhere']}"): f"error: data.train: shards {places['nowhere']}",
+        (
+            "finetune",
+            f"DATA={places['empty']}",
+        ): f"error: data.train: no shards found in {places['empty']}",
+        (
+            "finetune",
+            f"DATA={rendered_shards}",
+            f"INIT={places['nowhere']}",
+        ): f"error: model.init (INIT): {places['nowhere']} does not exist",
+        ("pretrain-vae", f"DATA={places['nowhere']}"): "error: DATA (--data): shards ",
+    }
+    for args, message in cases.items():
+        line = _error_line(_make(*args, out, "LAUNCHER=local"))
+        assert line.startswith(message), (args, line)
+        assert not places["out"].exists(), args
