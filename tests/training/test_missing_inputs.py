@@ -1,6 +1,7 @@
 """``make export``, ``make sample-views``, ``make finetune`` and ``make pretrain-vae`` given no
 input, a path that does not exist or a folder that is not what they read: one line naming the
-variable and what to pass, a non-zero exit, nothing written (no traceback, and no random model sampled in place of a forgotten one)."""
+variable and what to pass, a non-zero exit, nothing written (no traceback, and no random model
+sampled in place of a forgotten one)."""
 
 from __future__ import annotations
 
