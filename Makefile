@@ -61,14 +61,15 @@ format: setup
 # One intra-op thread per process: the tests run tiny models, often several processes at once
 # (DDP ranks, Blender workers, loaders) on 2 cores, where thread oversubscription is ~10x slower.
 # The evaluation report is checked in a real headless browser (tests/evaluation/browser.py):
-# Debian's Chromium, installed on first use where it is missing.
+# Debian's Chromium, installed on first use where it is missing. The cluster tests (tests/cluster)
+# run a real two-node SLURM on this machine: slurm-install (mk/slurm.mk) installs it the same way.
 browser:
 	@command -v chromium >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		echo "installing chromium (apt-get) for the report's browser test"; \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: setup lint browser draco-deps
+test: setup lint browser draco-deps slurm-install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest -q --durations=15 $(ARGS)
 
 -include mk/*.mk

@@ -339,14 +339,17 @@ def _marked_processes(root: str, conf: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument("action", choices=("install", "up", "down", "status"))
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="state folder of the cluster")
     parser.add_argument("--cpus", type=int, default=4, help="CPUs declared per node")
     parser.add_argument("--requeue-delay", type=int, default=5, help="seconds (SLURM default 120)")
     args = parser.parse_args(argv)
     cluster = LocalCluster(Path(args.root).resolve(), args.cpus, requeue_delay=args.requeue_delay)
     try:
-        if args.action == "up":
+        if args.action == "install":  # make test: before the suite, as for the report's browser
+            install()
+            ensure_hosts()
+        elif args.action == "up":
             cluster.up()
             print(cluster.status())
             print(f"Use it with:  export SLURM_CONF={cluster.conf}\nStop it with: make slurm-down")

@@ -3,6 +3,8 @@
 #   make slurm-up      [SLURM_DIR=outputs/slurm-local] start it; then export SLURM_CONF=SLURM_DIR/slurm.conf
 #   make slurm-down    cancel its jobs, stop every daemon it started
 #   make slurm-status  its nodes and partition
+#   make slurm-install slurm-wlm + munge (apt-get) and n1/n2 in /etc/hosts, where missing
+#                      (make test runs it: the cluster tests start their own such cluster)
 # On any SLURM cluster, finetune, render-objaverse/render-samples and eval submit themselves, with
 #   LAUNCHER=slurm|torchrun|local PARTITION= ACCOUNT= QOS= TIME= CONSTRAINT= CPUS_PER_TASK=
 #   SBATCH_ARGS="--mem=0 ..." (docs/cluster.md)
@@ -22,7 +24,10 @@ SLURM_FLAGS = $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PARTITION),--parti
 	$(if $(CONSTRAINT),--constraint '$(CONSTRAINT)') $(if $(CPUS_PER_TASK),--cpus-per-task $(CPUS_PER_TASK)) \
 	$(if $(SBATCH_ARGS),--sbatch-args '$(SBATCH_ARGS)')
 
-.PHONY: slurm-up slurm-down slurm-status
+.PHONY: slurm-up slurm-down slurm-status slurm-install
+
+slurm-install: setup
+	$(PYTHON) -m cluster.local install
 
 slurm-up: setup
 	$(PYTHON) -m cluster.local up --root $(SLURM_DIR)

@@ -65,9 +65,12 @@ def test_gpu_less_login_node_submits_the_sd21_base_job_with_the_partitions_gpus(
     init.mkdir()
     (init / "model.json").write_text("{}")
     out = tmp_path / "stage2"
+    # the settings as Make variables and as the config's slurm.* keys (the variables win)
+    keys = "slurm.account=vision slurm.qos=low slurm.extra=[--comment=stage2] slurm.time=1:00:00"
     result = make(
         "finetune", "STAGE=2", "NODES=8", f"DATA={rendered_shards}", f"INIT={init}", f"OUT={out}",
-        "PARTITION=local", "ACCOUNT=vision", "TIME=4:00:00", "ARGS=--dry-run",
+        "PARTITION=local", "QOS=high", "TIME=4:00:00", "CONSTRAINT=a100|h100",
+        "SBATCH_ARGS=--mem=0 --exclusive", f"ARGS=--dry-run {keys}",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
@@ -78,10 +81,13 @@ def test_gpu_less_login_node_submits_the_sd21_base_job_with_the_partitions_gpus(
     for line in (
         "#SBATCH --nodes=8", "#SBATCH --ntasks-per-node=2", "#SBATCH --gpus-per-node=2",
         "#SBATCH --partition=local", "#SBATCH --account=vision", "#SBATCH --time=4:00:00",
+        "#SBATCH --qos=high", "#SBATCH --constraint=a100|h100", "#SBATCH --comment=stage2",
+        "#SBATCH --mem=0", "#SBATCH --exclusive",
         "#SBATCH --signal=USR1@120", "#SBATCH --requeue", "TORCH_NCCL_ASYNC_ERROR_HANDLING=1",
         "strategy.num_nodes=8 strategy.devices=2",
     ):  # fmt: skip
         assert line in script, line
+    assert "--qos=low" not in script and "--time=1:00:00" not in script
     assert "NCCL_ASYNC_ERROR_HANDLING=1" not in script.replace("TORCH_NCCL_", "")
     assert script in text and "dry run: not submitted" in text
     assert "submitted" not in text.lower().replace("not submitted", "")

@@ -1,6 +1,7 @@
 """A real headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
 NUL-separated JSON on file descriptors 3 and 4), so the report tests need no extra package.
-CI installs Chromium (``.ci/run``); a machine without it fails these tests, never skips them."""
+``make test`` installs Chromium (its ``browser`` target; CI runs ``.ci/run``); a machine without it
+fails these tests, never skips them."""
 
 from __future__ import annotations
 
