@@ -53,15 +53,15 @@ def sliding(source, refs, window: int, workers: int):
 
 def measure(name: str, items, slow_id: str, total: int) -> dict:
     started, last, gap, first, fast_done, count = time.monotonic(), None, 0.0, None, None, 0
+    previous_fast = 0.0  # the slow file arriving between two fast ones does not end the wait
     fast_left = total - 1
     for ref, result in items:
         now = time.monotonic() - started
         assert isinstance(result, Path), result
         first = now if first is None else first
-        if ref.id != slow_id:  # the gaps the renderers would see while fast files remain
-            gap = max(gap, now - (last if last is not None else 0.0))
         last, count = now, count + 1
-        if ref.id != slow_id:
+        if ref.id != slow_id:  # the gaps the renderers would see while fast files remain
+            gap, previous_fast = max(gap, now - previous_fast), now
             fast_left -= 1
             if fast_left == 0:
                 fast_done = now
