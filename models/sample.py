@@ -26,6 +26,7 @@ from models.checkpoint_io import CheckpointError
 from models.detect import DIFFUSERS_FOLDER, MODEL_FOLDER, folder_kind, load_diffusers_folder
 from models.ema_frames import EMAFramePolicy, assemble_ema_frames
 from models.hub import HUB_PREFIX, resolve_hub
+from models.shards.images import WHITE, composite
 
 RANDOM_PREFIX = "random:"  # --model random:tiny: a random-init model, asked for explicitly
 
@@ -56,9 +57,10 @@ def load_image(image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
 
 
 def on_white(image: torch.Tensor) -> torch.Tensor:
-    """RGB in [0,1] with any alpha composited on white."""
+    """RGB in [0,1] with any (straight) alpha composited on white, by the shards' compositing."""
     if image.shape[-3] == 4:
-        return image[..., :3, :, :] * image[..., 3:, :, :] + (1 - image[..., 3:, :, :])
+        alpha = image[..., 3:, :, :]
+        return composite(torch.cat([image[..., :3, :, :] * alpha, alpha], dim=-3), WHITE)
     return image
 
 
