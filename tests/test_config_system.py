@@ -4,6 +4,7 @@ error naming the full key, and ``--print-config`` showing resolved values with t
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,56 @@ def test_print_config_of_training_itself():
         "-m", "training.train", "--config", "stage1-tiny", "--print-config", "train.seed=1"
     )
     assert re.search(r"^  seed: 1 +# <- command line$", result.stdout, re.M), result.stdout
+
+
+def _make_print_config(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-s", "--no-print-directory", "-o", "setup", "print-config", *args,
+         f"PYTHON={sys.executable}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_make_print_config_of_every_job_and_the_same_unknown_key_error(tmp_path):
+    out = tmp_path / "out"
+    jobs = {
+        "finetune": (["STAGE=1", f"DATA={tmp_path}", f"OUT={out}"], "train.lr=0.0002", "train"),
+        "eval": ([f"IMAGES={tmp_path}", f"OUT={out}"], "sds.steps=7", "sds"),
+        "render": (["SOURCE=samples", f"OUT={out}", "RES=48"], "seed=7", ""),
+    }
+    for job, (variables, override, section) in jobs.items():
+        result = _make_print_config(f"JOB={job}", *variables, f"ARGS={override}")
+        assert result.returncode == 0, (job, result.stderr[-2000:])
+        name, value = override.split("=")
+        key = name.rsplit(".", 1)[-1]
+        indent = "  " if section else ""
+        line = rf"^{indent}{key}: {re.escape(value)} +# <- command line$"
+        assert re.search(line, result.stdout, re.M), (job, result.stdout[-3000:])
+        assert re.search(r"# <- configs/\S+\.yaml$|# <- default", result.stdout, re.M), job
+        unknown = f"{section or 'objaverse'}.nokey"
+        bad = _make_print_config(f"JOB={job}", *variables, f"ARGS={unknown}=1")
+        assert bad.returncode != 0, job
+        error = f"error: unknown config key '{unknown}' (known here: "
+        ours = [line for line in bad.stderr.splitlines() if not line.startswith("make")]
+        assert len(ours) == 1 and ours[0].startswith(error), (job, bad.stderr)
+        assert not out.exists(), job  # printing the config runs nothing
+
+
+def test_the_readme_printout_is_what_make_print_config_prints():
+    text = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```console\n\$ (make print-config .*?)\n(.*?)```", text, re.S)
+    command, shown = block
+    words = shlex.split(command)
+    result = subprocess.run(
+        [*words[:1], "-s", "--no-print-directory", "-o", "setup", *words[1:],
+         f"PYTHON={sys.executable}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = result.stdout.splitlines()
+    position = 0
+    for line in shown.splitlines():
+        if line.strip() == "...":
+            continue
+        assert line in printed[position:], (line, result.stdout)  # shown lines, in their order
+        position = printed.index(line, position) + 1
