@@ -39,7 +39,7 @@ from data_prep.pool import WorkerPool
 from data_prep.quality import empty_view_problem, quality
 from data_prep.runfiles import lock_partition, make_run_scratch
 from data_prep.shard_writer import ShardWriter
-from data_prep.source_factory import make_source
+from data_prep.source_factory import check_source, make_source
 from data_prep.sources import ObjectRef, choose
 from models.shards.format import RENDER_EXTRAS, build_sample, view_name
 
@@ -138,6 +138,7 @@ def _meta(
 def render(config: RenderConfig) -> RunSummary:
     """Render ``config.source`` into ``config.out``; resumes from the folder's manifest."""
     config.validate()
+    check_source(config)  # before the output folder is made: a mistyped SOURCE leaves nothing
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     part = partition_from_env(

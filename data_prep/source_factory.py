@@ -11,8 +11,20 @@ from pathlib import Path
 from data_prep.config import RenderConfig
 from data_prep.sources import FolderSource, SampleSource, Source
 
+NAMED_SOURCES = ("samples", "objaverse", "objaverse-xl")
+
+
+def check_source(config: RenderConfig) -> None:
+    """A source that is neither a named one nor an existing folder: ValueError naming it."""
+    if config.source not in NAMED_SOURCES and not Path(config.source).is_dir():
+        raise ValueError(
+            f"source {config.source!r} is neither 'objaverse', 'objaverse-xl', 'samples' nor an "
+            "existing folder"
+        )
+
 
 def make_source(config: RenderConfig) -> Source:
+    check_source(config)
     if config.source == "samples":
         return SampleSource(Path(config.out) / "_samples")
     if config.source == "objaverse":
@@ -23,9 +35,4 @@ def make_source(config: RenderConfig) -> Source:
         from data_prep.objaverse_xl import ObjaverseXLSource
 
         return ObjaverseXLSource(config.objaverse)
-    if Path(config.source).is_dir():
-        return FolderSource(config.source)
-    raise ValueError(
-        f"source {config.source!r} is neither 'objaverse', 'objaverse-xl', 'samples' nor an "
-        "existing folder"
-    )
+    return FolderSource(config.source)

@@ -169,3 +169,13 @@ def test_an_object_over_the_timeout_is_killed_and_recorded(tmp_path):
     assert manifest["failed"]["rainbow_blob"]["attempts"] == 3
     again = render(config)  # ...but at most max_attempts (3) times in all
     assert (again.skipped, again.failed) == (1, {})
+
+
+def test_a_source_that_does_not_exist_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from data_prep.render import main
+
+    out = tmp_path / "out"
+    assert main(["--source", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: source ") and "nowhere" in error and "\n" not in error, error
+    assert not out.exists()  # no output folder (nor partition lock) for a run that cannot start
