@@ -19,7 +19,7 @@ EVAL_OUT = $(or $(OUT),outputs/eval)
 .PHONY: eval eval-report bench-sds test-eval
 
 eval: setup
-	@test -n "$(IMAGES)$(findstring --print-config,$(ARGS))" || { echo "usage: make eval IMAGES=DIR [MODEL=DIR] [OUT=DIR] [STEPS=N] [CONFIG=YAML] [GPUS=all] [ARGS=...]"; exit 1; }
+	@test -n "$(IMAGES)$(findstring --print-config,$(ARGS))" || { echo "error: no images: pass IMAGES=<folder of images, or of held-out shards> (usage: make eval IMAGES=DIR MODEL=DIR [OUT=DIR] [STEPS=N] [CONFIG=YAML] [GPUS=all] [ARGS=...])" >&2; exit 2; }
 	$(PYTHON) -m evaluation.eval_slurm $(SLURM_FLAGS) --nodes $(NODES) $(if $(IMAGES),--images $(IMAGES)) --out $(EVAL_OUT) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 

@@ -32,7 +32,7 @@ export: setup
 		$(PYTHON) -m models.convert --format $(LAYOUT) --export $(EXPORT_OUT)/$$kind --out $(EXPORT_OUT)/$$kind.pt || exit 1; fi; done)
 
 cache-latents: setup
-	@test -n "$(DATA)" || { echo "usage: make cache-latents DATA=<shards> INIT=<model> OUT=<folder>"; exit 2; }
+	@test -n "$(DATA)" || { echo "error: no shards: pass DATA=<rendered shards> (usage: make cache-latents DATA=<shards> INIT=<model> OUT=<folder>)" >&2; exit 2; }
 	$(PYTHON) -m training.cache_slurm $(SLURM_FLAGS) --nodes $(NODES) $(if $(GPUS),--gpus $(GPUS)) \
 		--data $(DATA) $(if $(INIT),--init $(INIT)) --out $(or $(OUT),outputs/latent-cache) $(ARGS)
 

@@ -1,4 +1,4 @@
-"""``make export``, ``make sample-views``, ``make finetune`` and ``make pretrain-vae`` given no
+"""``make export``, ``sample-views``, ``finetune``, ``pretrain-vae``, ``eval``, ``cache-latents`` given no
 input, a path that does not exist or a folder that is not what they read: one line naming the
 variable and what to pass, a non-zero exit, nothing written (no traceback, and no random model
 sampled in place of a forgotten one)."""
@@ -94,6 +94,26 @@ def test_make_finetune_and_pretrain_vae_without_their_inputs(places, rendered_sh
             f"INIT={places['nowhere']}",
         ): f"error: model.init (INIT): {places['nowhere']} does not exist",
         ("pretrain-vae", f"DATA={places['nowhere']}"): "error: DATA (--data): shards ",
+    }
+    for args, message in cases.items():
+        line = _error_line(_make(*args, out, "LAUNCHER=local"))
+        assert line.startswith(message), (args, line)
+        assert not places["out"].exists(), args
+
+
+def test_make_eval_and_cache_latents_without_their_inputs(places):
+    images = places["empty"] / "images"
+    images.mkdir()
+    Image.new("RGB", (16, 16), "red").save(images / "a.png")
+    out = f"OUT={places['out']}"
+    cases = {
+        ("eval",): "error: no images: pass IMAGES=",
+        ("eval", f"IMAGES={places['nowhere']}", f"MODEL={places['model']}"): (
+            f"error: inputs.path: {places['nowhere']} does not exist"
+        ),
+        ("eval", f"IMAGES={images}"): "error: no model to evaluate: pass MODEL=<model folder>",
+        ("cache-latents",): "error: no shards: pass DATA=",
+        ("cache-latents", f"DATA={places['nowhere']}"): f"error: shards {places['nowhere']}",
     }
     for args, message in cases.items():
         line = _error_line(_make(*args, out, "LAUNCHER=local"))
