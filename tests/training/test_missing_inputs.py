@@ -1,7 +1,7 @@
-"""``make export``, ``sample-views``, ``finetune``, ``pretrain-vae``, ``eval``, ``cache-latents`` given no
-input, a path that does not exist or a folder that is not what they read: one line naming the
-variable and what to pass, a non-zero exit, nothing written (no traceback, and no random model
-sampled in place of a forgotten one)."""
+"""``make export``, ``sample-views``, ``finetune``, ``pretrain-vae``, ``eval`` and
+``cache-latents`` given no input, a path that does not exist or a folder that is not what they
+read: one line naming the variable and what to pass, a non-zero exit, nothing written (no
+traceback, and no random model sampled or evaluated in place of a forgotten one)."""
 
 from __future__ import annotations
 
