@@ -1,7 +1,8 @@
 """Heavy jobs on the local two-node cluster: ``make render-samples TASKS=2``
 renders one partition per node whose shards equal a single-process render's, merges the manifests
 in a job after the array, and a resubmitted task renders its own partition of the original layout
-(it used to take the one-task array's size as the partition count); ``make eval NODES=2``
+(it used to take the one-task array's size as the partition count), as does the whole array
+resubmitted: only what is missing (here nothing) is rendered; ``make eval NODES=2``
 evaluates one object per node and writes one report."""
 
 from __future__ import annotations
@@ -82,6 +83,20 @@ def test_render_array_over_two_nodes_equals_one_process(slurm_env, rendered_shar
         f"partition 1/2: {counts[1]} objects, {counts[1]} already done or failed before, 0 rendered"
     )
     assert expected in log, log
+    # Resubmitting the whole array: every task finds its partition done and renders nothing
+    again = subprocess.run(
+        ["sbatch", "--parsable", str(out / "slurm" / "render.sbatch")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    job = again.stdout.strip()
+    wait_done([f"{job}_0", f"{job}_1"])
+    for i, count in enumerate(counts):
+        log = (out / "slurm" / f"render-{job}_{i}.out").read_text()
+        assert (
+            f"partition {i}/2: {count} objects, {count} already done or failed before, 0 rendered"
+            in log
+        ), log
 
 
 def _draw_images(folder: Path) -> Path:
