@@ -1,1 +1,1 @@
-"""SLURM job scripts, requeue and signals, and a real two-node SLURM on one machine for tests."""
+"""SLURM job scripts, array partitions, and a real two-node SLURM on one machine."""
