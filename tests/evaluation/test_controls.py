@@ -74,16 +74,16 @@ def test_face_map_sees_the_front_from_azimuth_zero():
 
 def test_photometric_fit_recovers_the_cube_at_held_out_views(cube_sample):
     """Same field, renderer and config as the demo's SDS, fitted to 4 quadruples and the
-    reference; scored at the fifth. Measured: IoU 0.91, foreground PSNR 19.3 dB (22.2 dB at the
-    fitted views), every face right. The true cube in its true mean face colours scores ~27 dB:
-    300 steps of the demo's field config do not reach it (docs/evaluation.md)."""
+    reference for the demo's 400 steps; scored at the fifth. Measured: foreground PSNR 29.0 dB,
+    IoU 0.82, every face right. At the recipe's MLP learning rate (0.001, tuned for 10000 steps)
+    it stopped at 19.3 dB: the albedo MLP had not learned the faces' colours (IoU 0.91)."""
     cfg = load_config("configs/eval_tiny.yaml")
     fit, scored = _views(cube_sample)
-    state = fit_photometric(cfg, load_views(cube_sample, fit, RES), steps=300)
+    state = fit_photometric(cfg, load_views(cube_sample, fit, RES), steps=400)
     truth = load_views(cube_sample, scored, RES)
     scores, _ = score_field(state.field, state.occupancy, cfg, truth, cube=True)
-    assert scores["mean_iou"] >= 0.88, scores["per_view"]
-    assert scores["mean_fg_psnr"] >= 18.0, scores["per_view"]
+    assert scores["mean_fg_psnr"] >= 28.0, scores["per_view"]
+    assert scores["mean_iou"] >= 0.8, scores["per_view"]
     assert scores["faces_correct"] == scores["faces_seen"] >= 4, scores["faces"]
     blob, _ = score_field(initial_blob(cfg), None, cfg, truth)
     assert scores["mean_iou"] > blob["mean_iou"] + 0.1  # it learned, from the blob it starts at
