@@ -82,6 +82,7 @@ def validate(cfg: Cfg) -> None:
     sds = cfg.sds
     _check(sds.steps >= 1, "sds.steps", "must be >= 1")
     _check(sds.loss in ("x0_recon", "sds"), "sds.loss", "must be x0_recon or sds")
+    _check(sds.target_space in ("latent", "image"), "sds.target_space", "must be latent or image")
     _check(
         len(sds.resolution) == len(sds.batch_views) == len(sds.milestones) + 1,
         "sds.milestones",

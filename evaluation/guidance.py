@@ -9,6 +9,9 @@ image embedding and the zero embedding) for classifier-free guidance. Two losses
   of the latents: ``0.5 * ||z - x0||^2 / B``.
 - ``sds``: classic SDS, gradient ``w(t) (eps_hat - eps)`` with ``w = 1 - alpha_bar_t``.
 
+``target_space: image`` (HiFA) decodes the target and regresses the renders themselves on it, so
+the gradient does not pass through the VAE encoder.
+
 The UNet runs under ``no_grad`` and every model parameter is frozen: only the field learns.
 """
 
@@ -77,18 +80,24 @@ class MultiViewGuidance:
         the VAE posterior as MVDream does, or its mean (``sds.vae_latent``) for a model trained on
         cached posterior means. Larger renders are downsized with an antialiasing filter, so
         every rendered pixel informs the latent (plain bilinear would skip most of them)."""
-        images = rgb.permute(0, 3, 1, 2)
-        size = self.cfg.image_size
-        if images.shape[-1] != size:
-            images = F.interpolate(
-                images, (size, size), mode="bilinear", align_corners=False,
-                antialias=images.shape[-1] > size,
-            )  # fmt: skip
+        images = self.resize(rgb).permute(0, 3, 1, 2)
         with self._autocast():
             latents = self.model.vae.encode(
                 images * 2.0 - 1.0, sample=self.sample_latent, generator=generator
             )
         return latents.float()
+
+    def resize(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[B,H,W,3]`` renders at the model's ``image_size`` (larger ones downsized with an
+        antialiasing filter, so every rendered pixel counts; plain bilinear skips most)."""
+        size = self.cfg.image_size
+        if rgb.shape[1] == size:
+            return rgb
+        images = F.interpolate(
+            rgb.permute(0, 3, 1, 2), (size, size), mode="bilinear", align_corners=False,
+            antialias=rgb.shape[1] > size,
+        )  # fmt: skip
+        return images.permute(0, 2, 3, 1)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -133,7 +142,9 @@ class MultiViewGuidance:
         batch = rgb.shape[0]
         if batch % self.num_views:
             raise ValueError(f"batch of {batch} views is not a multiple of {self.num_views}")
-        with timer("vae_encode"):
+        space = self.cfg.get("target_space", "latent")
+        # image-space targets need no gradient through the encoder (nor its backward pass)
+        with timer("vae_encode"), torch.set_grad_enabled(space == "latent" and rgb.requires_grad):
             latents = self.encode(rgb, generator)
         t_min, t_max = self.timestep_range(step)
         t_one = torch.randint(t_min, t_max + 1, (1,), generator=generator)
@@ -164,7 +175,16 @@ class MultiViewGuidance:
         else:
             grad = (1 - alpha_bar) * (eps - noise)
             target = latents.detach() - torch.nan_to_num(grad)
-        loss = 0.5 * F.mse_loss(latents, target.detach(), reduction="sum") / batch
+        if space == "image":
+            # HiFA's pixel-space target: the x0 the prior paints, decoded, regresses the renders
+            # (at the model's size) instead of their latents: the gradient skips the VAE
+            # encoder's Jacobian, which at small sizes pushes colours into the sigmoid's tails.
+            painted = self.decode(target.detach())
+            resized = self.resize(rgb)
+            loss = 0.5 * F.mse_loss(resized, painted, reduction="sum") / batch
+            loss = loss * (latents[0].numel() / resized[0].numel())  # the latent loss's scale
+        else:
+            loss = 0.5 * F.mse_loss(latents, target.detach(), reduction="sum") / batch
         return {
             "loss": loss,
             "t": t_one.float(),

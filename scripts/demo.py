@@ -115,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage2-steps", type=int, default=1000, help="stage-2 optimizer steps")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak LR of stage 1")
     parser.add_argument("--stage2-lr", type=float, default=3e-4, help="peak LR of stage 2")
+    parser.add_argument(
+        "--ref-dropout",
+        type=float,
+        default=0.5,
+        help="stage 2: fraction of steps without the reference frame (SDS queries without it)",
+    )
     parser.add_argument("--sds-steps", type=int, default=600, help="SDS steps")
     parser.add_argument(
         "--sds-guidance",
@@ -200,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         + [f"model.init={stage1}", f"train.max_steps={args.stage2_steps}"]
         + [
             f"train.lr={args.stage2_lr}",
+            f"stage2.ref_dropout={args.ref_dropout}",
             f"checkpoint.every_n_steps={max(args.stage2_steps // 4, 1)}",
         ],
         timings,

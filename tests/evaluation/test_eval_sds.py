@@ -37,9 +37,11 @@ def _camera_input(model):
     return lambda cams: model.cameras(cams.elevation_deg, cams.azimuth_deg, cams.distance)
 
 
-@pytest.mark.parametrize("loss", ["x0_recon", "sds"])
-def test_sds_gradients_reach_the_field_only(tiny_model, loss):
-    cfg = tiny_config(f"sds.loss={loss}")
+@pytest.mark.parametrize(
+    "loss, space", [("x0_recon", "latent"), ("sds", "latent"), ("x0_recon", "image")]
+)
+def test_sds_gradients_reach_the_field_only(tiny_model, loss, space):
+    cfg = tiny_config(f"sds.loss={loss}", f"sds.target_space={space}")
     guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
     cond = tiny_model.image_encoder.encode(torch.rand(1, 3, 32, 32))
     state = FieldState(Field(cfg.field), build_occupancy(cfg))
@@ -214,3 +216,21 @@ def test_term_gradients_are_logged_through_the_compiled_step(tiny_model, tmp_pat
     optimise(guidance, cond, cfg, tmp_path / "field.pt", _camera_input(tiny_model), False)
     records = (tmp_path / "sds_log.jsonl").read_text().splitlines()
     assert len(records) == 2 and json.loads(records[-1])["grad_sds"] > 0
+
+
+def test_image_space_target_regresses_the_renders_on_the_decoded_x0(tiny_model):
+    """``target_space=image``: the loss is the pixel L2 to the decoded target at the model's
+    size, scaled to the latent loss's element count; its gradient skips the VAE encoder."""
+    cfg = tiny_config("sds.target_space=image")
+    guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
+    rgb = torch.rand(4, 32, 32, 3, requires_grad=True)
+    cond = tiny_model.image_encoder.encode(torch.rand(1, 3, 32, 32))
+    out = guidance(rgb, torch.zeros(4, 16), cond, step=0, generator=torch.Generator())
+    painted = guidance.decode(out["target"])
+    scale = out["latents"][0].numel() / rgb[0].numel()
+    expected = 0.5 * ((rgb.detach() - painted) ** 2).sum() / 4 * scale
+    assert torch.allclose(out["loss"], expected, rtol=1e-5)
+    out["loss"].backward()
+    assert torch.allclose(rgb.grad, (rgb.detach() - painted) * scale / 4, atol=1e-6)
+    with pytest.raises(ConfigError, match="sds.target_space"):
+        tiny_config("sds.target_space=pixels")
