@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ DEMO = [
     "20",
 ]
 DEMO += ["--stage1-steps", "20", "--stage2-steps", "10", "--sds-steps", "6", "--sample-steps", "3"]
-DEMO += ["--photometric-steps", "4", "--no-sds-compile"]
+DEMO += ["--photometric-steps", "4", "--no-sds-compile", "--quads", "2", "--seed", "1"]
 
 
 def _not_blank(path: Path, min_std: float = 5.0) -> np.ndarray:
@@ -77,6 +78,13 @@ def test_demo_checkpoints_and_export_load(demo_out: Path):
     fp32 = load_model(demo_out / "model" / "fp32").unet.state_dict()
     ema = load_model(demo_out / "model" / "ema").unet.state_dict()
     assert any(not torch.equal(fp32[k], ema[k]) for k in fp32)  # the EMA is its own weights
+    # --seed reaches both stages and SDS; stage 2 keeps its config's reference-frame dropout
+    for stage in ("stage1", "stage2"):
+        config = yaml.safe_load((demo_out / stage / "config.yaml").read_text())
+        assert config["train"]["seed"] == 1
+    assert config["stage2"]["ref_dropout"] == 0.5
+    sds_config = yaml.safe_load((demo_out / "eval" / "config.yaml").read_text())
+    assert sds_config["seed"] == 1 and sds_config["renderer"]["surface_fill"] == 1.0
 
 
 def test_demo_report_has_finite_scores(demo_out: Path):
