@@ -57,7 +57,7 @@ def test_sds_gradients_reach_the_field_only(tiny_model, loss, space):
 
 def test_std_rescale_blends_towards_the_unguided_scale(tiny_model):
     """With rescale 1 the target's per-object std equals the conditional-only x0's std."""
-    cfg = tiny_config("sds.recon_std_rescale=1.0")
+    cfg = tiny_config("sds.recon_std_rescale=1.0", "sds.target_space=latent")
     guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
     captured = {}
     original = guidance._x0
