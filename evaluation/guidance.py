@@ -80,7 +80,10 @@ class MultiViewGuidance:
         the VAE posterior as MVDream does, or its mean (``sds.vae_latent``) for a model trained on
         cached posterior means. Larger renders are downsized with an antialiasing filter, so
         every rendered pixel informs the latent (plain bilinear would skip most of them)."""
-        images = self.resize(rgb).permute(0, 3, 1, 2)
+        return self._encode_sized(self.resize(rgb), generator)
+
+    def _encode_sized(self, rgb: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        images = rgb.permute(0, 3, 1, 2)
         with self._autocast():
             latents = self.model.vae.encode(
                 images * 2.0 - 1.0, sample=self.sample_latent, generator=generator
@@ -144,8 +147,9 @@ class MultiViewGuidance:
             raise ValueError(f"batch of {batch} views is not a multiple of {self.num_views}")
         space = self.cfg.get("target_space", "latent")
         # image-space targets need no gradient through the encoder (nor its backward pass)
+        resized = self.resize(rgb)  # once: the image-space loss reuses it
         with timer("vae_encode"), torch.set_grad_enabled(space == "latent" and rgb.requires_grad):
-            latents = self.encode(rgb, generator)
+            latents = self._encode_sized(resized, generator)
         t_min, t_max = self.timestep_range(step)
         t_one = torch.randint(t_min, t_max + 1, (1,), generator=generator)
         t = t_one.to(self.device).expand(batch)
@@ -180,7 +184,6 @@ class MultiViewGuidance:
             # (at the model's size) instead of their latents: the gradient skips the VAE
             # encoder's Jacobian, which at small sizes pushes colours into the sigmoid's tails.
             painted = self.decode(target.detach())
-            resized = self.resize(rgb)
             loss = 0.5 * F.mse_loss(resized, painted, reduction="sum") / batch
             loss = loss * (latents[0].numel() / resized[0].numel())  # the latent loss's scale
         else:
