@@ -8,7 +8,7 @@ machine, partition or rerun renders it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -48,6 +48,15 @@ def object_seed(seed: int, object_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def heldout_ranges(ranges: OrbitRanges, count: int) -> list[OrbitRanges]:
+    """The ranges of ``count`` held-out quadruples: each at the middle elevation of its own equal
+    share of the elevation range (one quad: 15 deg of [0, 30]), the rest drawn as for training.
+    Scores need views from above: a random draw near 0 deg hides the top (a cube's top face)."""
+    low, high = ranges.elevation_deg
+    mids = [low + (high - low) * (q + 0.5) / count for q in range(count)]
+    return [replace(ranges, elevation_deg=(mid, mid)) for mid in mids]
+
+
 def plan_views(object_id: str, config: RenderConfig) -> ViewPlan:
     generator = torch.Generator().manual_seed(object_seed(config.seed, object_id))
     quad_ranges = OrbitRanges(config.elevation_deg, config.fov_deg, config.relative_radius)
@@ -57,7 +66,8 @@ def plan_views(object_id: str, config: RenderConfig) -> ViewPlan:
     groups += [random_pose(generator, ref_ranges) for _ in range(config.num_refs)]
     # Drawn last: the training quads and refs are those of a render without held-out quads.
     groups += [
-        sample_orbit_group(generator, 4, quad_ranges, start) for _ in range(config.heldout_quads)
+        sample_orbit_group(generator, 4, ranges, start)
+        for ranges in heldout_ranges(quad_ranges, config.heldout_quads)
     ]
     c2w = torch.cat([group.c2w() for group in groups]).numpy().astype(np.float32)
     cat = {

@@ -54,6 +54,8 @@ def test_heldout_quads_are_rendered_recorded_and_apart(heldout_shards):
         assert all(f"{i:03d}.png" in sample for i in range(9))  # the held-out views are there
         azimuths = meta.angles[[5, 6, 7, 8], 1]
         assert np.allclose(np.diff(azimuths) % 360, 90, atol=1e-3)  # an orthogonal quadruple
+        # Seen from the middle of the elevation range [0, 30]: the top is in the scored views.
+        assert np.allclose(meta.angles[[5, 6, 7, 8], 0], 15.0, atol=1e-3)
         assert meta.meta["view_ranges"]["relative_radius"] == [0.9, 1.1]
         # Drawn after the rest: the training cameras are those of a render without them.
         plain = plan_views(
@@ -68,6 +70,17 @@ def test_heldout_quads_are_rendered_recorded_and_apart(heldout_shards):
     sample["meta.json"] = json.dumps(bad).encode()
     with pytest.raises(CorruptSample, match="heldout_quads is also in quads or refs"):
         read_meta(sample)
+
+
+def test_heldout_elevations_split_the_range_evenly():
+    from data_prep.views import heldout_ranges
+    from models.cameras import OrbitRanges
+
+    ranges = OrbitRanges(elevation_deg=(0.0, 30.0), fov_deg=(20.0, 40.0))
+    picked = heldout_ranges(ranges, 3)
+    assert [r.elevation_deg for r in picked] == [(5.0, 5.0), (15.0, 15.0), (25.0, 25.0)]
+    assert all(r.fov_deg == (20.0, 40.0) for r in picked)  # the rest is drawn as for training
+    assert heldout_ranges(ranges, 0) == []
 
 
 def test_training_never_reads_a_heldout_view(heldout_shards, tmp_path):
