@@ -12,9 +12,17 @@ Conditions, each rendered by the SDS renderer at the same held-out cameras and s
   the ceiling of field + renderer;
 * ``analytic object``: the true object as an analytic field (the coloured cube): the renderer's
   cameras against Blender's, no learning involved.
+
+The analytic fields (sphere, cube) are marched finer than the learned ones (``ANALYTIC_MARCH``):
+an analytic surface has no thickness, so a pixel's colour is read at the first sample inside,
+up to one march step deep, where near an edge the nearest face is the neighbouring one. At the
+demo's 64 samples per ray that painted the neighbours' colours a tenth of the way into every
+face of the cube (fg PSNR 18.9 dB against Blender's views; 22.9 at 256, 23.3 at 1024).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -26,7 +34,16 @@ from evaluation.sds import build_occupancy
 
 CONDITIONS = ("sds", "initial blob", "opaque sphere", "photometric fit", "analytic object")
 ANALYTIC_OBJECTS = {"front_marker": AnalyticCube}  # objects with a known analytic shape
+ANALYTIC_CONDITIONS = ("opaque sphere", "analytic object")
 SPHERE_RADII = torch.linspace(0.2, 0.8, 25).tolist()
+ANALYTIC_MARCH = 512  # samples per ray for the analytic fields (the recipe's; module doc)
+
+
+def analytic_config(cfg):
+    """``cfg`` with the march of the analytic fields: at least ``ANALYTIC_MARCH`` samples."""
+    fine = copy.deepcopy(cfg)
+    fine.renderer["samples_per_ray"] = max(int(cfg.renderer.samples_per_ray), ANALYTIC_MARCH)
+    return fine
 
 
 def initial_blob(cfg) -> Field:
@@ -42,7 +59,8 @@ def best_sphere(cfg, fit: GtViews) -> OpaqueSphere:
     small = fit.subset(list(range(min(len(fit.indices), 8))))
     best, best_iou = SPHERE_RADII[0], -1.0
     for radius in SPHERE_RADII:
-        scores, _ = score_field(OpaqueSphere(radius, tuple(colour.tolist())), None, cfg, small)
+        sphere = OpaqueSphere(radius, tuple(colour.tolist()))
+        scores, _ = score_field(sphere, None, cfg, small)  # the silhouette: the march is enough
         if scores["mean_iou"] > best_iou:
             best, best_iou = radius, scores["mean_iou"]
     return OpaqueSphere(best, tuple(colour.tolist()))
@@ -71,7 +89,8 @@ def score_conditions(
     results: dict = {}
     renders: dict[str, torch.Tensor] = {}
     for name, (field, occupancy) in fields.items():
-        results[name], renders[name] = score_field(field, occupancy, cfg, heldout, cube=cube)
+        march = analytic_config(cfg) if name in ANALYTIC_CONDITIONS else cfg
+        results[name], renders[name] = score_field(field, occupancy, march, heldout, cube=cube)
     if isinstance(fields["opaque sphere"][0], OpaqueSphere):
         results["opaque sphere"]["radius"] = fields["opaque sphere"][0].radius
     if photometric_steps > 0:

@@ -87,3 +87,27 @@ def test_photometric_fit_recovers_the_cube_at_held_out_views(cube_sample):
     assert scores["faces_correct"] == scores["faces_seen"] >= 4, scores["faces"]
     blob, _ = score_field(initial_blob(cfg), None, cfg, truth)
     assert scores["mean_iou"] > blob["mean_iou"] + 0.1  # it learned, from the blob it starts at
+
+
+def test_analytic_cube_paints_each_pixel_its_face(cube_sample):
+    """Each pixel of the analytic cube shows the colour of the face its ray hits first. A coarse
+    march read the colour up to a step inside, where near an edge the neighbouring face is the
+    nearest: at 64 samples per ray 14% of the pixels showed a neighbour's colour (1% at 512) (fg PSNR 18.9 dB
+    in the demo); the controls march the analytic fields at ``ANALYTIC_MARCH`` samples."""
+    from evaluation.controls import analytic_config
+    from evaluation.export import render_cameras
+
+    cfg = load_config("configs/eval_tiny.yaml")
+    truth = load_views(cube_sample, _views(cube_sample)[1], RES)
+    faces = face_map(truth.cameras, RES)
+    colours = torch.tensor(FACE_COLOURS_SRGB8, dtype=torch.float32) / 255.0
+    hit = faces >= 0
+
+    def wrong_share(config) -> float:
+        rgb = render_cameras(AnalyticCube(), None, truth.cameras, RES, config, (1.0, 1.0, 1.0))
+        wrong = (rgb["rgb"] - colours[faces.clamp_min(0)]).abs().amax(-1) > 0.05
+        return (wrong & hit).sum().item() / hit.sum().item()
+
+    fine = wrong_share(analytic_config(cfg))
+    assert fine < 0.03
+    assert wrong_share(cfg) > 3 * fine  # the coarse march's defect, which the check would see
