@@ -9,7 +9,8 @@ import torch
 
 from evaluation.analytic import FACE_COLOURS_SRGB8, FACE_NORMALS, AnalyticCube, face_map
 from evaluation.config import load_config
-from evaluation.controls import initial_blob
+from evaluation.controls import analytic_config, initial_blob
+from evaluation.export import render_cameras
 from evaluation.photometric import fit_photometric
 from evaluation.scores3d import load_views, read_object, score_field, split_views
 from evaluation.views import CameraBatch
@@ -92,11 +93,8 @@ def test_photometric_fit_recovers_the_cube_at_held_out_views(cube_sample):
 def test_analytic_cube_paints_each_pixel_its_face(cube_sample):
     """Each pixel of the analytic cube shows the colour of the face its ray hits first. A coarse
     march read the colour up to a step inside, where near an edge the neighbouring face is the
-    nearest: at 64 samples per ray 14% of the pixels showed a neighbour's colour (1% at 512) (fg PSNR 18.9 dB
-    in the demo); the controls march the analytic fields at ``ANALYTIC_MARCH`` samples."""
-    from evaluation.controls import analytic_config
-    from evaluation.export import render_cameras
-
+    nearest: at 64 samples per ray 14% of the pixels showed a neighbour's colour (1% at 512; fg
+    PSNR 18.9 dB in the demo); the controls march the analytic fields at ``ANALYTIC_MARCH``."""
     cfg = load_config("configs/eval_tiny.yaml")
     truth = load_views(cube_sample, _views(cube_sample)[1], RES)
     faces = face_map(truth.cameras, RES)
