@@ -14,6 +14,7 @@ SCHEDULE_KEYS = {  # key -> what happens when an absolute count exceeds sds.step
     "sds.orient_ramp_steps": "the orientation-loss ramp never completes",
     "sds.milestones": "a resolution phase never starts",
     "material.ambient_only_steps": "shading never starts (albedo only: shading never shapes the geometry)",
+    "material.albedo_finish_steps": "the albedo-only finish covers the whole run (shading never starts)",
 }
 
 
@@ -40,7 +41,7 @@ def schedule_warnings(cfg) -> list[str]:
     out = []
     for key, effect in SCHEDULE_KEYS.items():
         late = [v for v in _values(cfg, key) if at_step(v, total) > total]
-        if late and not (key == "material.ambient_only_steps" and cfg.material.mode == "albedo"):
+        if late and not (key.startswith("material.") and cfg.material.mode == "albedo"):
             shown = ", ".join(f"{v:g}" for v in late)
             out.append(
                 f"config key {key!r} = {shown} steps exceeds sds.steps = {total}: {effect}; "

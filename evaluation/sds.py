@@ -39,9 +39,13 @@ def step_shading(
     """(shading mode, ambient share) for one step, threestudio's diffuse-with-point-light
     material: albedo during the ambient-only warm-up; then albedo with probability
     ``1 - diffuse_prob``, else textureless with ``textureless_prob``, else diffuse. Soft shading
-    draws the diffuse share uniformly per step (ambient = 1 - diffuse). Draws come from the CPU
-    generator: no device sync. ``total``: ``sds.steps`` (the warm-up may be a fraction of it)."""
-    if material_cfg.mode == "albedo" or step < at_step(material_cfg.ambient_only_steps, total):
+    draws the diffuse share uniformly per step (ambient = 1 - diffuse). The last
+    ``albedo_finish_steps`` are albedo again (shading shapes the geometry, the finish restores
+    the colours that textureless and dark steps wash out). Draws come from the CPU generator: no
+    device sync. ``total``: ``sds.steps`` (warm-up and finish may be fractions of it)."""
+    warm_up = step < at_step(material_cfg.ambient_only_steps, total)
+    finish = step >= total - at_step(material_cfg.albedo_finish_steps, total)
+    if material_cfg.mode == "albedo" or warm_up or finish:
         return "albedo", 1.0
     draws = torch.rand(3, generator=generator).tolist()
     if draws[0] > material_cfg.diffuse_prob:

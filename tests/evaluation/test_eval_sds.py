@@ -114,6 +114,28 @@ def test_schedules_follow_the_step_count_or_are_named(tiny_model):
     assert "shading never starts" in warnings[1]
 
 
+def test_albedo_finish_ends_the_run_unshaded():
+    """``material.albedo_finish_steps``: shaded steps only between the warm-up and the finish,
+    as a fraction of the run or a step count; a finish longer than the run is named."""
+    generator = torch.Generator().manual_seed(0)
+    for finish in ("0.25", "150"):
+        cfg = load_config(
+            overrides=[f"material.albedo_finish_steps={finish}"], extra={"sds": {"steps": 600}}
+        )
+        modes = [step_shading(cfg.material, s, generator, 600)[0] for s in range(600)]
+        assert set(modes[:300]) == {"albedo"} and set(modes[450:]) == {"albedo"}
+        assert set(modes[300:450]) == {"albedo", "diffuse", "textureless"}
+    default = load_config(extra={"sds": {"steps": 600}})
+    assert default.material.albedo_finish_steps == 0  # the released recipe shades to the end
+    last = {step_shading(default.material, s, generator, 600)[0] for s in range(560, 600)}
+    assert last == {"albedo", "diffuse", "textureless"}
+    long = load_config(
+        overrides=["material.albedo_finish_steps=700"], extra={"sds": {"steps": 600}}
+    )
+    (warning,) = schedule_warnings(long)
+    assert "'material.albedo_finish_steps' = 700" in warning and "whole run" in warning
+
+
 def test_defaults_are_the_released_recipe():
     """Every number of the released recipe (docs/design.md, section 7) is a default of configs/eval.yaml."""
     cfg = load_config()
