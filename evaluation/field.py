@@ -9,6 +9,7 @@ finite differences as an option. Points are in world units inside the cube ``[-r
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -184,6 +185,21 @@ class Field(nn.Module):
         self.activation = _ACTIVATIONS[cfg.density_activation]
         self.derivative = _DERIVATIVES[cfg.density_activation]
         self.normal_mode, self.normal_eps = cfg.normal, float(cfg.normal_eps)
+        self.geometry: nn.ModuleDict | None = None  # the frozen shape (``freeze_geometry``)
+
+    def freeze_geometry(self) -> None:
+        """Fix the shape from now on (a texture stage): density and normals come from a frozen
+        copy of the grid and density MLP, while the albedo keeps learning on the live grid. The
+        grid is shared, so without the copy the albedo's updates would move the surface too."""
+        if self.geometry is None:
+            frozen = {"encoding": self.encoding, "density_net": self.density_net}
+            self.geometry = nn.ModuleDict(copy.deepcopy(frozen)).requires_grad_(False)
+
+    def _shape(self) -> tuple[HashGrid, nn.Sequential]:
+        """The grid and density MLP the density is read from (the frozen copy once fixed)."""
+        if self.geometry is None:
+            return self.encoding, self.density_net
+        return self.geometry["encoding"], self.geometry["density_net"]
 
     def param_groups(self, lr_grid: float, lr_mlp: float) -> list[dict]:
         """The recipe's two learning rates: the grid table learns 10x faster than the MLPs."""
@@ -193,33 +209,37 @@ class Field(nn.Module):
             {"params": mlps, "lr": lr_mlp, "name": "mlps"},
         ]
 
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoding((x / self.radius + 1.0) * 0.5)
+    def _encode(self, x: torch.Tensor, encoding: HashGrid | None = None) -> torch.Tensor:
+        return (self.encoding if encoding is None else encoding)((x / self.radius + 1.0) * 0.5)
 
     def blob(self, x: torch.Tensor) -> torch.Tensor:
         """Magic3D's density bias: positive inside a ball of radius ``blob_std``."""
         return self.blob_scale * (1.0 - x.norm(dim=-1) / self.blob_std)
 
-    def _density_from(self, x: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.density_net(enc)[:, 0] + self.blob(x))
-
-    def density(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, 3]`` world points -> density ``[N]``."""
-        return self._density_from(x, self._encode(x))
+    def density(self, x: torch.Tensor, enc: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, 3]`` world points -> density ``[N]`` (``enc``: their live-grid features, reused
+        while the shape is not frozen)."""
+        encoding, density_net = self._shape()
+        if enc is None or self.geometry is not None:
+            enc = self._encode(x, encoding)
+        return self.activation(density_net(enc)[:, 0] + self.blob(x))
 
     def _analytic(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Density, albedo and ``grad(sigma)`` in closed form (the exact gradient autograd would
         give, as the reference's ``normal_type: analytic``, without a double backward)."""
-        enc, jac = self.encoding((x / self.radius + 1.0) * 0.5, with_grad=True)
+        encoding, density_net = self._shape()
+        enc, jac = encoding((x / self.radius + 1.0) * 0.5, with_grad=True)
         jac = jac * (0.5 / self.radius)  # d x01 / d x
-        raw, raw_jac = _mlp_with_jacobian(self.density_net, enc, jac)
+        raw, raw_jac = _mlp_with_jacobian(density_net, enc, jac)
         norm = x.norm(dim=-1, keepdim=True)
         blob_grad = -(self.blob_scale / self.blob_std) * x / norm.clamp_min(1e-8)
         pre = raw[:, 0] + self.blob(x)
         grad = self.derivative(pre)[:, None] * (raw_jac[:, :, 0] + blob_grad)
         return {
             "density": self.activation(pre),
-            "albedo": torch.sigmoid(self.feature_net(enc)),
+            "albedo": torch.sigmoid(
+                self.feature_net(enc if self.geometry is None else self._encode(x))
+            ),
             "grad": grad,
         }
 
@@ -242,7 +262,7 @@ class Field(nn.Module):
             return out
         enc = self._encode(x)
         out = {
-            "density": self._density_from(x, enc),
+            "density": self.density(x, enc),
             "albedo": torch.sigmoid(self.feature_net(enc)),
         }
         if with_normals:

@@ -44,8 +44,7 @@ def step_shading(
     the colours that textureless and dark steps wash out). Draws come from the CPU generator: no
     device sync. ``total``: ``sds.steps`` (warm-up and finish may be fractions of it)."""
     warm_up = step < at_step(material_cfg.ambient_only_steps, total)
-    finish = step >= total - at_step(material_cfg.albedo_finish_steps, total)
-    if material_cfg.mode == "albedo" or warm_up or finish:
+    if material_cfg.mode == "albedo" or warm_up or step >= finish_start(material_cfg, total):
         return "albedo", 1.0
     draws = torch.rand(3, generator=generator).tolist()
     if draws[0] > material_cfg.diffuse_prob:
@@ -53,6 +52,11 @@ def step_shading(
     ambient = 1.0 - draws[2] if material_cfg.soft_shading else material_cfg.ambient
     textureless = draws[1] < material_cfg.textureless_prob
     return ("textureless" if textureless else "diffuse"), ambient
+
+
+def finish_start(material_cfg, total: int) -> int:
+    """The first step of the albedo-only finish (``total`` when there is none)."""
+    return total - at_step(material_cfg.albedo_finish_steps, total)
 
 
 def build_occupancy(cfg) -> OccupancyGrid | None:
@@ -105,6 +109,8 @@ def load_checkpoint(path: Path, cfg, device: torch.device) -> tuple[FieldState, 
     """Rebuild the field (and occupancy) from a checkpoint; returns the raw payload too."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     field = Field(cfg.field)
+    if any(key.startswith("geometry.") for key in payload["field"]):
+        field.freeze_geometry()  # saved during a texture finish
     field.load_state_dict(payload["field"])
     occupancy = build_occupancy(cfg)
     if occupancy is not None and payload["occupancy"] is not None:
@@ -281,6 +287,8 @@ def optimise(
     bar = tqdm(total=total, initial=state.step, desc=description, disable=not progress, leave=False)
     while state.step < total:
         step = state.step
+        if cfg.material.finish_freezes_geometry and step >= finish_start(cfg.material, total):
+            state.field.freeze_geometry()  # the finish paints the shape it was handed
         occ_cfg = cfg.renderer.occupancy
         if state.occupancy is not None and step % occ_cfg.update_every == 0:
             state.occupancy.update(state.field, sample_step_size(cfg), device_generator)

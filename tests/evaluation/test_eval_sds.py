@@ -192,6 +192,50 @@ def test_checkpoint_resume_continues_exactly(tiny_model, tmp_path):
         assert torch.allclose(value, resumed.field.state_dict()[key], atol=1e-5), key
 
 
+def test_a_frozen_shape_keeps_density_and_normals_while_the_albedo_learns():
+    cfg = tiny_config()
+    field = Field(cfg.field).double()
+    torch.nn.init.uniform_(field.encoding.table, -1.0, 1.0)  # a non-trivial shape
+    x = torch.rand(400, 3, dtype=torch.float64) * 1.6 - 0.8
+    before = field(x, with_normals=True)
+    field.freeze_geometry()
+    optimizer = torch.optim.Adam(field.parameters(), lr=0.05)
+    for _ in range(5):  # pull the albedo to white: its gradient reaches the shared grid table
+        out = field(x, with_normals=True)
+        optimizer.zero_grad()
+        ((out["albedo"] - 1.0) ** 2).mean().backward()
+        optimizer.step()
+    after = field(x, with_normals=True)
+    assert (after["albedo"] - before["albedo"]).abs().mean() > 0.05
+    assert field.encoding.table.grad.abs().sum() > 0  # the live grid moved ...
+    assert torch.equal(after["density"], before["density"])  # ... the shape did not
+    assert torch.equal(field.density(x), before["density"])
+    assert torch.allclose(after["normal"], before["normal"], atol=1e-12)
+
+
+def test_the_albedo_finish_freezes_the_shape_and_resumes_exactly(tiny_model, tmp_path):
+    """Steps 2 and 3 of a 4-step run are the finish: the field leaves with a frozen shape, the
+    live grid painted past it, and a run stopped inside the finish resumes to the same field."""
+    common = ["sds.checkpoint_every=1", "sds.milestones=[4]", "sds.t_anneal_steps=8"]
+    common += ["material.ambient_only_steps=0", "material.diffuse_prob=1.0"]
+    cfg = tiny_config("sds.steps=4", "material.albedo_finish_steps=2", *common)
+    guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
+    cond = tiny_model.image_encoder.encode(torch.rand(1, 3, 32, 32))
+    cam = _camera_input(tiny_model)
+    straight = optimise(guidance, cond, cfg, tmp_path / "a.pt", cam, progress=False)
+    frozen = straight.field.geometry
+    assert frozen is not None and not any(p.requires_grad for p in frozen.parameters())
+    assert not torch.equal(frozen["encoding"].table, straight.field.encoding.table)
+    assert torch.equal(frozen["density_net"][0].weight, straight.field.density_net[0].weight)
+    # stopped at step 3 (finish from step 2 too), then resumed under the 4-step config
+    half = tiny_config("sds.steps=3", "material.albedo_finish_steps=1", *common)
+    optimise(guidance, cond, half, tmp_path / "b.pt", cam, progress=False)
+    resumed = optimise(guidance, cond, cfg, tmp_path / "b.pt", cam, progress=False)
+    assert resumed.field.geometry is not None
+    for key, value in straight.field.state_dict().items():
+        assert torch.allclose(value, resumed.field.state_dict()[key], atol=1e-5), key
+
+
 def test_previews_and_term_gradients_are_logged(tiny_model, tmp_path):
     """Every preview_every steps the renders and the decoded x0 the prior paints are saved; every
     logging step records each loss term and the gradient norm it puts on the field."""
