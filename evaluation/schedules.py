@@ -36,7 +36,8 @@ def _values(cfg, key: str) -> list[float]:
 
 
 def schedule_warnings(cfg) -> list[str]:
-    """One line per schedule key whose absolute step count exceeds ``sds.steps``."""
+    """One line per schedule key whose absolute step count exceeds ``sds.steps``, and one when
+    the shading warm-up and the albedo finish leave no shaded step."""
     total = int(cfg.sds.steps)
     out = []
     for key, effect in SCHEDULE_KEYS.items():
@@ -47,4 +48,15 @@ def schedule_warnings(cfg) -> list[str]:
                 f"config key {key!r} = {shown} steps exceeds sds.steps = {total}: {effect}; "
                 f"give a fraction of sds.steps (a value below 1) instead"
             )
+    mat = cfg.material
+    finish = total - at_step(mat.albedo_finish_steps, total)
+    if (
+        mat.mode == "diffuse"
+        and 0 <= finish < total
+        and finish <= at_step(mat.ambient_only_steps, total)
+    ):
+        out.append(
+            f"config keys 'material.ambient_only_steps' and 'material.albedo_finish_steps' leave "
+            f"no shaded step: the warm-up reaches the finish (step {finish} of {total})"
+        )
     return out

@@ -126,12 +126,30 @@ def main(argv: list[str] | None = None) -> int:
         help="stage 2: fraction of steps without the reference frame (SDS queries without it; "
         "default: the config's 0.5)",
     )
-    parser.add_argument("--sds-steps", type=int, default=600, help="SDS steps")
+    parser.add_argument(
+        "--sds-steps",
+        type=int,
+        default=800,
+        help="SDS steps (600 shaded steps and a 200-step albedo finish with --sds-shading)",
+    )
     parser.add_argument(
         "--sds-guidance",
         type=float,
         default=5.0,
         help="SDS guidance (the recipe's 10 over-saturates the tiny prior)",
+    )
+    parser.add_argument(
+        "--sds-shading",
+        type=float,
+        nargs=2,
+        default=(0.375, 0.75),
+        metavar=("START", "END"),
+        help="SDS shades steps only between these fractions of the run: albedo before (the "
+        "recipe's warm-up), and after END an albedo finish on the frozen shape, which gives back "
+        "the colours that shaded steps wash out (8-quad prior, seed 0: 600 steps shaded from 0.5 "
+        "to the end scored IoU 0.861 / fg PSNR 13.6 dB / 4 of 5 faces, 800 steps shaded from "
+        "0.375 to 0.75 0.855 / 15.0 dB / 5 of 5, 600 steps from 0.3 to 0.8 0.842 / 15.2 / 5; END "
+        "1.0: shaded to the end as released)",
     )
     parser.add_argument(
         "--photometric-steps",
@@ -151,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=0, help="seed of pretraining, both stages, SDS and sampling"
     )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.sds_shading[0] < args.sds_shading[1] <= 1.0:
+        parser.error("--sds-shading START END needs 0 <= START < END <= 1")
 
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
     py = sys.executable
@@ -253,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             "none",
             f"sds.guidance_scale={args.sds_guidance}",
             f"seed={args.seed}",
+            f"material.ambient_only_steps={args.sds_shading[0]}",
+            f"material.albedo_finish_steps={round(1.0 - args.sds_shading[1], 6)}",
         ]
         # the recipe's schedules are fractions of sds.steps (configs/eval.yaml): they scale to
         # the short run; the x0 the prior paints is saved every 10% of the run (x0/)

@@ -134,6 +134,9 @@ def test_albedo_finish_ends_the_run_unshaded():
     )
     (warning,) = schedule_warnings(long)
     assert "'material.albedo_finish_steps' = 700" in warning and "whole run" in warning
+    overlap = ["material.ambient_only_steps=0.6", "material.albedo_finish_steps=0.5"]
+    (warning,) = schedule_warnings(load_config(overrides=overlap, extra={"sds": {"steps": 600}}))
+    assert "no shaded step" in warning and "step 300 of 600" in warning
 
 
 def test_defaults_are_the_released_recipe():
