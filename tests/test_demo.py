@@ -85,6 +85,12 @@ def test_demo_checkpoints_and_export_load(demo_out: Path):
     assert config["stage2"]["ref_dropout"] == 0.5
     sds_config = yaml.safe_load((demo_out / "eval" / "config.yaml").read_text())
     assert sds_config["seed"] == 1 and sds_config["renderer"]["surface_fill"] == 1.0
+    # shaded from 0.375 to 0.75 of the run, then the albedo finish on the frozen shape
+    material = sds_config["material"]
+    assert (material["ambient_only_steps"], material["albedo_finish_steps"]) == (0.375, 0.25)
+    field = torch.load(demo_out / "eval" / "objects" / "front_marker" / "field.pt",
+                       map_location="cpu", weights_only=True)["field"]  # fmt: skip
+    assert any(key.startswith("geometry.") for key in field)
 
 
 def test_demo_report_has_finite_scores(demo_out: Path):
