@@ -44,7 +44,7 @@ def step_shading(
     the colours that textureless and dark steps wash out). Draws come from the CPU generator: no
     device sync. ``total``: ``sds.steps`` (warm-up and finish may be fractions of it)."""
     warm_up = step < at_step(material_cfg.ambient_only_steps, total)
-    if material_cfg.mode == "albedo" or warm_up or step >= finish_start(material_cfg, total):
+    if material_cfg.mode == "albedo" or warm_up or in_albedo_finish(material_cfg, step, total):
         return "albedo", 1.0
     draws = torch.rand(3, generator=generator).tolist()
     if draws[0] > material_cfg.diffuse_prob:
@@ -54,9 +54,11 @@ def step_shading(
     return ("textureless" if textureless else "diffuse"), ambient
 
 
-def finish_start(material_cfg, total: int) -> int:
-    """The first step of the albedo-only finish (``total`` when there is none)."""
-    return total - at_step(material_cfg.albedo_finish_steps, total)
+def in_albedo_finish(material_cfg, step: int, total: int) -> bool:
+    """Whether ``step`` is in the albedo-only finish (the last ``albedo_finish_steps``; never
+    when that is 0, even for steps past ``total``)."""
+    finish = at_step(material_cfg.albedo_finish_steps, total)
+    return finish > 0 and step >= total - finish
 
 
 def build_occupancy(cfg) -> OccupancyGrid | None:
@@ -287,7 +289,7 @@ def optimise(
     bar = tqdm(total=total, initial=state.step, desc=description, disable=not progress, leave=False)
     while state.step < total:
         step = state.step
-        if cfg.material.finish_freezes_geometry and step >= finish_start(cfg.material, total):
+        if cfg.material.finish_freezes_geometry and in_albedo_finish(cfg.material, step, total):
             state.field.freeze_geometry()  # the finish paints the shape it was handed
         occ_cfg = cfg.renderer.occupancy
         if state.occupancy is not None and step % occ_cfg.update_every == 0:
