@@ -23,6 +23,13 @@ def at_step(value: float, total: int) -> int:
     return int(round(float(value) * total)) if float(value) < 1.0 else int(value)
 
 
+def albedo_finish_start(material_cfg, total: int) -> int | None:
+    """The first step of the albedo-only finish (``material.albedo_finish_steps``), or None
+    when there is none (0), whatever the step."""
+    finish = at_step(material_cfg.albedo_finish_steps, total)
+    return total - finish if finish > 0 else None
+
+
 def annealed_fraction(step: int, start: float, end: float, anneal_steps: int) -> float:
     """Linear interpolation from ``start`` at step 0 to ``end`` at ``anneal_steps``, then flat."""
     ramp = min(max(step / max(anneal_steps, 1), 0.0), 1.0)
@@ -49,11 +56,11 @@ def schedule_warnings(cfg) -> list[str]:
                 f"give a fraction of sds.steps (a value below 1) instead"
             )
     mat = cfg.material
-    finish = total - at_step(mat.albedo_finish_steps, total)
+    finish = albedo_finish_start(mat, total)
     if (
         mat.mode == "diffuse"
-        and 0 <= finish < total
-        and finish <= at_step(mat.ambient_only_steps, total)
+        and finish is not None
+        and 0 <= finish <= at_step(mat.ambient_only_steps, total)
     ):
         out.append(
             f"config keys 'material.ambient_only_steps' and 'material.albedo_finish_steps' leave "

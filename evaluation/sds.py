@@ -15,7 +15,7 @@ from tqdm import tqdm
 from evaluation.field import Field
 from evaluation.guidance import MultiViewGuidance, _no_timer
 from evaluation.renderer import OccupancyGrid, render_settings, render_views, step_size
-from evaluation.schedules import annealed_fraction, at_step
+from evaluation.schedules import albedo_finish_start, annealed_fraction, at_step
 from evaluation.views import sample_lights, sample_sds_cameras
 
 LOG = "sds_log.jsonl"  # per logging step: the loss terms and the gradient norm of each
@@ -55,10 +55,9 @@ def step_shading(
 
 
 def in_albedo_finish(material_cfg, step: int, total: int) -> bool:
-    """Whether ``step`` is in the albedo-only finish (the last ``albedo_finish_steps``; never
-    when that is 0, even for steps past ``total``)."""
-    finish = at_step(material_cfg.albedo_finish_steps, total)
-    return finish > 0 and step >= total - finish
+    """Whether ``step`` is in the albedo-only finish (never without one, even past ``total``)."""
+    start = albedo_finish_start(material_cfg, total)
+    return start is not None and step >= start
 
 
 def build_occupancy(cfg) -> OccupancyGrid | None:
@@ -171,7 +170,8 @@ def sds_step(
         stratified=True,
         shading=shading,
         ambient=ambient,
-        need_normals=orient_weight > 0,
+        # a frozen shape takes no gradient: its normals would feed nothing
+        need_normals=orient_weight > 0 and state.field.geometry is None,
         compile=use_compile(cfg, device),
     )
     with timer("render"):

@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         "--sds-steps",
         type=int,
         default=800,
-        help="SDS steps (with --sds-shading: albedo to step 300, shaded to 600, then an albedo "
-        "finish on the frozen shape)",
+        help="SDS steps (with the default --sds-shading: albedo to step 300, shaded to 600, then "
+        "an albedo finish on the frozen shape)",
     )
     parser.add_argument(
         "--sds-guidance",
