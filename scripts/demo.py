@@ -115,8 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--encoder-steps", type=int, default=1000, help="contrastive image-encoder steps"
     )
-    parser.add_argument("--stage1-steps", type=int, default=3000, help="stage-1 optimizer steps")
-    parser.add_argument("--stage2-steps", type=int, default=1000, help="stage-2 optimizer steps")
+    parser.add_argument(
+        "--stage1-steps",
+        type=int,
+        default=4500,
+        help="stage-1 optimizer steps (3000 with 1000 in stage 2: the cube's views at the held-out "
+        "quad 18.5 dB, its SDS object 15.1 dB fg; 4500 and 2000: 20.6 and 16.8 dB, +4 min)",
+    )
+    parser.add_argument("--stage2-steps", type=int, default=2000, help="stage-2 optimizer steps")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak LR of stage 1")
     parser.add_argument("--stage2-lr", type=float, default=3e-4, help="peak LR of stage 2")
     parser.add_argument(
