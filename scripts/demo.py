@@ -119,9 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         "--stage1-steps",
         type=int,
         default=4500,
-        help="stage-1 optimizer steps (3000 with 1000 in stage 2: reference-free views at the "
-        "held-out quad 20.0 dB, the SDS cube 15.1 dB fg; 4500 and 2000: 23.1 and 16.8 dB, +4 min; "
-        "seed 0)",
+        help="stage-1 optimizer steps (seed 0, reference-free views at the held-out quad: 20.0 dB "
+        "with 3000 and 1000 in stage 2, 23.1 dB with 4500 and 2000, +4 min)",
     )
     parser.add_argument("--stage2-steps", type=int, default=2000, help="stage-2 optimizer steps")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak LR of stage 1")
