@@ -130,6 +130,50 @@ class MultiViewGuidance:
     def _x0(self, noisy: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
         return (noisy - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
+    def _guided_x0(
+        self,
+        noisy: torch.Tensor,
+        eps: torch.Tensor,
+        eps_cond: torch.Tensor,
+        alpha_bar: torch.Tensor,
+    ) -> torch.Tensor:
+        """x0_recon's target: the guided x0 estimate, its std blended towards the unguided one's
+        by ``recon_std_rescale`` (per object: all its views together), which curbs the
+        over-saturation of high guidance scales."""
+        target = self._x0(noisy, eps, alpha_bar)
+        rescale = self.cfg.recon_std_rescale
+        if rescale <= 0:
+            return target
+        shape = (-1, self.num_views, *target.shape[1:])
+        guided = target.reshape(shape)
+        plain = self._x0(noisy, eps_cond, alpha_bar).reshape(shape)
+        dims = list(range(1, guided.dim()))
+        factor = (plain.std(dims, keepdim=True) + 1e-8) / (guided.std(dims, keepdim=True) + 1e-8)
+        adjusted = (guided * factor).reshape(target.shape)
+        return rescale * adjusted + (1 - rescale) * target
+
+    @torch.no_grad()
+    def paint(
+        self,
+        latents: torch.Tensor,
+        t: int,
+        cond: torch.Tensor,
+        camera: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The x0_recon target for ``latents`` noised at timestep ``t`` (fresh noise): what the
+        prior paints over them (evaluation.prior_at_truth asks this of the true views)."""
+        batch = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        alpha_bar = self.alphas_cumprod[t].view(1, 1, 1, 1)
+        noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+        t_batch = torch.full((batch,), t, device=self.device)
+        cond = cond.to(self.device, latents.dtype).expand(batch, -1, -1)
+        eps, eps_cond = self.predict_noise(
+            noisy, t_batch, cond, camera.to(self.device, latents.dtype)
+        )
+        return self._guided_x0(noisy, eps, eps_cond, alpha_bar)
+
     def __call__(
         self,
         rgb: torch.Tensor,
@@ -162,20 +206,7 @@ class MultiViewGuidance:
                 noisy, t, cond, camera.to(self.device, latents.dtype)
             )
         if self.cfg.loss == "x0_recon":
-            target = self._x0(noisy, eps, alpha_bar)
-            rescale = self.cfg.recon_std_rescale
-            if rescale > 0:
-                # Per object (all its views together): match the guided x0's std to the
-                # unguided one's, which curbs the over-saturation of high guidance scales.
-                shape = (-1, self.num_views, *target.shape[1:])
-                guided = target.reshape(shape)
-                plain = self._x0(noisy, eps_cond, alpha_bar).reshape(shape)
-                dims = list(range(1, guided.dim()))
-                factor = (plain.std(dims, keepdim=True) + 1e-8) / (
-                    guided.std(dims, keepdim=True) + 1e-8
-                )
-                adjusted = (guided * factor).reshape(target.shape)
-                target = rescale * adjusted + (1 - rescale) * target
+            target = self._guided_x0(noisy, eps, eps_cond, alpha_bar)
         else:
             grad = (1 - alpha_bar) * (eps - noise)
             target = latents.detach() - torch.nan_to_num(grad)

@@ -6,8 +6,9 @@ at a held-out quadruple's ground-truth poses (cameras no training step saw), wit
 reference frame (SDS queries without it), scored beside three baselines (untrained, cameras
 rotated, another object's reference) -> SDS image-to-3D on a training object, scored at held-out
 ground-truth views beside its controls (initial blob, opaque sphere, photometric fit, the analytic
-cube) -> 4 views of the held-out object (which the tiny model cannot generalise to) -> the figure
-and the report page.
+cube) -> what the prior paints over the true views (the ceiling SDS cannot pass) -> 4 views of
+the held-out object (which the tiny model cannot generalise to) -> the figure and the report
+page.
 
 Each step runs the same command a user would type (printed before it runs), so the demo doubles
 as a walk-through. Rerunning resumes: renders, the VAE, training runs and evaluations skip
@@ -306,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         + ["--photometric-steps", str(args.photometric_steps)],
         timings,
     )
+    prior_check = out / "prior_at_truth.json"
+    run_step(
+        "the prior's x0 targets over the true views (the ceiling SDS cannot pass)",
+        [py, "-m", "evaluation.prior_at_truth", "--field", str(evaluation / "objects" / SDS_OBJECT)]
+        + ["--shards", str(sds_input), "--out", str(prior_check)],
+        timings,
+    )
 
     image = reference_image(held_shards, out / "inputs" / f"{HELD_OUT}.png")
     grid = out / "samples" / f"{HELD_OUT}_views.png"
@@ -336,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "views at GT poses + baselines (scores.json, views.png)": multiview,
         "SDS results (renders, video, mesh)": evaluation,
         "SDS scores at held-out views vs its controls": sds_scores,
+        "what the prior paints over the true views (SDS's ceiling)": prior_check,
         "held-out object's sampled views": grid,
         "SDS evaluation report": evaluation / "index.html",
         "the demo's report page (open in a browser)": out / "index.html",

@@ -187,6 +187,24 @@ def report_page(demo: Path, key: str) -> Path:
         video = Path("eval") / "objects" / sds["object"] / "turntable.mp4"
         if (demo / video).exists():
             parts.append(f"<video src='{video.as_posix()}' controls loop width='256'></video>")
+    prior_path = demo / "prior_at_truth.json"
+    if prior_path.exists():  # evaluation.prior_at_truth
+        prior = json.loads(prior_path.read_text())
+        rows = [["VAE round trip", f"{prior['vae_round_trip_fg_psnr']:.2f}", ""]] + [
+            [f"t = {t}", f"{e['fg_psnr']:.2f}", f"{e['fg_psnr_of_mean']:.2f}"]
+            for t, e in prior["timesteps"].items()
+        ]
+        parts += [
+            "<h3>What the prior paints over the true views: the ceiling of SDS</h3>",
+            _table(
+                ["true views noised at", "one x0 target: fg PSNR dB", "mean of the targets"],
+                rows,
+                "prior_at_truth",
+            ),  # fmt: skip
+            f"<p>The held-out views themselves, at {prior['image_size']} px, noised and denoised "
+            "once with SDS's guidance: SDS pulls its renders towards these targets, so an object "
+            "it makes scores about what the targets at its timesteps score.</p>",
+        ]
     vae_path = demo / "vae_model" / "vae_metrics.json"
     if vae_path.exists():
         vae = json.loads(vae_path.read_text())

@@ -131,6 +131,11 @@ def test_demo_scores_views_and_sds_at_ground_truth_poses(demo_out: Path):
         assert 0 <= sds[name]["faces_correct"] <= sds[name]["faces_seen"] <= 5
     assert sds["analytic object"]["mean_iou"] > 0.85  # the renderer's cameras are Blender's
     assert (demo_out / "eval" / "objects" / "front_marker" / "sds_log.jsonl").is_file()
+    prior = json.loads((demo_out / "prior_at_truth.json").read_text())  # SDS's ceiling
+    assert prior["views"] == sds["scored_views"] and set(prior["timesteps"]) == {
+        "50", "150", "300", "500", "800"
+    }  # fmt: skip
+    assert all(math.isfinite(e["fg_psnr"]) for e in prior["timesteps"].values())
     figure = _not_blank(demo_out / "demo.png")
     assert figure.shape[0] > 6 * 32  # ground truth, 3 sampled rows, SDS and blob rows
 
@@ -167,7 +172,8 @@ def test_demo_report_page_shows_figures_and_scores(demo_out: Path):
     import re
 
     page = (demo_out / "index.html").read_text()
-    for ident in ("figure", "views", "views_without_reference", "sds", "pretraining"):
+    for ident in ("figure", "views", "views_without_reference", "sds", "prior_at_truth",
+                  "pretraining"):  # fmt: skip
         assert f"id='{ident}'" in page, ident
     for name in ("cameras rotated", "other reference", "untrained", "initial blob"):
         assert name in page, name
