@@ -152,6 +152,28 @@ class MultiViewGuidance:
         adjusted = (guided * factor).reshape(target.shape)
         return rescale * adjusted + (1 - rescale) * target
 
+    def _noise_and_predict(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        camera: torch.Tensor,
+        generator: torch.Generator | None,
+        timer: Callable[[str], AbstractContextManager] = _no_timer,
+    ) -> tuple[torch.Tensor, ...]:
+        """Noise ``latents`` at timesteps ``t [B]`` and predict it: (noise, noisy latents,
+        alpha_bar, guided and conditional-only noise predictions)."""
+        batch = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = alpha_bar.sqrt() * latents.detach() + (1 - alpha_bar).sqrt() * noise
+        cond = cond.to(self.device, latents.dtype).expand(batch, -1, -1)
+        with timer("unet"):
+            eps, eps_cond = self.predict_noise(
+                noisy, t, cond, camera.to(self.device, latents.dtype)
+            )
+        return noise, noisy, alpha_bar, eps, eps_cond
+
     @torch.no_grad()
     def paint(
         self,
@@ -163,14 +185,9 @@ class MultiViewGuidance:
     ) -> torch.Tensor:
         """The x0_recon target for ``latents`` noised at timestep ``t`` (fresh noise): what the
         prior paints over them (evaluation.prior_at_truth asks this of the true views)."""
-        batch = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        alpha_bar = self.alphas_cumprod[t].view(1, 1, 1, 1)
-        noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
-        t_batch = torch.full((batch,), t, device=self.device)
-        cond = cond.to(self.device, latents.dtype).expand(batch, -1, -1)
-        eps, eps_cond = self.predict_noise(
-            noisy, t_batch, cond, camera.to(self.device, latents.dtype)
+        t_batch = torch.full((latents.shape[0],), t, device=self.device)
+        _, noisy, alpha_bar, eps, eps_cond = self._noise_and_predict(
+            latents, t_batch, cond, camera, generator
         )
         return self._guided_x0(noisy, eps, eps_cond, alpha_bar)
 
@@ -197,14 +214,9 @@ class MultiViewGuidance:
         t_min, t_max = self.timestep_range(step)
         t_one = torch.randint(t_min, t_max + 1, (1,), generator=generator)
         t = t_one.to(self.device).expand(batch)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = alpha_bar.sqrt() * latents.detach() + (1 - alpha_bar).sqrt() * noise
-        cond = cond.to(self.device, latents.dtype).expand(batch, -1, -1)
-        with timer("unet"):
-            eps, eps_cond = self.predict_noise(
-                noisy, t, cond, camera.to(self.device, latents.dtype)
-            )
+        noise, noisy, alpha_bar, eps, eps_cond = self._noise_and_predict(
+            latents, t, cond, camera, generator, timer
+        )
         if self.cfg.loss == "x0_recon":
             target = self._guided_x0(noisy, eps, eps_cond, alpha_bar)
         else:
