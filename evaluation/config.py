@@ -92,6 +92,9 @@ def validate(cfg: Cfg) -> None:
         _check(views % cfg.cameras.views == 0, "sds.batch_views", "multiple of cameras.views")
     _check(0.0 <= sds.recon_std_rescale <= 1.0, "sds.recon_std_rescale", "must be in [0, 1]")
     _check(len(sds.t_end) == 2, "sds.t_end", "must be [min, max]")
+    _check(sds.guidance_scale >= 0, "sds.guidance_scale", "must be >= 0")
+    end = sds.guidance_scale_end
+    _check(end is None or end >= 0, "sds.guidance_scale_end", "must be >= 0 or null (constant)")
     _check(cfg.material.mode in ("albedo", "diffuse"), "material.mode", "albedo or diffuse")
     for key in ("diffuse_prob", "textureless_prob"):
         _check(0.0 <= cfg.material[key] <= 1.0, f"material.{key}", "must be in [0, 1]")

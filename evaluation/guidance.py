@@ -2,7 +2,8 @@
 
 Per step: renders are resized to ``image_size``, encoded by the VAE (with gradient into the
 renders), noised at one timestep shared by the batch, and denoised by the UNet twice (the CLIP
-image embedding and the zero embedding) for classifier-free guidance. Two losses:
+image embedding and the zero embedding) for classifier-free guidance, whose scale may anneal over
+the run (``guidance_at``). Two losses:
 
 - ``x0_recon`` (the released recipe): the guided x0 estimate, its std rescaled towards the
   unguided estimate's per object by ``recon_std_rescale``, is the (detached) regression target
@@ -70,6 +71,18 @@ class MultiViewGuidance:
         n = self.num_train_timesteps
         return int(n * low), max(int(n * high), int(n * low))
 
+    def guidance_at(self, step: int) -> float:
+        """Classifier-free guidance scale at ``step``: ``guidance_scale`` at step 0, linear to
+        ``guidance_scale_end`` over ``guidance_anneal_steps`` (constant when the end is null).
+        High early guidance commits the shape; low late guidance keeps the targets' colours
+        near the prior's unguided estimate, which the guidance pulls off the truth."""
+        cfg = self.cfg
+        end = cfg.get("guidance_scale_end")
+        if end is None:
+            return float(cfg.guidance_scale)
+        anneal = at_step(cfg.get("guidance_anneal_steps", 0.8), int(cfg.steps))
+        return annealed_fraction(step, float(cfg.guidance_scale), float(end), anneal)
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
@@ -111,9 +124,15 @@ class MultiViewGuidance:
 
     @torch.no_grad()
     def predict_noise(
-        self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, camera: torch.Tensor
+        self,
+        noisy: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        camera: torch.Tensor,
+        scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(guided, conditional-only) noise predictions; ``cond`` ``[B,1,D]``."""
+        """(guided, conditional-only) noise predictions; ``cond`` ``[B,1,D]``; ``scale`` the
+        guidance (default: ``guidance_scale``)."""
         batch = noisy.shape[0]
         uncond = torch.zeros_like(cond)  # the unconditional input is the all-zeros embedding
         with self._autocast():
@@ -125,7 +144,8 @@ class MultiViewGuidance:
                 num_views=self.num_views,
             )
         eps_cond, eps_uncond = eps.float().clone().split(batch)  # own copy: graphs reuse buffers
-        return eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond), eps_cond
+        scale = float(self.cfg.guidance_scale) if scale is None else scale
+        return eps_uncond + scale * (eps_cond - eps_uncond), eps_cond
 
     def _x0(self, noisy: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
         return (noisy - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
@@ -159,10 +179,11 @@ class MultiViewGuidance:
         cond: torch.Tensor,
         camera: torch.Tensor,
         generator: torch.Generator | None,
+        scale: float,
         timer: Callable[[str], AbstractContextManager] = _no_timer,
     ) -> tuple[torch.Tensor, ...]:
-        """Noise ``latents`` at timesteps ``t [B]`` and predict it: (noise, noisy latents,
-        alpha_bar, guided and conditional-only noise predictions)."""
+        """Noise ``latents`` at timesteps ``t [B]`` and predict it with guidance ``scale``:
+        (noise, noisy latents, alpha_bar, guided and conditional-only noise predictions)."""
         batch = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -170,7 +191,7 @@ class MultiViewGuidance:
         cond = cond.to(self.device, latents.dtype).expand(batch, -1, -1)
         with timer("unet"):
             eps, eps_cond = self.predict_noise(
-                noisy, t, cond, camera.to(self.device, latents.dtype)
+                noisy, t, cond, camera.to(self.device, latents.dtype), scale
             )
         return noise, noisy, alpha_bar, eps, eps_cond
 
@@ -182,12 +203,15 @@ class MultiViewGuidance:
         cond: torch.Tensor,
         camera: torch.Tensor,
         generator: torch.Generator | None = None,
+        scale: float | None = None,
     ) -> torch.Tensor:
-        """The x0_recon target for ``latents`` noised at timestep ``t`` (fresh noise): what the
-        prior paints over them (evaluation.prior_at_truth asks this of the true views)."""
+        """The x0_recon target for ``latents`` noised at timestep ``t`` (fresh noise) under
+        guidance ``scale`` (default: the end of the schedule): what the prior paints over them
+        (evaluation.prior_at_truth asks this of the true views)."""
         t_batch = torch.full((latents.shape[0],), t, device=self.device)
+        scale = self.guidance_at(int(self.cfg.steps)) if scale is None else scale
         _, noisy, alpha_bar, eps, eps_cond = self._noise_and_predict(
-            latents, t_batch, cond, camera, generator
+            latents, t_batch, cond, camera, generator, scale
         )
         return self._guided_x0(noisy, eps, eps_cond, alpha_bar)
 
@@ -215,7 +239,7 @@ class MultiViewGuidance:
         t_one = torch.randint(t_min, t_max + 1, (1,), generator=generator)
         t = t_one.to(self.device).expand(batch)
         noise, noisy, alpha_bar, eps, eps_cond = self._noise_and_predict(
-            latents, t, cond, camera, generator, timer
+            latents, t, cond, camera, generator, self.guidance_at(step), timer
         )
         if self.cfg.loss == "x0_recon":
             target = self._guided_x0(noisy, eps, eps_cond, alpha_bar)

@@ -5,7 +5,7 @@
 SDS moves the renders towards the x0 the prior paints over them (``sds.loss: x0_recon``). Here
 the renders are the object's ground-truth views at its held-out cameras (as
 ``evaluation.sds_gt_score`` scores them), at the model's image size: their latents are noised at
-each timestep and denoised once, with the SDS run's guidance settings and reference
+each timestep and denoised once, with the guidance the SDS run ends on and its reference
 (``config.yaml`` and ``reference.png`` of the object folder). The foreground PSNR of the decoded
 targets against the truth says how far the prior pulls a perfect object away from itself. When
 it is well below the VAE's round trip, the prior, not SDS, limits the result: an object SDS
@@ -50,11 +50,14 @@ def prior_at_truth(
     timesteps: tuple[int, ...] = TIMESTEPS,
     draws: int = 8,
     seed: int = 0,
+    scale: float | None = None,
 ) -> dict:
     """The targets ``model`` paints over ``truth`` (views at ``sds_cfg.image_size``, in quads)
-    given the RGBA ``reference [4,S,S]``; see the module doc for the entries."""
+    given the RGBA ``reference [4,S,S]``, under guidance ``scale`` (default: where the run's
+    guidance schedule ends, the scale its last steps paint with); see the module doc."""
     device = next(model.parameters()).device
     guidance = MultiViewGuidance(model, sds_cfg, 4, device)
+    scale = guidance.guidance_at(int(sds_cfg.steps)) if scale is None else float(scale)
     size = int(sds_cfg.image_size)
     if truth.views.shape[-1] != size:
         raise ValueError(f"truth views are {truth.views.shape[-1]} px, the model's size is {size}")
@@ -69,14 +72,14 @@ def prior_at_truth(
     results: dict = {
         "views": truth.indices,
         "image_size": size,
-        "guidance_scale": float(sds_cfg.guidance_scale),
+        "guidance_scale": scale,
         "draws": draws,
         "vae_round_trip_fg_psnr": _fg_psnr(guidance.decode(latents).cpu(), truth),
         "timesteps": {},
     }
     for t in timesteps:
         painted = [
-            guidance.decode(guidance.paint(latents, t, cond, camera, generator)).cpu()
+            guidance.decode(guidance.paint(latents, t, cond, camera, generator, scale)).cpu()
             for _ in range(draws)
         ]
         results["timesteps"][str(t)] = {
@@ -87,16 +90,23 @@ def prior_at_truth(
 
 
 def check_object(
-    object_folder: Path, shards: list[str], draws: int = 8, timesteps=TIMESTEPS
+    object_folder: Path,
+    shards: list[str],
+    draws: int = 8,
+    timesteps=TIMESTEPS,
+    scale: float | None = None,
 ) -> dict:
-    """``prior_at_truth`` with an SDS run's model, guidance settings and reference."""
+    """``prior_at_truth`` with an SDS run's model, guidance settings and reference (``scale``
+    overrides the guidance)."""
     cfg = Cfg(yaml.safe_load((object_folder / "config.yaml").read_text()))
     model = load_frozen_model(cfg, torch.device("cpu"))
     sample = read_object(shards, object_folder.name)
     _, scored, heldout = split_views(sample)
     truth = load_views(sample, scored, int(cfg.sds.image_size))
     reference = to_rgba_tensor(Image.open(object_folder / "reference.png"))
-    results = prior_at_truth(model, cfg.sds, reference, truth, tuple(timesteps), draws, cfg.seed)
+    results = prior_at_truth(
+        model, cfg.sds, reference, truth, tuple(timesteps), draws, cfg.seed, scale
+    )
     return {"object": object_folder.name, "heldout": heldout, **results}
 
 
@@ -124,8 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--timesteps", type=int, nargs="+", default=list(TIMESTEPS), help="of the 1000"
     )
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="CFG scale (default: the run's final one)"
+    )
     args = parser.parse_args(argv)
-    results = check_object(Path(args.field), args.shards, args.draws, args.timesteps)
+    results = check_object(Path(args.field), args.shards, args.draws, args.timesteps, args.guidance)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(summary_lines(results)))

@@ -114,6 +114,39 @@ def test_schedules_follow_the_step_count_or_are_named(tiny_model):
     assert "shading never starts" in warnings[1]
 
 
+def test_guidance_anneals_when_an_end_is_set(tiny_model):
+    """``sds.guidance_scale_end``: linear from ``guidance_scale`` to the end over
+    ``guidance_anneal_steps``; the step's UNet combination and ``paint`` use the scheduled value;
+    constant when the end is null; a length beyond the run is named; a negative end is refused."""
+    constant = MultiViewGuidance(tiny_model, load_config().sds, 4, torch.device("cpu"))
+    assert {constant.guidance_at(s) for s in (0, 5000, 9999)} == {10.0}
+    cfg = load_config(
+        overrides=["sds.guidance_scale=5", "sds.guidance_scale_end=1", "sds.guidance_anneal_steps=0.5"],
+        extra={"sds": {"steps": 600}},
+    )  # fmt: skip
+    assert schedule_warnings(cfg) == []
+    guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
+    assert [guidance.guidance_at(s) for s in (0, 150, 300, 599)] == [5.0, 3.0, 1.0, 1.0]
+    scales = []
+    original = guidance.predict_noise
+    guidance.predict_noise = lambda *a: scales.append(a[-1]) or original(*a)
+    cond = tiny_model.image_encoder.encode(torch.rand(1, 3, 32, 32))
+    rgb = torch.rand(4, 32, 32, 3)
+    for step in (0, 150, 450):
+        guidance(rgb, torch.zeros(4, 16), cond, step, torch.Generator().manual_seed(0))
+    guidance.paint(guidance.encode(rgb), 500, cond, torch.zeros(4, 16))
+    assert scales == [5.0, 3.0, 1.0, 1.0]  # paint: where the schedule ends
+    # at scale 1 the guided prediction is the conditional one
+    noisy, t = torch.randn(4, 4, 4, 4), torch.full((4,), 500)
+    guided, plain = original(noisy, t, cond.expand(4, -1, -1), torch.zeros(4, 16), 1.0)
+    assert torch.allclose(guided, plain, atol=1e-5)
+    late = load_config(overrides=["sds.guidance_anneal_steps=700"], extra={"sds": {"steps": 600}})
+    (warning,) = schedule_warnings(late)
+    assert "'sds.guidance_anneal_steps' = 700" in warning and "never completes" in warning
+    with pytest.raises(ConfigError, match="sds.guidance_scale_end"):
+        load_config(overrides=["sds.guidance_scale_end=-1"])
+
+
 def test_albedo_finish_ends_the_run_unshaded():
     """``material.albedo_finish_steps``: shaded steps only between the warm-up and the finish,
     as a fraction of the run or a step count; a finish longer than the run is named."""
