@@ -72,16 +72,20 @@ class MultiViewGuidance:
         return int(n * low), max(int(n * high), int(n * low))
 
     def guidance_at(self, step: int) -> float:
-        """Classifier-free guidance scale at ``step``: ``guidance_scale`` at step 0, linear to
-        ``guidance_scale_end`` over ``guidance_anneal_steps`` (constant when the end is null).
-        High early guidance commits the shape; low late guidance keeps the targets' colours
-        near the prior's unguided estimate, which the guidance pulls off the truth."""
+        """Classifier-free guidance scale at ``step``: ``guidance_scale`` until
+        ``guidance_anneal_start``, then linear to ``guidance_scale_end`` at
+        ``guidance_anneal_steps`` (constant when the end is null). High guidance commits the
+        shape; lower guidance once the shape is set keeps the targets' colours nearer the
+        prior's conditional estimate, which guidance pulls off the truth."""
         cfg = self.cfg
         end = cfg.get("guidance_scale_end")
         if end is None:
             return float(cfg.guidance_scale)
-        anneal = at_step(cfg.get("guidance_anneal_steps", 0.8), int(cfg.steps))
-        return annealed_fraction(step, float(cfg.guidance_scale), float(end), anneal)
+        total = int(cfg.steps)
+        start = at_step(cfg.get("guidance_anneal_start", 0.0), total)
+        finish = max(at_step(cfg.get("guidance_anneal_steps", 0.8), total), start + 1)
+        ramp = annealed_fraction(step - start, 0.0, 1.0, finish - start)
+        return float(cfg.guidance_scale) + (float(end) - float(cfg.guidance_scale)) * ramp
 
     def _autocast(self):
         if self.autocast_dtype is None:

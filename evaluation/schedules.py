@@ -11,6 +11,7 @@ from __future__ import annotations
 
 SCHEDULE_KEYS = {  # key -> what happens when an absolute count exceeds sds.steps
     "sds.t_anneal_steps": "the timestep annealing never completes",
+    "sds.guidance_anneal_start": "the guidance annealing never starts",
     "sds.guidance_anneal_steps": "the guidance annealing never completes",
     "sds.orient_ramp_steps": "the orientation-loss ramp never completes",
     "sds.milestones": "a resolution phase never starts",

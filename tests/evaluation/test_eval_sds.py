@@ -115,8 +115,8 @@ def test_schedules_follow_the_step_count_or_are_named(tiny_model):
 
 
 def test_guidance_anneals_when_an_end_is_set(tiny_model):
-    """``sds.guidance_scale_end``: linear from ``guidance_scale`` to the end over
-    ``guidance_anneal_steps``; the step's UNet combination and ``paint`` use the scheduled value;
+    """``sds.guidance_scale_end``: linear from ``guidance_scale`` at ``guidance_anneal_start``
+    to the end at ``guidance_anneal_steps``; the step's UNet combination and ``paint`` use the scheduled value;
     constant when the end is null; a length beyond the run is named; a negative end is refused."""
     constant = MultiViewGuidance(tiny_model, load_config().sds, 4, torch.device("cpu"))
     assert {constant.guidance_at(s) for s in (0, 5000, 9999)} == {10.0}
@@ -140,6 +140,12 @@ def test_guidance_anneals_when_an_end_is_set(tiny_model):
     noisy, t = torch.randn(4, 4, 4, 4), torch.full((4,), 500)
     guided, plain = original(noisy, t, cond.expand(4, -1, -1), torch.zeros(4, 16), 1.0)
     assert torch.allclose(guided, plain, atol=1e-5)
+    window = ["sds.guidance_scale_end=1", "sds.guidance_anneal_start=0.75"]
+    finish = load_config(overrides=window, extra={"sds": {"steps": 600}})  # ends at 0.8: 480
+    finish_guidance = MultiViewGuidance(tiny_model, finish.sds, 4, torch.device("cpu"))
+    assert [finish_guidance.guidance_at(s) for s in (0, 450, 465, 480, 599)] == [
+        10.0, 10.0, 5.5, 1.0, 1.0
+    ]  # fmt: skip
     late = load_config(overrides=["sds.guidance_anneal_steps=700"], extra={"sds": {"steps": 600}})
     (warning,) = schedule_warnings(late)
     assert "'sds.guidance_anneal_steps' = 700" in warning and "never completes" in warning
