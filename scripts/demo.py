@@ -144,14 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sds-guidance",
         type=float,
         default=5.0,
-        help="SDS guidance at step 0 (the recipe's 10 over-saturates the tiny prior)",
-    )
-    parser.add_argument(
-        "--sds-guidance-end",
-        type=float,
-        default=None,
-        help="SDS guidance after annealing over 80%% of the run (default: constant): guidance "
-        "pulls the prior's targets off the true colours, most at low timesteps",
+        help="SDS guidance (the recipe's 10 over-saturates the tiny prior)",
     )
     parser.add_argument(
         "--sds-shading",
@@ -287,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
             "--gpus",
             "none",
             f"sds.guidance_scale={args.sds_guidance}",
-            f"sds.guidance_scale_end={'null' if args.sds_guidance_end is None else args.sds_guidance_end}",
             f"seed={args.seed}",
             f"material.ambient_only_steps={args.sds_shading[0]}",
             f"material.albedo_finish_steps={round(1.0 - args.sds_shading[1], 6)}",
