@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DeepSpeedStrategy
@@ -231,6 +232,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, args.overrides
 
 
+def release_process_group() -> None:
+    """Destroy the default process group, if any, while the interpreter is whole: gloo's worker
+    threads outliving it abort a finished run's process at exit ("terminate called without an
+    active exception", SIGABRT), which torchrun reports as a failed run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -246,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, CheckpointError, DataError) as error:
         # a bad setting, model.init or data.train/val: the key, the path and the problem, one line
         raise SystemExit(f"error: {error}") from None
+    finally:
+        release_process_group()
 
 
 if __name__ == "__main__":
