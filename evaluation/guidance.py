@@ -78,14 +78,17 @@ class MultiViewGuidance:
         shape; lower guidance once the shape is set keeps the targets' colours nearer the
         prior's conditional estimate, which guidance pulls off the truth."""
         cfg = self.cfg
-        end = cfg.get("guidance_scale_end")
+        end = cfg.get("guidance_scale_end")  # .get: configs saved before the schedule lack it
         if end is None:
             return float(cfg.guidance_scale)
         total = int(cfg.steps)
         start = at_step(cfg.get("guidance_anneal_start", 0.0), total)
-        finish = max(at_step(cfg.get("guidance_anneal_steps", 0.8), total), start + 1)
-        ramp = annealed_fraction(step - start, 0.0, 1.0, finish - start)
-        return float(cfg.guidance_scale) + (float(end) - float(cfg.guidance_scale)) * ramp
+        length = max(at_step(cfg.get("guidance_anneal_steps", 0.8), total) - start, 1)
+        return annealed_fraction(step - start, float(cfg.guidance_scale), float(end), length)
+
+    def final_guidance(self) -> float:
+        """The scale the run's last steps use (where the schedule ends)."""
+        return self.guidance_at(int(self.cfg.steps))
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -213,7 +216,7 @@ class MultiViewGuidance:
         guidance ``scale`` (default: the end of the schedule): what the prior paints over them
         (evaluation.prior_at_truth asks this of the true views)."""
         t_batch = torch.full((latents.shape[0],), t, device=self.device)
-        scale = self.guidance_at(int(self.cfg.steps)) if scale is None else scale
+        scale = self.final_guidance() if scale is None else scale
         _, noisy, alpha_bar, eps, eps_cond = self._noise_and_predict(
             latents, t_batch, cond, camera, generator, scale
         )

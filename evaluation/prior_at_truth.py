@@ -57,7 +57,7 @@ def prior_at_truth(
     guidance schedule ends, the scale its last steps paint with); see the module doc."""
     device = next(model.parameters()).device
     guidance = MultiViewGuidance(model, sds_cfg, 4, device)
-    scale = guidance.guidance_at(int(sds_cfg.steps)) if scale is None else float(scale)
+    scale = guidance.final_guidance() if scale is None else float(scale)
     size = int(sds_cfg.image_size)
     if truth.views.shape[-1] != size:
         raise ValueError(f"truth views are {truth.views.shape[-1]} px, the model's size is {size}")

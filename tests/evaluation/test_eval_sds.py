@@ -116,8 +116,9 @@ def test_schedules_follow_the_step_count_or_are_named(tiny_model):
 
 def test_guidance_anneals_when_an_end_is_set(tiny_model):
     """``sds.guidance_scale_end``: linear from ``guidance_scale`` at ``guidance_anneal_start``
-    to the end at ``guidance_anneal_steps``; the step's UNet combination and ``paint`` use the scheduled value;
-    constant when the end is null; a length beyond the run is named; a negative end is refused."""
+    to the end at ``guidance_anneal_steps``; the step's UNet combination and ``paint`` use the
+    scheduled value; constant when the end is null; a length beyond the run is named; a
+    negative end is refused."""
     constant = MultiViewGuidance(tiny_model, load_config().sds, 4, torch.device("cpu"))
     assert {constant.guidance_at(s) for s in (0, 5000, 9999)} == {10.0}
     cfg = load_config(
