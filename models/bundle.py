@@ -28,7 +28,7 @@ from models.keys import check_keys
 from models.schedule import ddim_scheduler, noise_scheduler
 from models.shards.images import reference_on_white
 from models.unet import MultiViewUNet, build_unet
-from models.vae import LatentVAE
+from models.vae import LatentVAE, latent_channels
 
 FORMAT = "isotropic3d-multiview"
 FORMAT_VERSION = 2
@@ -94,6 +94,10 @@ class MultiViewDiffusion(nn.Module):
         return int(self.unet.config.cross_attention_dim)
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
     def latent_downsample(self) -> int:
         return self.vae.downsample
 
@@ -123,7 +127,7 @@ class MultiViewDiffusion(nn.Module):
 
 def _build(preset: dict[str, Any], image_encoder: bool = True) -> dict[str, nn.Module | None]:
     return {
-        "unet": build_unet(preset["unet"]),
+        "unet": build_unet(preset["unet"], latent_channels(preset["vae"])),
         "vae": LatentVAE.from_section(preset["vae"]),
         "image_encoder": ImageEncoder(preset["image_encoder"]) if image_encoder else None,
     }

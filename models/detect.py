@@ -85,6 +85,8 @@ def diffusers_preset(folder: Path) -> tuple[dict[str, Any], Path | None]:
     preset["unet"] = unet
     vae = _config(folder / "vae" / "config.json")
     preset["vae"] = {k: vae[k] for k in (*VAE_KEYS, "scaling_factor") if k in vae}
+    if vae.get("latent_channels", 4) != 4:  # presets name only a non-SD latent width
+        preset["vae"]["latent_channels"] = int(vae["latent_channels"])
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
         preset["schedule"] = {k: v for k, v in _config(scheduler).items() if k in SCHEDULE_KEYS}

@@ -126,8 +126,8 @@ def sample_views(
     generator = torch.Generator(device=device).manual_seed(seed)
     latent_side = size // model.latent_downsample
     # The DDIM update runs in fp32 whatever the UNet's dtype.
-    latents = torch.randn((views, 4, latent_side, latent_side), generator=generator,
-                          device=device) * scheduler.init_noise_sigma  # fmt: skip
+    shape = (views, model.latent_channels, latent_side, latent_side)
+    latents = torch.randn(shape, generator=generator, device=device) * scheduler.init_noise_sigma
 
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
         x = scheduler.scale_model_input(latents, t).to(dtype).repeat(2, 1, 1, 1)  # cond, uncond

@@ -30,13 +30,14 @@ UNET_KEYS = (
 )
 
 
-def unet_config(section: dict[str, Any]) -> dict[str, Any]:
-    """Full diffusers config from a preset's ``unet`` section (SD2.1-style fixed choices)."""
+def unet_config(section: dict[str, Any], latent_channels: int = 4) -> dict[str, Any]:
+    """Full diffusers config from a preset's ``unet`` section (SD2.1-style fixed choices) for
+    latents of ``latent_channels`` channels (the preset's VAE's)."""
     check_keys(section, UNET_KEYS, "unet config")
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in section.items()}
     config.update(
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         use_linear_projection=True,  # SD2.x / MVDream: linear proj_in/proj_out
         flip_sin_to_cos=True,  # LDM timestep_embedding is cat([cos, sin])
         freq_shift=0,
@@ -89,6 +90,6 @@ class MultiViewUNet(UNet2DConditionModel):
         )[0]
 
 
-def build_unet(section: dict[str, Any]) -> MultiViewUNet:
+def build_unet(section: dict[str, Any], latent_channels: int = 4) -> MultiViewUNet:
     """Random-init multi-view UNet from a preset's ``unet`` section."""
-    return MultiViewUNet.from_config(unet_config(section))
+    return MultiViewUNet.from_config(unet_config(section, latent_channels))

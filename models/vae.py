@@ -16,12 +16,12 @@ VAE_KEYS = ("block_out_channels", "layers_per_block", "norm_num_groups", "sample
 
 def vae_config(section: dict[str, Any]) -> dict[str, Any]:
     """Full diffusers config from a preset's ``vae`` section (SD VAE layout otherwise)."""
-    check_keys(section, VAE_KEYS, "vae config", optional=("scaling_factor",))
+    check_keys(section, VAE_KEYS, "vae config", optional=("scaling_factor", "latent_channels"))
     levels = len(section["block_out_channels"])
     return {
         "in_channels": 3,
         "out_channels": 3,
-        "latent_channels": 4,
+        "latent_channels": latent_channels(section),
         "down_block_types": ["DownEncoderBlock2D"] * levels,
         "up_block_types": ["UpDecoderBlock2D"] * levels,
         "block_out_channels": list(section["block_out_channels"]),
@@ -30,6 +30,12 @@ def vae_config(section: dict[str, Any]) -> dict[str, Any]:
         "sample_size": int(section["sample_size"]),
         "scaling_factor": float(section.get("scaling_factor", 0.18215)),
     }
+
+
+def latent_channels(section: dict[str, Any]) -> int:
+    """Channels of a preset's latents (its ``vae.latent_channels``; SD's 4 when absent): the
+    UNet's input and output channels follow it."""
+    return int(section.get("latent_channels", 4))
 
 
 class LatentVAE(nn.Module):
@@ -52,7 +58,7 @@ class LatentVAE(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] -> scaled latents [B,4,H/f,W/f]. ``sample=True`` draws from the
+        """[B,3,H,W] in [-1,1] -> scaled latents [B,C,H/f,W/f] (C = ``latent_channels``). ``sample=True`` draws from the
         posterior (what LDM/MVDream training does); ``False`` takes its mean. ``noise`` (standard
         normal, the latents' shape) is the posterior draw when given (per-object seeding)."""
         dist = self.model.encode(images_m11.to(self.model.dtype)).latent_dist

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from models.bundle import load_preset
 from models.unet import build_unet, unet_config
+from models.vae import latent_channels
 
 
 def make_step(model: torch.nn.Module, call: Callable, batch: dict, dtype: torch.dtype) -> Callable:
@@ -93,10 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     preset = load_preset(args.preset)
     section = preset["unet"]
     side = args.resolution // 2 ** (len(preset["vae"]["block_out_channels"]) - 1)  # latent side
+    channels = latent_channels(preset["vae"])
     g = torch.Generator().manual_seed(0)
     batch = {
-        "x": torch.randn(args.batch, 4, side, side, generator=g),
-        "noise": torch.randn(args.batch, 4, side, side, generator=g),
+        "x": torch.randn(args.batch, channels, side, side, generator=g),
+        "noise": torch.randn(args.batch, channels, side, side, generator=g),
         "t": torch.randint(0, 1000, (args.batch,), generator=g),
         "context": torch.randn(args.batch, 1, section["cross_attention_dim"], generator=g),
         "camera": torch.randn(args.batch, 16, generator=g),
@@ -112,8 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         return model(b["x"], b["t"], b["context"], class_labels=b["camera"], return_dict=False)[0]
 
     builders = {
-        "plain diffusers": (lambda: UNet2DConditionModel.from_config(unet_config(section)), plain),
-        f"multi-view (V={args.views})": (lambda: build_unet(section), ours),
+        "plain diffusers": (
+            lambda: UNet2DConditionModel.from_config(unet_config(section, channels)),
+            plain,
+        ),
+        f"multi-view (V={args.views})": (lambda: build_unet(section, channels), ours),
     }
     console = Console()
     title = (

@@ -37,6 +37,7 @@ def batches(module: FineTuneModule, objects: int, resolution: int, device: torch
     g = torch.Generator().manual_seed(0)
     down = module.frozen.model.latent_downsample
     side = resolution // down
+    channels = module.frozen.model.latent_channels
     dim = module.frozen.model.context_dim
     common = {
         "cameras": torch.randn(objects, 4, 16, generator=g),
@@ -50,8 +51,8 @@ def batches(module: FineTuneModule, objects: int, resolution: int, device: torch
     }
     cached = {
         **common,
-        "latents": torch.randn(objects, 4, 4, side, side, generator=g),
-        "ref_latent": torch.randn(objects, 4, side, side, generator=g),
+        "latents": torch.randn(objects, 4, channels, side, side, generator=g),
+        "ref_latent": torch.randn(objects, channels, side, side, generator=g),
         "ref_embedding": torch.randn(objects, dim, generator=g),
     }
     move = lambda b: {k: v.to(device, non_blocking=True) for k, v in b.items()}  # noqa: E731
@@ -148,17 +149,18 @@ def run(args: argparse.Namespace) -> dict:
     }
     frames = args.objects * 4
     side = args.resolution // module.frozen.model.latent_downsample
+    channels = module.frozen.model.latent_channels
     g = torch.Generator().manual_seed(0)
     plain_batch = {
-        "x": torch.randn(frames, 4, side, side, generator=g),
-        "noise": torch.randn(frames, 4, side, side, generator=g),
+        "x": torch.randn(frames, channels, side, side, generator=g),
+        "noise": torch.randn(frames, channels, side, side, generator=g),
         "t": torch.randint(0, 1000, (frames,), generator=g),
         "context": torch.randn(frames, 1, module.frozen.model.context_dim, generator=g),
         "camera": torch.randn(frames, 16, generator=g),
     }
     plain_batch = {k: v.to(device) for k, v in plain_batch.items()}
     plain = (
-        UNet2DConditionModel.from_config(unet_config(module.frozen.model.preset["unet"]))
+        UNet2DConditionModel.from_config(unet_config(module.frozen.model.preset["unet"], channels))
         .to(device)
         .train()
     )

@@ -65,11 +65,11 @@ def test_the_load_snippet_runs_on_an_exported_folder(document, tiny_model_dir, t
     images01 = torch.rand(2, 3, 32, 32, generator=generator)
     inputs = {
         "pixels": model.image_encoder.preprocess(images01),
-        "x": torch.randn(2, 4, 8, 8, generator=generator),
+        "x": torch.randn(2, model.latent_channels, 8, 8, generator=generator),
         "t": torch.tensor([10, 900]),
         "camera": torch.randn(2, 16, generator=generator),
         "image": torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1,
-        "z": torch.randn(2, 4, 8, 8, generator=generator),
+        "z": torch.randn(2, model.latent_channels, 8, 8, generator=generator),
     }
     torch.save(inputs, tmp_path / "inputs.pt")
     script = tmp_path / "snippet.py"

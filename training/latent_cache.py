@@ -2,7 +2,7 @@
 
 The VAE encoder costs about as much as the UNet step, so training from the cache (``data.cached:
 true``, ``data.train: <cache folder>``) is much faster. Each cached sample keeps the original
-``cameras.npy`` and ``meta.json`` and adds ``latents.npy`` (float16 ``[V,4,h,w]``, the posterior
+``cameras.npy`` and ``meta.json`` and adds ``latents.npy`` (float16 ``[V,C,h,w]``, the posterior
 mean, scaled) and ``clip.npy`` (float16 ``[V,D]``, each view on white). The background is fixed at
 cache time (``--background``; ``random`` draws one colour per object, seeded by its key).
 Over ranks and nodes (torchrun's ``RANK``/``WORLD_SIZE``, srun's ``SLURM_PROCID``/``SLURM_NTASKS``)

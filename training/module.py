@@ -233,10 +233,10 @@ class FineTuneModule(pl.LightningModule):
             if stage2:
                 images = torch.cat([images, batch["ref_image"]])
             side = images.shape[-1] // self.frozen.model.latent_downsample
-            shape = (v + (1 if stage2 else 0), 4, side, side)
+            shape = (v + (1 if stage2 else 0), self.frozen.model.latent_channels, side, side)
             noise = self._per_object(
                 generators, lambda g: torch.randn(shape, generator=g, device=self.device)
-            )  # [B, V(+1), 4, h, w]: each object's views, then its reference
+            )  # [B, V(+1), C, h, w]: each object's views, then its reference
             noise = torch.cat([noise[:, :v].flatten(0, 1), noise[:, v:].flatten(0, 1)])
             encoded = self.frozen.vae.encode(images, noise=noise).float()
             latents, ref_latent = encoded[: b * v].unflatten(0, (b, v)), encoded[b * v :]

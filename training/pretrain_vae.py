@@ -177,8 +177,9 @@ def pretrain_vae(
         step += 1
         if progress and (step % 50 == 0 or step == steps or time.perf_counter() - last > 30):
             last = time.perf_counter()
-            psnr = -10 * math.log10(max(float(mse) / 4, 1e-10))  # images in [-1,1]: range 2
-            print(f"vae step {step}/{steps}  mse {float(mse):.4f}  ~{psnr:.1f} dB", flush=True)
+            value = float(mse.detach())
+            psnr = -10 * math.log10(max(value / 4, 1e-10))  # images in [-1,1]: range 2
+            print(f"vae step {step}/{steps}  mse {value:.4f}  ~{psnr:.1f} dB", flush=True)
         if step % checkpoint_every == 0 and step < steps:
             state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
                      "schedule": schedule.state_dict(), "generator": generator.get_state(),

@@ -138,7 +138,8 @@ def test_guidance_anneals_when_an_end_is_set(tiny_model):
     guidance.paint(guidance.encode(rgb), 500, cond, torch.zeros(4, 16))
     assert scales == [5.0, 3.0, 1.0, 1.0]  # paint: where the schedule ends
     # at scale 1 the guided prediction is the conditional one
-    noisy, t = torch.randn(4, 4, 4, 4), torch.full((4,), 500)
+    noisy = torch.randn(4, tiny_model.latent_channels, 4, 4)
+    t = torch.full((4,), 500)
     guided, plain = original(noisy, t, cond.expand(4, -1, -1), torch.zeros(4, 16), 1.0)
     assert torch.allclose(guided, plain, atol=1e-5)
     window = ["sds.guidance_scale_end=1", "sds.guidance_anneal_start=0.75"]

@@ -7,6 +7,8 @@ import torch
 
 from models.bundle import build_model, load_model, load_preset, save_model
 from models.image_encoder import ENV_CHECKPOINT, ImageEncoder, resolve_pretrained_file
+from models.unet import unet_config
+from models.vae import latent_channels, vae_config
 
 
 def _state(model):
@@ -118,11 +120,25 @@ def test_image_encoder_loads_a_local_open_clip_file(tmp_path, monkeypatch):
         assert torch.equal(target.visual.state_dict()[key], value)
 
 
+def test_latent_channels_follow_the_vae_section():
+    """A preset without ``vae.latent_channels`` keeps SD's 4 (published checkpoints); the UNet's
+    first and last conv follow the key, and a bad key is named."""
+    sd21 = load_preset("sd21-base")
+    assert latent_channels(sd21["vae"]) == 4
+    assert vae_config(sd21["vae"])["latent_channels"] == 4
+    config = unet_config(sd21["unet"], latent_channels(sd21["vae"]))
+    assert config["in_channels"] == config["out_channels"] == 4
+    section = {**sd21["vae"], "latent_channel": 8}
+    with pytest.raises(ValueError, match="latent_channel"):
+        vae_config(section)
+
+
 def test_vae_round_trip_shapes_and_scale():
     model = build_model("tiny")
     images = torch.rand(3, 3, 32, 32) * 2 - 1
     latents = model.vae.encode(images, sample=False)
-    assert latents.shape == (3, 4, 8, 8)  # 4x VAE
+    assert latents.shape == (3, model.preset["vae"]["latent_channels"], 8, 8)  # 4x VAE
+    assert model.unet.config.in_channels == model.unet.config.out_channels == latents.shape[1]
     raw = model.vae.model.encode(images).latent_dist.mode()
     torch.testing.assert_close(latents, raw * model.preset["vae"]["scaling_factor"])
     assert model.vae.scaling_factor == model.preset["vae"]["scaling_factor"]

@@ -30,7 +30,7 @@ def test_components_load_in_diffusers_and_open_clip(tiny_model_dir):
     multiview = MultiViewUNet.from_pretrained(tiny_model_dir / "unet")
     assert all(isinstance(p, MultiViewAttnProcessor) for p in multiview.attn_processors.values())
     torch.manual_seed(0)
-    x, t = torch.randn(8, 4, 8, 8), torch.full((8,), 500)
+    x, t = torch.randn(8, model.latent_channels, 8, 8), torch.full((8,), 500)
     context, camera = torch.randn(8, 1, 32), torch.randn(8, 16)
     with torch.no_grad():
         expected = model.unet(x, t, context, camera, num_views=4)

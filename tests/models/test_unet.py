@@ -4,8 +4,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from models.bundle import build_model
+from models.bundle import build_model, load_preset
 from models.cameras import camera_embedding, camera_to_world, orthogonal_azimuths
+from models.vae import latent_channels
+
+CHANNELS = latent_channels(load_preset("tiny")["vae"])  # the tiny UNet's latent channels
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +19,7 @@ def tiny():
 def _inputs(batch: int, views: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     frames = batch * views
-    x = torch.randn(frames, 4, 8, 8, generator=g)
+    x = torch.randn(frames, CHANNELS, 8, 8, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g).repeat_interleave(views)
     context = torch.randn(batch, 1, 32, generator=g).repeat_interleave(views, 0)
     azimuths = orthogonal_azimuths(15.0, views).repeat(batch)
