@@ -1,12 +1,16 @@
 """Model bundle: presets, our format round trip, image encoder, VAE, schedules."""
 
 import json
+import shutil
 
 import pytest
 import torch
+import yaml
 
 from models.bundle import build_model, load_model, load_preset, save_model
+from models.detect import load_diffusers_folder
 from models.image_encoder import ENV_CHECKPOINT, ImageEncoder, resolve_pretrained_file
+from models.sample import sample_views
 from models.unet import unet_config
 from models.vae import latent_channels, vae_config
 
@@ -133,11 +137,38 @@ def test_latent_channels_follow_the_vae_section():
         vae_config(section)
 
 
+def test_a_preset_with_more_latent_channels_trains_saves_and_samples(tmp_path):
+    """``vae.latent_channels: 8`` reaches every place a latent is made: the VAE, the UNet's
+    convs, the saved folder (ours and the plain diffusers one) and the sampler's noise."""
+    preset = tmp_path / "tiny8.yaml"
+    config = load_preset("tiny")
+    config["vae"]["latent_channels"] = 8
+    preset.write_text(yaml.safe_dump(config))
+    model = build_model(preset)
+    assert model.latent_channels == 8 and model.unet.config.out_channels == 8
+    latents = model.vae.encode(torch.rand(4, 3, 32, 32) * 2 - 1, sample=False)
+    assert latents.shape == (4, 8, 8, 8)
+    camera = model.cameras(torch.zeros(4), torch.tensor([0.0, 90.0, 180.0, 270.0]))
+    context = model.image_encoder.encode(torch.rand(1, 3, 32, 32)).expand(4, -1, -1)
+    out = model.unet(latents, torch.full((4,), 500), context, camera, num_views=4)
+    assert out.shape == latents.shape
+    save_model(model, tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert loaded.preset["vae"]["latent_channels"] == 8 and loaded.latent_channels == 8
+    # the same folder without model.json: the preset is read back from the diffusers configs
+    shutil.copytree(
+        tmp_path / "model", tmp_path / "plain", ignore=shutil.ignore_patterns("model.json")
+    )
+    assert load_diffusers_folder(tmp_path / "plain").preset["vae"] == loaded.preset["vae"]
+    result = sample_views(loaded, torch.rand(3, 32, 32), steps=2, progress=False)
+    assert result.images.shape == (4, 3, 32, 32) and torch.isfinite(result.images).all()
+
+
 def test_vae_round_trip_shapes_and_scale():
     model = build_model("tiny")
     images = torch.rand(3, 3, 32, 32) * 2 - 1
     latents = model.vae.encode(images, sample=False)
-    assert latents.shape == (3, model.preset["vae"]["latent_channels"], 8, 8)  # 4x VAE
+    assert latents.shape == (3, latent_channels(model.preset["vae"]), 8, 8)  # 4x VAE
     assert model.unet.config.in_channels == model.unet.config.out_channels == latents.shape[1]
     raw = model.vae.model.encode(images).latent_dist.mode()
     torch.testing.assert_close(latents, raw * model.preset["vae"]["scaling_factor"])
