@@ -14,6 +14,13 @@ made scores about what the targets at its timesteps score.
 Written per timestep: ``fg_psnr`` of one target (the mean over ``draws`` noise draws) and
 ``fg_psnr_of_mean`` (the targets averaged first, as SDS averages them over steps); and
 ``vae_round_trip_fg_psnr``, the truth encoded and decoded.
+
+A high ceiling is necessary, not sufficient: SDS stops where the prior paints its renders back
+as they are. So, when the folder holds the SDS object (``field.pt``), ``sds_object`` asks the
+same of its renders at the same cameras: ``fg_psnr`` (the renders against the truth) and per
+timestep the targets painted over them against the truth (``fg_psnr``) and against the renders
+(``fg_psnr_to_renders``). Targets much nearer the renders than the truth, with the renders far
+from the truth, mean SDS sits at a wrong object that the prior accepts.
 """
 
 from __future__ import annotations
@@ -28,16 +35,33 @@ from PIL import Image
 
 from evaluation.config import Cfg
 from evaluation.evaluate import load_frozen_model
+from evaluation.export import render_cameras
 from evaluation.guidance import MultiViewGuidance
 from evaluation.inputs import to_rgba_tensor
-from evaluation.scores3d import GtViews, load_views, read_object, split_views, view_metrics
+from evaluation.scores3d import (
+    WHITE,
+    GtViews,
+    interior,
+    load_views,
+    read_object,
+    split_views,
+    view_metrics,
+)
+from evaluation.sds import load_checkpoint
 
 TIMESTEPS = (50, 150, 300, 500, 800)
+FIELD = "field.pt"  # the SDS object of an object folder (evaluation.sds)
 
 
-def _fg_psnr(images: torch.Tensor, truth: GtViews) -> float:
-    """Mean foreground PSNR of ``[V,H,W,3]`` images against ``truth`` (as the SDS scores)."""
+def _fg_psnr(images: torch.Tensor, truth: GtViews, against: torch.Tensor | None = None) -> float:
+    """Mean foreground PSNR of ``[V,H,W,3]`` images against ``truth`` (as the SDS scores), or
+    against other images ``against [V,H,W,3]`` over the truth's foreground."""
     rgb = images.permute(0, 3, 1, 2)
+    if against is not None:
+        inner = interior(truth.views[:, 3] > 0.5)
+        err = (rgb.clamp(0, 1) - against.permute(0, 3, 1, 2)).pow(2).mean(1)
+        mse = (err * inner).flatten(1).sum(1) / inner.flatten(1).sum(1).clamp_min(1)
+        return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
     scores = view_metrics(rgb, torch.ones_like(rgb[:, 0]), truth)["fg_psnr"]
     return float(sum(scores) / len(scores))
 
@@ -51,10 +75,13 @@ def prior_at_truth(
     draws: int = 8,
     seed: int = 0,
     scale: float | None = None,
+    renders: torch.Tensor | None = None,
 ) -> dict:
     """The targets ``model`` paints over ``truth`` (views at ``sds_cfg.image_size``, in quads)
     given the RGBA ``reference [4,S,S]``, under guidance ``scale`` (default: where the run's
-    guidance schedule ends, the scale its last steps paint with); see the module doc."""
+    guidance schedule ends, the scale its last steps paint with); with ``renders [V,S,S,3]``
+    (the SDS object at the truth's cameras) also the targets it paints over them (``sds_object``);
+    see the module doc."""
     device = next(model.parameters()).device
     guidance = MultiViewGuidance(model, sds_cfg, 4, device)
     scale = guidance.final_guidance() if scale is None else float(scale)
@@ -75,18 +102,50 @@ def prior_at_truth(
         "guidance_scale": scale,
         "draws": draws,
         "vae_round_trip_fg_psnr": _fg_psnr(guidance.decode(latents).cpu(), truth),
-        "timesteps": {},
     }
+    results["timesteps"] = _painted(guidance, latents, timesteps, draws, cond, camera, generator,
+                                    scale, truth)  # fmt: skip
+    if renders is not None:
+        renders = renders.to(device)
+        with torch.no_grad():
+            object_latents = guidance.encode(renders, generator)
+        results["sds_object"] = {
+            "fg_psnr": _fg_psnr(renders.cpu(), truth),
+            "timesteps": _painted(
+                guidance,
+                object_latents,
+                timesteps,
+                draws,
+                cond,
+                camera,
+                generator,
+                scale,
+                truth,
+                renders.cpu(),
+            ),  # fmt: skip
+        }
+    return results
+
+
+def _painted(guidance, latents, timesteps, draws, cond, camera, generator, scale, truth,
+             renders=None) -> dict:  # fmt: skip
+    """Per timestep: the decoded targets over ``latents`` against the truth (one target and the
+    mean of ``draws``), and, given the ``renders`` they were painted over, against those."""
+    out = {}
     for t in timesteps:
         painted = [
             guidance.decode(guidance.paint(latents, t, cond, camera, generator, scale)).cpu()
             for _ in range(draws)
         ]
-        results["timesteps"][str(t)] = {
+        out[str(t)] = {
             "fg_psnr": sum(_fg_psnr(p, truth) for p in painted) / draws,
             "fg_psnr_of_mean": _fg_psnr(torch.stack(painted).mean(0), truth),
         }
-    return results
+        if renders is not None:
+            out[str(t)]["fg_psnr_to_renders"] = (
+                sum(_fg_psnr(p, truth, renders) for p in painted) / draws
+            )
+    return out
 
 
 def check_object(
@@ -104,8 +163,17 @@ def check_object(
     _, scored, heldout = split_views(sample)
     truth = load_views(sample, scored, int(cfg.sds.image_size))
     reference = to_rgba_tensor(Image.open(object_folder / "reference.png"))
+    renders = None
+    if (object_folder / FIELD).is_file():  # the SDS object, rendered where the truth is
+        path = object_folder / FIELD
+        field_cfg = Cfg(torch.load(path, map_location="cpu", weights_only=True)["config"])
+        state, _ = load_checkpoint(path, field_cfg, torch.device("cpu"))
+        size = truth.views.shape[-1]
+        out = render_cameras(state.field.eval(), state.occupancy, truth.cameras, size,
+                             field_cfg, WHITE)  # fmt: skip
+        renders = out["rgb"].clamp(0, 1)
     results = prior_at_truth(
-        model, cfg.sds, reference, truth, tuple(timesteps), draws, cfg.seed, scale
+        model, cfg.sds, reference, truth, tuple(timesteps), draws, cfg.seed, scale, renders
     )
     return {"object": object_folder.name, "heldout": heldout, **results}
 
@@ -122,6 +190,16 @@ def summary_lines(results: dict) -> list[str]:
             f"  t={t:>4s}: one target {entry['fg_psnr']:.2f} dB, "
             f"their mean {entry['fg_psnr_of_mean']:.2f} dB"
         )
+    if "sds_object" in results:
+        found = results["sds_object"]
+        lines.append(
+            f"  over the SDS object's renders ({found['fg_psnr']:.2f} dB against the truth), "
+            "targets against the truth / against the renders:"
+        )
+        for t, entry in found["timesteps"].items():
+            lines.append(
+                f"  t={t:>4s}: {entry['fg_psnr']:.2f} dB / {entry['fg_psnr_to_renders']:.2f} dB"
+            )
     return lines
 
 

@@ -136,6 +136,7 @@ def test_demo_scores_views_and_sds_at_ground_truth_poses(demo_out: Path):
         "50", "150", "300", "500", "800"
     }  # fmt: skip
     assert all(math.isfinite(e["fg_psnr"]) for e in prior["timesteps"].values())
+    assert set(prior["sds_object"]["timesteps"]) == set(prior["timesteps"])  # over SDS's renders
     figure = _not_blank(demo_out / "demo.png")
     assert figure.shape[0] > 6 * 32  # ground truth, 3 sampled rows, SDS and blob rows
 

@@ -148,6 +148,10 @@ def test_sds_with_the_trained_prior_beats_the_blob(trained, rendered_shards):
     prior = json.loads(prior_json.read_text())
     assert prior["object"] == "front_marker" and prior["image_size"] == 32
     assert prior["timesteps"]["50"]["fg_psnr"] > prior["timesteps"]["800"]["fg_psnr"], prior
+    # and over the SDS object's own renders: lightly noised, the prior paints them back as they are
+    found = prior["sds_object"]["timesteps"]
+    assert found["50"]["fg_psnr_to_renders"] > found["800"]["fg_psnr_to_renders"], prior
+    assert "over the SDS object's renders" in result.stdout
 
 
 def test_the_trained_prior_paints_the_truth_and_the_untrained_one_does_not(trained):
@@ -171,3 +175,9 @@ def test_the_trained_prior_paints_the_truth_and_the_untrained_one_does_not(train
     )  # the same VAE
     lead = ours["timesteps"]["500"]["fg_psnr"] - theirs["timesteps"]["500"]["fg_psnr"]
     assert lead > 4.0, scores
+    # renders that are the truth: the targets score the same against either
+    rgb = truth.rgb.permute(0, 2, 3, 1)
+    same = prior_at_truth(trained["model"], cfg.sds, reference, truth, (50,), 1, renders=rgb)
+    assert same["sds_object"]["fg_psnr"] > 60  # the renders are the truth
+    entry = same["sds_object"]["timesteps"]["50"]
+    assert entry["fg_psnr"] == pytest.approx(entry["fg_psnr_to_renders"], abs=1e-3), same
