@@ -14,7 +14,9 @@ from cluster_helpers import FAST, job_ids, job_state, make, wait_done
 
 from training.checkpoint_read import read_checkpoint
 
-STEPS = 12
+# Long enough that the job is still running when the signal lands: at 12 steps a fresh-clone CI
+# run's job finished (15 s) while scancel retried a transient "Invalid job id specified".
+STEPS = 30
 
 
 def _steps(out) -> list[int]:
