@@ -38,32 +38,17 @@ from evaluation.evaluate import load_frozen_model
 from evaluation.export import render_cameras
 from evaluation.guidance import MultiViewGuidance
 from evaluation.inputs import to_rgba_tensor
-from evaluation.scores3d import (
-    WHITE,
-    GtViews,
-    interior,
-    load_views,
-    read_object,
-    split_views,
-    view_metrics,
-)
-from evaluation.sds import load_checkpoint
+from evaluation.scores3d import WHITE, GtViews, fg_psnr, load_views, read_object, split_views
+from evaluation.sds_gt_score import FIELD, load_object_field
 
 TIMESTEPS = (50, 150, 300, 500, 800)
-FIELD = "field.pt"  # the SDS object of an object folder (evaluation.sds)
 
 
 def _fg_psnr(images: torch.Tensor, truth: GtViews, against: torch.Tensor | None = None) -> float:
     """Mean foreground PSNR of ``[V,H,W,3]`` images against ``truth`` (as the SDS scores), or
     against other images ``against [V,H,W,3]`` over the truth's foreground."""
-    rgb = images.permute(0, 3, 1, 2)
-    if against is not None:
-        inner = interior(truth.views[:, 3] > 0.5)
-        err = (rgb.clamp(0, 1) - against.permute(0, 3, 1, 2)).pow(2).mean(1)
-        mse = (err * inner).flatten(1).sum(1) / inner.flatten(1).sum(1).clamp_min(1)
-        return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
-    scores = view_metrics(rgb, torch.ones_like(rgb[:, 0]), truth)["fg_psnr"]
-    return float(sum(scores) / len(scores))
+    target = truth.rgb if against is None else against.permute(0, 3, 1, 2)
+    return float(fg_psnr(images.permute(0, 3, 1, 2), target, truth.views[:, 3] > 0.5).mean())
 
 
 def prior_at_truth(
@@ -103,32 +88,22 @@ def prior_at_truth(
         "draws": draws,
         "vae_round_trip_fg_psnr": _fg_psnr(guidance.decode(latents).cpu(), truth),
     }
-    results["timesteps"] = _painted(guidance, latents, timesteps, draws, cond, camera, generator,
-                                    scale, truth)  # fmt: skip
+    paint = (timesteps, draws, cond, camera, generator, scale, truth)  # shared by both objects
+    results["timesteps"] = _painted(guidance, latents, *paint)
     if renders is not None:
         renders = renders.to(device)
         with torch.no_grad():
             object_latents = guidance.encode(renders, generator)
         results["sds_object"] = {
             "fg_psnr": _fg_psnr(renders.cpu(), truth),
-            "timesteps": _painted(
-                guidance,
-                object_latents,
-                timesteps,
-                draws,
-                cond,
-                camera,
-                generator,
-                scale,
-                truth,
-                renders.cpu(),
-            ),  # fmt: skip
+            "timesteps": _painted(guidance, object_latents, *paint, renders.cpu()),
         }
     return results
 
 
-def _painted(guidance, latents, timesteps, draws, cond, camera, generator, scale, truth,
-             renders=None) -> dict:  # fmt: skip
+def _painted(
+    guidance, latents, timesteps, draws, cond, camera, generator, scale, truth, renders=None
+) -> dict:
     """Per timestep: the decoded targets over ``latents`` against the truth (one target and the
     mean of ``draws``), and, given the ``renders`` they were painted over, against those."""
     out = {}
@@ -165,12 +140,11 @@ def check_object(
     reference = to_rgba_tensor(Image.open(object_folder / "reference.png"))
     renders = None
     if (object_folder / FIELD).is_file():  # the SDS object, rendered where the truth is
-        path = object_folder / FIELD
-        field_cfg = Cfg(torch.load(path, map_location="cpu", weights_only=True)["config"])
-        state, _ = load_checkpoint(path, field_cfg, torch.device("cpu"))
+        field_cfg, state = load_object_field(object_folder)
         size = truth.views.shape[-1]
-        out = render_cameras(state.field.eval(), state.occupancy, truth.cameras, size,
-                             field_cfg, WHITE)  # fmt: skip
+        out = render_cameras(
+            state.field.eval(), state.occupancy, truth.cameras, size, field_cfg, WHITE
+        )
         renders = out["rgb"].clamp(0, 1)
     results = prior_at_truth(
         model, cfg.sds, reference, truth, tuple(timesteps), draws, cfg.seed, scale, renders

@@ -98,15 +98,22 @@ def view_metrics(rgb: torch.Tensor, alpha: torch.Tensor, truth: GtViews) -> dict
     fg = truth.views[:, 3] > 0.5
     err = (rgb.clamp(0, 1) - target).pow(2).mean(1)  # [V,H,W]
     full = err.flatten(1).mean(1).clamp_min(1e-10)
-    inner = interior(fg)
-    masked = (err * inner).flatten(1).sum(1) / inner.flatten(1).sum(1).clamp_min(1)
     mine = alpha > 0.5
     iou = (mine & fg).flatten(1).sum(1) / (mine | fg).flatten(1).sum(1).clamp_min(1)
     return {
         "iou": iou.float().tolist(),
-        "fg_psnr": (10 * torch.log10(1 / masked.clamp_min(1e-10))).tolist(),
+        "fg_psnr": fg_psnr(rgb, target, fg).tolist(),
         "psnr": (10 * torch.log10(1 / full)).tolist(),
     }
+
+
+def fg_psnr(rgb: torch.Tensor, target: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+    """Per-view PSNR ``[V]`` of ``rgb`` against ``target`` (both ``[V,3,H,W]``) over the
+    foreground ``fg [V,H,W]`` less its one-pixel border (module doc)."""
+    err = (rgb.clamp(0, 1) - target).pow(2).mean(1)
+    inner = interior(fg)
+    masked = (err * inner).flatten(1).sum(1) / inner.flatten(1).sum(1).clamp_min(1)
+    return 10 * torch.log10(1 / masked.clamp_min(1e-10))
 
 
 def face_scores(rgb: torch.Tensor, truth: GtViews) -> dict:

@@ -30,6 +30,14 @@ from evaluation.sds import load_checkpoint
 FIELD = "field.pt"
 
 
+def load_object_field(object_folder: Path):
+    """The SDS object of an ``evaluation.run`` object folder: its config and field state (CPU)."""
+    path = object_folder / FIELD
+    cfg = Cfg(torch.load(path, map_location="cpu", weights_only=True)["config"])
+    state, _ = load_checkpoint(path, cfg, torch.device("cpu"))
+    return cfg, state
+
+
 def score_sds(
     object_folder: Path,
     shards: list[str],
@@ -38,9 +46,7 @@ def score_sds(
     progress: bool = False,
 ) -> dict:
     """Scores of the SDS field in ``object_folder`` and of the other conditions (module doc)."""
-    path = object_folder / FIELD
-    cfg = Cfg(torch.load(path, map_location="cpu", weights_only=True)["config"])
-    state, _ = load_checkpoint(path, cfg, torch.device("cpu"))
+    cfg, state = load_object_field(object_folder)
     key = key or object_folder.name
     sample = read_object(shards, key)
     fit_views, scored, heldout = split_views(sample)
