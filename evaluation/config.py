@@ -96,6 +96,9 @@ def validate(cfg: Cfg) -> None:
     end = sds.guidance_scale_end
     _check(end is None or end >= 0, "sds.guidance_scale_end", "must be >= 0 or null (constant)")
     _check(cfg.material.mode in ("albedo", "diffuse"), "material.mode", "albedo or diffuse")
+    start = cfg.optim.decay_start
+    _check(start is None or start >= 0, "optim.decay_start", "must be >= 0 or null (constant)")
+    _check(0.0 < cfg.optim.decay_to <= 1.0, "optim.decay_to", "must be in (0, 1]")
     for key in ("diffuse_prob", "textureless_prob"):
         _check(0.0 <= cfg.material[key] <= 1.0, f"material.{key}", "must be in [0, 1]")
     rnd = cfg.renderer

@@ -17,6 +17,7 @@ SCHEDULE_KEYS = {  # key -> what happens when an absolute count exceeds sds.step
     "sds.milestones": "a resolution phase never starts",
     "material.ambient_only_steps": "shading never starts (albedo only: shading never shapes the geometry)",
     "material.albedo_finish_steps": "the albedo-only finish covers the whole run (shading never starts)",
+    "optim.decay_start": "the learning rate never decays",
 }
 
 
@@ -32,6 +33,19 @@ def albedo_finish_start(material_cfg, total: int) -> int | None:
     return total - finish if finish > 0 else None
 
 
+def lr_factor(optim_cfg, step: int, total: int) -> float:
+    """The learning-rate multiplier at ``step``: 1 until ``optim.decay_start`` (null: always 1,
+    the recipe's constant rate), then linear down to ``optim.decay_to`` at the last step."""
+    start = optim_cfg.get("decay_start")
+    if start is None:
+        return 1.0
+    first = at_step(start, total)
+    if step <= first:
+        return 1.0
+    end = float(optim_cfg.get("decay_to", 0.1))
+    return 1.0 + (end - 1.0) * min((step - first) / max(total - 1 - first, 1), 1.0)
+
+
 def annealed_fraction(step: int, start: float, end: float, anneal_steps: int) -> float:
     """Linear interpolation from ``start`` at step 0 to ``end`` at ``anneal_steps``, then flat."""
     ramp = min(max(step / max(anneal_steps, 1), 0.0), 1.0)
@@ -40,7 +54,9 @@ def annealed_fraction(step: int, start: float, end: float, anneal_steps: int) ->
 
 def _values(cfg, key: str) -> list[float]:
     section, name = key.split(".")
-    value = cfg[section][name]
+    value = cfg[section].get(name)
+    if value is None:  # an optional schedule that is off
+        return []
     return list(value) if isinstance(value, list | tuple) else [value]
 
 

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from evaluation.field import Field
 from evaluation.guidance import MultiViewGuidance, _no_timer
 from evaluation.renderer import OccupancyGrid, render_settings, render_views, step_size
-from evaluation.schedules import albedo_finish_start, annealed_fraction, at_step
+from evaluation.schedules import albedo_finish_start, annealed_fraction, at_step, lr_factor
+from evaluation.smoothness import smoothness_terms, surface_points
 from evaluation.views import sample_lights, sample_sds_cameras
 
 LOG = "sds_log.jsonl"  # per logging step: the loss terms and the gradient norm of each
@@ -199,6 +200,23 @@ def sds_step(
         orient = out["orient"] / out["orient_rays"].clamp_min(1)
         parts["orient"] = orient_weight * orient_scale(cfg.sds, guide["latents"]) * orient
         terms["orient"] = orient.detach()
+    smooth = cfg.sds.get("smoothness", None)
+    if smooth is not None and (smooth.lambda_albedo > 0 or smooth.lambda_normal > 0):
+        # its own generator, seeded by the step: turning the term on leaves the cameras',
+        # timesteps' and rays' draws as they were, and a resumed run draws the same points
+        draws = torch.Generator(device).manual_seed(int(cfg.seed) * 1_000_003 + step)
+        points, weight = surface_points(
+            c2w, cameras.fov_deg, out["depth"], out["alpha"], int(smooth.points), draws
+        )
+        found = smoothness_terms(
+            state.field, points, weight, float(smooth.eps), draws,
+            normals=smooth.lambda_normal > 0 and state.field.geometry is None,
+        )  # fmt: skip
+        for name, value in found.items():
+            weight_key = "lambda_albedo" if name == "albedo_smooth" else "lambda_normal"
+            if smooth[weight_key] > 0:
+                parts[name] = smooth[weight_key] * value
+                terms[name] = value.detach()
     if cfg.sds.lambda_opaque > 0:
         alpha = out["alpha"].clamp(1e-4, 1 - 1e-4)
         opaque = F.binary_cross_entropy(alpha, alpha.detach().round())
@@ -247,6 +265,14 @@ def save_preview(guidance: MultiViewGuidance, preview, path: Path) -> None:
     image = (torch.cat(rows, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, optim_cfg, factor: float) -> None:
+    """The groups' rates from the config times ``factor`` (read from the config, not the
+    optimizer, so a resumed run continues the same schedule)."""
+    base = {"encoding": optim_cfg.lr_grid, "mlps": optim_cfg.lr_mlp}
+    for group in optimizer.param_groups:
+        group["lr"] = base[group["name"]] * factor
 
 
 def optimise(
@@ -303,6 +329,7 @@ def optimise(
         norms = grad_norms(parts, params) if logging else {}
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        set_lr(optimizer, cfg.optim, lr_factor(cfg.optim, step, total))
         optimizer.step()
         state.step += 1
         bar.update(1)

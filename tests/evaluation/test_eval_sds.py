@@ -15,7 +15,7 @@ from PIL import Image
 from evaluation.config import DEFAULT_CONFIG, ConfigError, load_config
 from evaluation.field import Field
 from evaluation.guidance import MultiViewGuidance
-from evaluation.schedules import at_step, schedule_warnings
+from evaluation.schedules import at_step, lr_factor, schedule_warnings
 from evaluation.sds import (
     FieldState,
     build_occupancy,
@@ -201,6 +201,21 @@ def test_defaults_are_the_released_recipe():
     assert cfg.metrics.clip.background == [1.0, 1.0, 1.0]
 
 
+def test_learning_rates_decay_linearly_to_the_last_step_when_asked():
+    constant = tiny_config()
+    assert constant.optim.decay_start is None  # the recipe's constant rates by default
+    assert {lr_factor(constant.optim, step, 800) for step in range(800)} == {1.0}
+    cfg = tiny_config("optim.decay_start=0.5", "optim.decay_to=0.1")
+    factors = [lr_factor(cfg.optim, step, 800) for step in range(800)]
+    assert factors[:401] == [1.0] * 401
+    assert factors[-1] == pytest.approx(0.1) and factors[600] == pytest.approx(1 - 0.9 * 200 / 399)
+    assert all(a > b for a, b in zip(factors[400:], factors[401:], strict=False))
+    with pytest.raises(ConfigError, match="optim.decay_to"):
+        tiny_config("optim.decay_to=0")
+    late = tiny_config("optim.decay_start=900", "sds.steps=800")
+    assert any("optim.decay_start" in w for w in schedule_warnings(late))
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="sds.stepz"):
         load_config(overrides=["sds.stepz=3"])
@@ -222,6 +237,7 @@ def test_config_errors_name_the_key(tmp_path):
 def test_checkpoint_resume_continues_exactly(tiny_model, tmp_path):
     # schedules in steps: as fractions, the 1-step run's would differ from the 2-step run's
     steps = ["sds.milestones=[4]", "sds.t_anneal_steps=8", "material.ambient_only_steps=4"]
+    steps += ["optim.decay_start=0", "optim.decay_to=0.5"]  # the resumed step runs at half rate
     cfg = tiny_config("sds.steps=2", "sds.checkpoint_every=1", *steps)
     guidance = MultiViewGuidance(tiny_model, cfg.sds, 4, torch.device("cpu"))
     cond = tiny_model.image_encoder.encode(torch.rand(1, 3, 32, 32))
