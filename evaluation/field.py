@@ -237,11 +237,14 @@ class Field(nn.Module):
         grad = self.derivative(pre)[:, None] * (raw_jac[:, :, 0] + blob_grad)
         return {
             "density": self.activation(pre),
-            "albedo": torch.sigmoid(
-                self.feature_net(enc if self.geometry is None else self._encode(x))
-            ),
+            "albedo": self.albedo(x, enc if self.geometry is None else None),
             "grad": grad,
         }
+
+    def albedo(self, x: torch.Tensor, enc: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, 3]`` world points -> albedo in [0, 1] from the live grid (``enc``: its features
+        when already computed)."""
+        return torch.sigmoid(self.feature_net(self._encode(x) if enc is None else enc))
 
     def normals(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Outward unit normals ``-grad(sigma) / |grad(sigma)|``, ``[N, 3]``."""
@@ -261,10 +264,7 @@ class Field(nn.Module):
             out["normal"] = -F.normalize(out.pop("grad"), dim=-1, eps=1e-8)
             return out
         enc = self._encode(x)
-        out = {
-            "density": self.density(x, enc),
-            "albedo": torch.sigmoid(self.feature_net(enc)),
-        }
+        out = {"density": self.density(x, enc), "albedo": self.albedo(x, enc)}
         if with_normals:
             out["normal"] = self.normals(x)
         return out

@@ -200,8 +200,9 @@ def sds_step(
         orient = out["orient"] / out["orient_rays"].clamp_min(1)
         parts["orient"] = orient_weight * orient_scale(cfg.sds, guide["latents"]) * orient
         terms["orient"] = orient.detach()
-    smooth = cfg.sds.get("smoothness", None)
-    if smooth is not None and (smooth.lambda_albedo > 0 or smooth.lambda_normal > 0):
+    smooth = cfg.sds.smoothness
+    weights = {"albedo_smooth": smooth.lambda_albedo, "normal_smooth": smooth.lambda_normal}
+    if any(w > 0 for w in weights.values()):
         # its own generator, seeded by the step: turning the term on leaves the cameras',
         # timesteps' and rays' draws as they were, and a resumed run draws the same points
         draws = torch.Generator(device).manual_seed(int(cfg.seed) * 1_000_003 + step)
@@ -213,9 +214,8 @@ def sds_step(
             normals=smooth.lambda_normal > 0 and state.field.geometry is None,
         )  # fmt: skip
         for name, value in found.items():
-            weight_key = "lambda_albedo" if name == "albedo_smooth" else "lambda_normal"
-            if smooth[weight_key] > 0:
-                parts[name] = smooth[weight_key] * value
+            if weights[name] > 0:
+                parts[name] = weights[name] * value
                 terms[name] = value.detach()
     if cfg.sds.lambda_opaque > 0:
         alpha = out["alpha"].clamp(1e-4, 1 - 1e-4)
@@ -267,10 +267,11 @@ def save_preview(guidance: MultiViewGuidance, preview, path: Path) -> None:
     Image.fromarray(image).save(path)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, optim_cfg, factor: float) -> None:
-    """The groups' rates from the config times ``factor`` (read from the config, not the
+def set_lr(optimizer: torch.optim.Optimizer, field: Field, optim_cfg, factor: float) -> None:
+    """The field's groups' rates from the config times ``factor`` (from the config, not the
     optimizer, so a resumed run continues the same schedule)."""
-    base = {"encoding": optim_cfg.lr_grid, "mlps": optim_cfg.lr_mlp}
+    groups = field.param_groups(optim_cfg.lr_grid, optim_cfg.lr_mlp)
+    base = {group["name"]: group["lr"] for group in groups}
     for group in optimizer.param_groups:
         group["lr"] = base[group["name"]] * factor
 
@@ -329,7 +330,7 @@ def optimise(
         norms = grad_norms(parts, params) if logging else {}
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        set_lr(optimizer, cfg.optim, lr_factor(cfg.optim, step, total))
+        set_lr(optimizer, state.field, cfg.optim, lr_factor(cfg.optim, step, total))
         optimizer.step()
         state.step += 1
         bar.update(1)

@@ -49,7 +49,8 @@ def smoothness_terms(
     points of weight 1."""
     jitter = torch.randn(points.shape, generator=generator, device=points.device) * eps
     both = torch.cat([points, points + jitter])
-    out = field(both, with_normals=normals)
+    # without normals only the albedo is read: no density (nor a frozen shape's second encoding)
+    out = field(both, with_normals=True) if normals else {"albedo": field.albedo(both)}
     total = weight.sum().clamp_min(1.0)
     count = points.shape[0]
 
